@@ -1,0 +1,73 @@
+"""Every exception tether raises or lets user code raise."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+
+class TetherError(Exception):
+    """Base class of tether's own errors."""
+
+
+class FatalError(TetherError):
+    """Raise in a step to fail it at once, without retries."""
+
+
+class RetryableError(TetherError):
+    """Raise in a step to retry it after ``retry_after`` (a duration), not the backoff.
+
+    ``retry_after`` takes what ``tether.sleep`` takes: ``"5s"``, seconds as a
+    number, a ``timedelta`` or an aware ``datetime``. ``None`` uses the step's
+    exponential backoff.
+    """
+
+    def __init__(
+        self, message: str = "", retry_after: str | float | timedelta | datetime | None = None
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.retry_after))
+
+
+class SerializationError(TetherError, TypeError):
+    """A value cannot cross the durable boundary (argument, return value, payload)."""
+
+
+class NonDeterminismError(TetherError):
+    """Replaying a run asked for something other than what its event log holds."""
+
+
+class WorkflowNotFoundError(TetherError, LookupError):
+    """No workflow of that name is registered (in this process or the target deployment)."""
+
+
+class RunNotFoundError(TetherError, LookupError):
+    """No run has that id."""
+
+
+class RunFailedError(TetherError):
+    """The run ended in failure; ``error`` holds its type, message and traceback."""
+
+    def __init__(self, run_id: str, error: dict[str, Any]) -> None:
+        self.run_id = run_id
+        self.error = error
+        super().__init__(
+            f"run {run_id} failed: {error.get('type', 'Error')}: {error.get('message', '')}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.run_id, self.error))
+
+
+class RunCancelledError(TetherError):
+    """The run was cancelled before it finished."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"run {run_id} was cancelled")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.run_id,))
