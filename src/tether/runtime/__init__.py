@@ -1,0 +1,1 @@
+"""The engine: deterministic loop, run replay and the worker."""

@@ -1,0 +1,466 @@
+"""The worker: claims its deployment's tasks, advances runs and runs their steps.
+
+One asyncio loop per worker. Workflow code runs on each run's own
+deterministic loop, inside an activation on this loop; async steps run as
+tasks here and plain ``def`` steps in a thread pool. Steps a workflow asks
+for are leased to this worker in the same commit that records them and run
+at once (no queue round trip); when a step ends, its result is fed to the
+cached run and the outcome and the run's next requests commit together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from tether import registry, serde
+from tether.durations import seconds_until
+from tether.errors import FatalError, RetryableError, SerializationError, WorkflowNotFoundError
+from tether.runtime.context import StepContext, current_step
+from tether.runtime.instance import ACTIVATION_EVENTS, TERMINAL_EVENTS, RunInstance, error_payload
+from tether.worlds.base import Activation, EventRecord, StepOutcome, World
+
+log = logging.getLogger("tether.worker")
+T = TypeVar("T")
+
+BACKOFF_BASE = 1.0
+BACKOFF_MAX = 60.0
+
+#: Workers running in this process, by (world url, deployment id): ``start()`` hands them runs.
+_local_workers: dict[tuple[str, str], Worker] = {}
+_local_lock = threading.Lock()
+
+
+def local_worker(world_url: str, deployment_id: str) -> Worker | None:
+    """The in-process worker serving ``deployment_id`` on ``world_url``, if one runs."""
+    with _local_lock:
+        return _local_workers.get((world_url, deployment_id))
+
+
+def on_worker_loop() -> bool:
+    """Whether the calling code runs on a worker's event loop (blocking it would stall it)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return any(w._loop is loop for w in list(_local_workers.values()))
+
+
+@dataclass(frozen=True, slots=True)
+class _StepJob:
+    run_id: str
+    step_id: str
+    step_name: str
+    input: str
+    attempt: int
+
+
+class Worker:
+    """Runs the workflows and steps this process imported, for one deployment.
+
+    Use it as a context manager for an in-process worker on a background
+    thread (``with tether.Worker(): ...``), or call ``run()`` to serve in the
+    foreground until SIGINT/SIGTERM, which drain in-flight work and exit.
+    """
+
+    def __init__(
+        self,
+        *,
+        world: World | str | None = None,
+        deployment_id: str | None = None,
+        concurrency: int = 512,
+        step_threads: int = 64,
+        cache_size: int = 10_000,
+        lease_seconds: float = 10.0,
+        drain_timeout: float = 30.0,
+    ) -> None:
+        from tether import api, deployments
+
+        self.world = api.resolve_world(world)
+        self.deployment_id = deployment_id or deployments.current_deployment_id()
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.concurrency = concurrency
+        self.cache_size = cache_size
+        self.lease_seconds = lease_seconds
+        self.drain_timeout = drain_timeout
+        self._cache: OrderedDict[str, RunInstance] = OrderedDict()
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._step_pool = ThreadPoolExecutor(step_threads, thread_name_prefix="tether-step")
+        self._io_pool = ThreadPoolExecutor(64, thread_name_prefix="tether-io")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._stopping: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def __enter__(self) -> Worker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Serve on a background thread; returns once the worker is ready."""
+        if self._thread is not None:
+            raise RuntimeError("this worker is already running")
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self.serve()), name="tether-worker", daemon=True
+        )
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        """Drain in-flight work (up to ``drain_timeout``) and stop the background thread."""
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(stopping.set)
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def run(self) -> None:
+        """Serve in the foreground until SIGINT or SIGTERM, then drain and return."""
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self._request_stop)
+            await self.serve()
+
+        asyncio.run(main())
+
+    async def serve(self) -> None:
+        """Claim and run tasks until stopped; the coroutine behind ``start`` and ``run``."""
+        try:
+            self._loop = asyncio.get_running_loop()
+            self._wake = asyncio.Event()
+            self._stopping = asyncio.Event()
+            remove_listener = self.world.add_listener(self._wake_threadsafe)
+            key = (self.world.url, self.deployment_id)
+            with _local_lock:
+                _local_workers.setdefault(key, self)
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            raise
+        self._ready.set()
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            await self._claim_loop()
+        finally:
+            with _local_lock:
+                if _local_workers.get(key) is self:
+                    del _local_workers[key]
+            remove_listener()
+            await self._drain()
+            heartbeat.cancel()
+            await self._io(self.world.release_leases, self.worker_id)
+            for instance in self._cache.values():
+                instance.close()
+            self._cache.clear()
+            self._step_pool.shutdown(wait=False, cancel_futures=True)
+            self._io_pool.shutdown(wait=False)
+
+    # -- handing work to this worker from the same process -------------------
+
+    def accept(self, run_id: str) -> None:
+        """Activate a run whose first task was leased to this worker (thread-safe)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(self._spawn, self._activate(run_id))
+
+    # -- claiming ------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        assert self._wake is not None and self._stopping is not None
+        while not self._stopping.is_set():
+            self._wake.clear()
+            delay = await self._claim_round()
+            if self._stopping.is_set():
+                break
+            waits = [asyncio.ensure_future(self._wake.wait())]
+            waits.append(asyncio.ensure_future(self._stopping.wait()))
+            _, pending = await asyncio.wait(waits, timeout=delay, return_when="FIRST_COMPLETED")
+            for waiter in pending:
+                waiter.cancel()
+
+    async def _claim_round(self) -> float:
+        """Claim what is due; return how long to sleep before the next due task."""
+        free = self.concurrency - len(self._inflight)
+        now = time.time()
+        if free > 0 and self.world.has_due(self.deployment_id, now):
+            tasks = await self._io(
+                self.world.claim_tasks,
+                self.deployment_id,
+                self.worker_id,
+                free,
+                self.lease_seconds,
+            )
+            for task in tasks:
+                if task.kind == "workflow":
+                    self._spawn(self._activate(task.run_id))
+                else:
+                    job = _StepJob(task.run_id, task.step_id, task.step_name, task.input, task.attempt)
+                    self._spawn(self._run_step(job))
+            if len(tasks) == free:
+                return 0.0
+        if free <= 0:
+            return 0.05  # full: look again when some work has finished
+        due = self.world.next_due(self.deployment_id)
+        if due is None:
+            return 1.0  # a slow safety net; commits and timers wake us sooner
+        return min(max(due - time.time(), 0.0), 1.0)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._inflight.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error(
+                "worker task failed", exc_info=(type(exc), exc, exc.__traceback__) if exc else None
+            )
+        if self._wake is not None:
+            self._wake.set()
+
+    # -- workflow activations --------------------------------------------------
+
+    async def _activate(self, run_id: str) -> None:
+        async with self._run_lock(run_id):
+            instance = self._cache.pop(run_id, None)
+            events = self.world.list_events(run_id, instance.last_seq if instance else 0)
+            if instance is not None and any(e.type in ACTIVATION_EVENTS for e in events):
+                instance.close()  # another worker advanced the run: replay it from the log
+                instance = None
+                events = self.world.list_events(run_id, 0)
+            if any(e.type in TERMINAL_EVENTS for e in events):
+                if instance is not None:
+                    instance.close()
+                return
+            if instance is None:
+                instance = self._new_instance(run_id)
+                if instance is None:
+                    return
+            instance.feed(events)
+            expected = instance.last_seq
+            answers: list[EventRecord] = []
+            now = time.time()
+            if not instance.started:
+                answers.append(EventRecord(run_id, 0, "run_started", created_at=now))
+            for wait_id, resume_at in sorted(instance.waits.items(), key=lambda w: w[1]):
+                if resume_at <= now:
+                    answers.append(
+                        EventRecord(run_id, 0, "wait_completed", wait_id, created_at=now)
+                    )
+            new_events = instance.advance(answers)
+            activation = Activation(
+                run_id, expected, new_events, self.worker_id, self.lease_seconds
+            )
+            committed = await self._io(self.world.commit_activation, activation)
+            self._after_commit(instance, new_events, committed)
+
+    def _new_instance(self, run_id: str) -> RunInstance | None:
+        run = self.world.get_run(run_id)
+        if run is None:
+            return None
+        definition = registry.WORKFLOWS.get(run.workflow_name)
+        if definition is None:
+            log.error(
+                "run %s needs workflow %s, which deployment %s does not define",
+                run_id,
+                run.workflow_name,
+                self.deployment_id,
+            )
+            error = WorkflowNotFoundError(
+                f"workflow {run.workflow_name!r} is not defined in deployment "
+                f"{self.deployment_id!r} (worker {self.worker_id})"
+            )
+            end = EventRecord(
+                run_id, run.last_seq + 1, "run_failed", payload=error_payload(error)
+            )
+            self.world.commit_activation(
+                Activation(run_id, run.last_seq, [end], self.worker_id, self.lease_seconds)
+            )
+            return None
+        return RunInstance(run, definition)
+
+    def _after_commit(
+        self, instance: RunInstance, new_events: list[EventRecord], committed: bool
+    ) -> None:
+        """Keep the run in memory and start the steps it leased to us, or drop it."""
+        if not committed or instance.ended:
+            instance.close()
+            return
+        self._cache[instance.run_id] = instance
+        if len(self._cache) > self.cache_size:
+            _, evicted = self._cache.popitem(last=False)
+            evicted.close()
+        for event in new_events:
+            if event.type == "step_created":
+                job = _StepJob(
+                    instance.run_id, event.correlation_id or "", event.name or "", event.payload or "", 1
+                )
+                self._spawn(self._run_step(job))
+        if any(e.type == "wait_created" for e in new_events) and self._wake is not None:
+            self._wake.set()  # recompute the next timer
+
+    # -- steps -------------------------------------------------------------------
+
+    async def _run_step(self, job: _StepJob) -> None:
+        definition = registry.STEPS.get(job.step_name)
+        outcome: StepOutcome
+        if definition is None:
+            error = WorkflowNotFoundError(
+                f"step {job.step_name!r} is not defined in deployment {self.deployment_id!r}"
+            )
+            outcome = self._outcome(job, "failed", serde.dumps(error))
+        else:
+            outcome = await self._attempt(job, definition)
+        if outcome.status == "retrying":
+            await self._io(self.world.finish_step, outcome, None)
+            return
+        await self._deliver(outcome)
+
+    async def _attempt(self, job: _StepJob, definition: registry.Step[..., Any]) -> StepOutcome:
+        token = current_step.set(
+            StepContext(job.run_id, job.step_id, job.step_name, job.attempt, self.deployment_id)
+        )
+        try:
+            args, kwargs = serde.loads(job.input)
+            if definition.is_async:
+                result = await definition.fn(*args, **kwargs)
+            else:
+                context = contextvars.copy_context()
+                result = await asyncio.get_running_loop().run_in_executor(
+                    self._step_pool, lambda: context.run(definition.fn, *args, **kwargs)
+                )
+            payload = serde.dumps(result, where=f"return value of {job.step_name}")
+            return self._outcome(job, "completed", payload)
+        except (FatalError, SerializationError) as exc:
+            return self._outcome(job, "failed", _dump_error(exc))
+        except Exception as exc:
+            if job.attempt > definition.max_retries:
+                return self._outcome(job, "failed", _dump_error(exc))
+            now = time.time()
+            if isinstance(exc, RetryableError) and exc.retry_after is not None:
+                retry_at = now + seconds_until(exc.retry_after, now)
+            else:
+                retry_at = now + min(BACKOFF_BASE * 2 ** (job.attempt - 1), BACKOFF_MAX)
+            return self._outcome(job, "retrying", _dump_error(exc), retry_at)
+        finally:
+            current_step.reset(token)
+
+    def _outcome(
+        self, job: _StepJob, status: Any, payload: str, retry_at: float | None = None
+    ) -> StepOutcome:
+        return StepOutcome(
+            job.run_id, job.step_id, self.worker_id, status, payload, job.attempt, retry_at
+        )
+
+    async def _deliver(self, outcome: StepOutcome) -> None:
+        """Record a step's end; if the run is cached here, advance it in the same commit."""
+        async with self._run_lock(outcome.run_id):
+            instance = self._cache.pop(outcome.run_id, None)
+            if instance is None:
+                await self._io(self.world.finish_step, outcome, None)
+                return
+            kind = "step_completed" if outcome.status == "completed" else "step_failed"
+            answer = EventRecord(
+                outcome.run_id,
+                0,
+                kind,
+                outcome.step_id,
+                payload=outcome.payload,
+                attrs={"attempt": outcome.attempt},
+                created_at=time.time(),
+            )
+            expected = instance.last_seq
+            new_events = instance.advance([answer])
+            activation = Activation(
+                outcome.run_id, expected, new_events, self.worker_id, self.lease_seconds
+            )
+            applied = await self._io(self.world.finish_step, outcome, activation)
+            self._after_commit(instance, new_events, applied)
+
+    # -- plumbing ------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _run_lock(self, run_id: str) -> AsyncIterator[None]:
+        """One activation at a time per run in this worker."""
+        lock, users = self._locks.get(run_id, (asyncio.Lock(), 0))
+        self._locks[run_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[run_id]
+            if users == 1:
+                del self._locks[run_id]
+            else:
+                self._locks[run_id] = (lock, users - 1)
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call a blocking World method off the loop; the world groups concurrent writes."""
+        return await asyncio.get_running_loop().run_in_executor(self._io_pool, fn, *args)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 4)
+            try:
+                await self._io(self.world.renew_leases, self.worker_id, self.lease_seconds)
+            except Exception:
+                log.exception("could not renew leases of worker %s", self.worker_id)
+
+    async def _drain(self) -> None:
+        if self._inflight:
+            _, pending = await asyncio.wait(set(self._inflight), timeout=self.drain_timeout)
+            for task in pending:
+                task.cancel()
+
+    def _wake_threadsafe(self) -> None:
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(wake.set)
+
+    def _request_stop(self) -> None:
+        if self._stopping is not None:
+            if self._stopping.is_set():
+                os._exit(130)  # a second Ctrl-C: stop draining
+            log.warning("draining in-flight work; press Ctrl-C again to exit at once")
+            self._stopping.set()
+
+
+def _dump_error(exc: BaseException) -> str:
+    """Serialize a step's exception; one that cannot be serialized becomes a plain error."""
+    try:
+        return serde.dumps(exc, where="step error")
+    except SerializationError:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return serde.dumps(RuntimeError(f"{type(exc).__qualname__}: {exc}\n{text}"))

@@ -1,0 +1,25 @@
+"""Backends behind the World protocol, chosen by URL."""
+
+from __future__ import annotations
+
+from tether.worlds.base import World
+
+DEFAULT_WORLD_URL = "sqlite:///.tether/tether.db"
+
+
+def open_world(url: str) -> World:
+    """Open the World a URL names: ``sqlite:///path.db`` (embedded) or ``postgresql://...``.
+
+    Raises ``ValueError`` naming the URL when its scheme is not supported.
+    """
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme == "sqlite":
+        from tether.worlds.sqlite import SqliteWorld
+
+        return SqliteWorld(url)
+    if scheme in ("postgresql", "postgres"):
+        raise ValueError(f"world {url!r}: the PostgreSQL World is not available in this version")
+    raise ValueError(
+        f"unsupported world URL {url!r}: expected sqlite:///path/to/file.db"
+        " (or sqlite:////absolute/path.db)"
+    )

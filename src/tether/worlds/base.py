@@ -1,0 +1,289 @@
+"""The World protocol: storage, queue and change notification behind one narrow interface.
+
+Everything above this module (runtime, client API, CLI, web UI) talks to a
+``World`` and never knows which backend runs. The event log is the truth:
+runs, steps and waits are views that each write derives from the events it
+appends, in the same transaction.
+
+Every method is blocking and thread-safe. Writes from many threads are
+grouped into few transactions by the backend (group commit), so callers that
+want throughput call from many threads (the worker does) instead of batching
+by hand.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+RunStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
+RUN_STATUSES: tuple[str, ...] = ("pending", "running", "completed", "failed", "cancelled")
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
+EVENT_TYPES: tuple[str, ...] = (
+    "run_created",
+    "run_started",
+    "run_completed",
+    "run_failed",
+    "run_cancelled",
+    "step_created",
+    "step_started",
+    "step_completed",
+    "step_failed",
+    "step_retrying",
+    "wait_created",
+    "wait_completed",
+    "hook_created",
+    "hook_received",
+    "hook_disposed",
+)
+
+#: Events written only by a workflow activation: the code's own requests.
+COMMAND_EVENTS = frozenset({"step_created", "wait_created", "hook_created"})
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One run as the ``runs`` view holds it. Payloads are serialized text."""
+
+    run_id: str
+    workflow_name: str
+    deployment_id: str
+    status: str
+    input: str
+    output: str | None
+    error: str | None
+    parent_run_id: str | None
+    rerun_of: str | None
+    created_at: float
+    started_at: float | None
+    completed_at: float | None
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One entry of a run's event log; ``seq`` is dense from 1 within the run."""
+
+    run_id: str
+    seq: int
+    type: str
+    correlation_id: str | None = None
+    name: str | None = None
+    payload: str | None = None
+    attrs: dict[str, Any] | None = None
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """One step of a run as the ``steps`` view holds it."""
+
+    run_id: str
+    step_id: str
+    step_name: str
+    status: str
+    attempt: int
+    input: str
+    output: str | None
+    error: str | None
+    created_at: float
+    started_at: float | None
+    completed_at: float | None
+    retry_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class WaitRecord:
+    """One durable sleep of a run."""
+
+    run_id: str
+    wait_id: str
+    status: str
+    resume_at: float
+    created_at: float
+    completed_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A claimed queue entry: a workflow activation or one attempt of a step."""
+
+    task_id: int
+    kind: Literal["workflow", "step"]
+    run_id: str
+    deployment_id: str
+    step_id: str = ""
+    step_name: str = ""
+    input: str = ""
+    attempt: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """What ``create_run`` needs to start a run."""
+
+    run_id: str
+    workflow_name: str
+    deployment_id: str
+    input: str
+    parent_run_id: str | None = None
+    rerun_of: str | None = None
+    #: Lease the first workflow task to this worker at once (it runs it in-process).
+    lease_to: str | None = None
+
+
+@dataclass(slots=True)
+class Activation:
+    """The events one workflow activation appends, committed all or nothing.
+
+    ``expected_seq`` is the run's last sequence number the activation was
+    computed from; if the log moved on meanwhile the commit is refused and
+    the caller replays. New steps are leased to ``worker_id`` so that it runs
+    them at once; the claim is recorded like any other (``step_started``).
+    """
+
+    run_id: str
+    expected_seq: int
+    events: list[EventRecord]
+    worker_id: str
+    lease_seconds: float
+    #: The workflow task this activation consumes, if it was claimed from the queue.
+    task_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutcome:
+    """The end of one step attempt: completed, failed, or retrying at ``retry_at``."""
+
+    run_id: str
+    step_id: str
+    worker_id: str
+    status: Literal["completed", "failed", "retrying"]
+    payload: str
+    attempt: int
+    retry_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunFilter:
+    """Filters for listing runs; ``None`` means any."""
+
+    status: str | None = None
+    workflow_name: str | None = None
+    deployment_id: str | None = None
+    parent_run_id: str | None = None
+    limit: int = 100
+    #: Opaque position from a previous page (``created_at`` and ``run_id`` of its last row).
+    cursor: str | None = None
+    descending: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    """Which runs a cancel ended (runs already finished are left alone)."""
+
+    cancelled: list[str] = field(default_factory=list)
+
+
+class World(abc.ABC):
+    """Storage, queue and wake-ups for runs; one implementation per backend."""
+
+    url: str
+
+    # -- runs -------------------------------------------------------------
+
+    @abc.abstractmethod
+    def create_run(self, run: NewRun) -> RunRecord:
+        """Insert the run, its ``run_created`` event and its first workflow task."""
+
+    @abc.abstractmethod
+    def get_run(self, run_id: str) -> RunRecord | None:
+        """Return the run, or ``None`` if there is no run with that id."""
+
+    @abc.abstractmethod
+    def list_runs(self, filters: RunFilter) -> list[RunRecord]:
+        """Return runs matching ``filters``, newest first unless ascending."""
+
+    @abc.abstractmethod
+    def list_events(self, run_id: str, after_seq: int = 0) -> list[EventRecord]:
+        """Return the run's events with ``seq > after_seq`` in order."""
+
+    @abc.abstractmethod
+    def list_steps(self, run_id: str) -> list[StepRecord]:
+        """Return the run's steps in the order they were created."""
+
+    @abc.abstractmethod
+    def list_waits(self, run_id: str) -> list[WaitRecord]:
+        """Return the run's sleeps in the order they were created."""
+
+    @abc.abstractmethod
+    def cancel_runs(self, run_ids: Sequence[str]) -> CancelResult:
+        """Append ``run_cancelled`` to each unfinished run, drop its queued work."""
+
+    # -- worker side ------------------------------------------------------
+
+    @abc.abstractmethod
+    def claim_tasks(
+        self, deployment_id: str, worker_id: str, limit: int, lease_seconds: float
+    ) -> list[Task]:
+        """Lease up to ``limit`` due tasks of ``deployment_id`` to ``worker_id``.
+
+        A task is due when its time has come or its previous lease expired
+        (the worker that held it died). Claiming a step appends its
+        ``step_started`` event.
+        """
+
+    @abc.abstractmethod
+    def next_due(self, deployment_id: str) -> float | None:
+        """Epoch seconds at which the next task of the deployment becomes due."""
+
+    @abc.abstractmethod
+    def has_due(self, deployment_id: str, now: float) -> bool:
+        """Whether a task of the deployment is due at ``now`` (a cheap read)."""
+
+    @abc.abstractmethod
+    def commit_activation(self, activation: Activation) -> bool:
+        """Append an activation's events if the log is still at ``expected_seq``.
+
+        Returns ``False`` (and writes nothing but re-queues the run) when the
+        log moved on or the run already ended.
+        """
+
+    @abc.abstractmethod
+    def finish_step(self, outcome: StepOutcome, activation: Activation | None = None) -> bool:
+        """Record a step attempt's end; returns whether ``activation`` was applied too.
+
+        With an ``activation`` (computed by feeding the outcome to a cached
+        run), both commit together if the log is still where the activation
+        expects it; otherwise only the outcome is recorded and the run is
+        queued for a workflow task. A result for a run that has ended or a
+        step already recorded is dropped.
+        """
+
+    @abc.abstractmethod
+    def renew_leases(self, worker_id: str, lease_seconds: float) -> None:
+        """Extend every lease ``worker_id`` holds (its heartbeat)."""
+
+    @abc.abstractmethod
+    def release_leases(self, worker_id: str) -> None:
+        """Give back every task ``worker_id`` holds, due now (a clean shutdown)."""
+
+    # -- wake-ups ---------------------------------------------------------
+
+    @abc.abstractmethod
+    def add_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` (from any thread) whenever the world may have changed.
+
+        Returns a function that removes the listener.
+        """
+
+    @abc.abstractmethod
+    def wait_for_change(self, timeout: float) -> None:
+        """Block until the world may have changed or ``timeout`` seconds pass."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections and threads; the world is unusable afterwards."""

@@ -1,0 +1,76 @@
+"""SQL shared by the backends: versioned migrations and the run-listing query."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from tether.worlds.base import RunFilter
+
+
+def migrations(backend: str) -> list[tuple[int, list[str]]]:
+    """Return ``(version, statements)`` for each migration file of ``backend``, in order.
+
+    Files are ``worlds/migrations/<backend>/NNNN_name.sql``; statements are
+    separated by a semicolon at the end of a line.
+    """
+    folder = resources.files("tether.worlds") / "migrations" / backend
+    found: list[tuple[int, list[str]]] = []
+    for entry in folder.iterdir():
+        if not entry.name.endswith(".sql"):
+            continue
+        version = int(entry.name.split("_", 1)[0])
+        text = "\n".join(
+            line for line in entry.read_text().splitlines() if not line.lstrip().startswith("--")
+        )
+        statements = [s.strip() for s in text.split(";\n") if s.strip()]
+        found.append((version, [s.rstrip(";") for s in statements]))
+    return sorted(found)
+
+
+def run_query(select: str, filters: RunFilter, *, placeholder: str) -> tuple[str, list[Any]]:
+    """Build the SQL and parameters that list runs matching ``filters``."""
+    where: list[str] = []
+    params: list[Any] = []
+    for column, value in (
+        ("status", filters.status),
+        ("workflow_name", filters.workflow_name),
+        ("deployment_id", filters.deployment_id),
+        ("parent_run_id", filters.parent_run_id),
+    ):
+        if value is not None:
+            where.append(f"{column} = {placeholder}")
+            params.append(value)
+    if filters.cursor:
+        created_at, run_id = decode_cursor(filters.cursor)
+        op = "<" if filters.descending else ">"
+        where.append(
+            f"(created_at {op} {placeholder} OR (created_at = {placeholder}"
+            f" AND run_id {op} {placeholder}))"
+        )
+        params += [created_at, created_at, run_id]
+    order = "DESC" if filters.descending else "ASC"
+    sql = select
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY created_at {order}, run_id {order} LIMIT {placeholder}"
+    params.append(filters.limit)
+    return sql, params
+
+
+def encode_cursor(created_at: float, run_id: str) -> str:
+    """The cursor that continues a listing after the run with these keys."""
+    return f"{created_at!r}/{run_id}"
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """Split a cursor made by ``encode_cursor``; raises ``ValueError`` naming a bad one."""
+    created_at, sep, run_id = cursor.partition("/")
+    try:
+        if not sep or not run_id:
+            raise ValueError
+        return float(created_at), run_id
+    except ValueError:
+        raise ValueError(
+            f"invalid cursor {cursor!r}: pass the cursor printed by the previous page"
+        ) from None
