@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -112,10 +113,8 @@ class Run:
                 remaining = 1.0 if deadline is None else deadline - time.monotonic()
                 if remaining <= 0:
                     raise _timeout(record, timeout)
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), min(remaining, 1.0))
-                except TimeoutError:
-                    pass
         finally:
             remove()
 
@@ -189,9 +188,7 @@ async def start_async(
     world: World | str | None = None,
 ) -> Run:
     """``start()`` for async code: the write happens off the event loop."""
-    return await asyncio.to_thread(
-        start, workflow, args, deployment_id=deployment_id, world=world
-    )
+    return await asyncio.to_thread(start, workflow, args, deployment_id=deployment_id, world=world)
 
 
 def get_run(run_id: str, *, world: World | str | None = None) -> Run:

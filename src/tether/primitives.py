@@ -18,7 +18,7 @@ from tether.runtime.context import current_instance
 
 
 def sleep(duration: Duration) -> asyncio.Future[Any]:
-    """Sleep durably: ``"10s"``, ``"5m"``, ``"2h"``, ``"2d"``, a ``timedelta`` or an aware ``datetime``.
+    """Sleep durably: ``"10s"``, ``"2d"``, a ``timedelta``, or until an aware ``datetime``.
 
     The run is suspended and survives restarts; a worker wakes it on time.
     Outside a workflow it is a plain ``asyncio.sleep``. A malformed duration

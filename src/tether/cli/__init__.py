@@ -28,7 +28,16 @@ def main() -> None:
     help="World URL (default: $TETHER_WORLD, else sqlite:///.tether/tether.db).",
 )
 @click.option("--concurrency", default=512, show_default=True, help="Tasks run at once.")
-def worker(modules: tuple[str, ...], backend: str | None, concurrency: int) -> None:
+@click.option(
+    "--lease-seconds",
+    default=10.0,
+    show_default=True,
+    help="How long a task stays claimed without a heartbeat (a dead worker's work "
+    "is taken over after this).",
+)
+def worker(
+    modules: tuple[str, ...], backend: str | None, concurrency: int, lease_seconds: float
+) -> None:
     """Serve the workflows and steps defined in MODULES until Ctrl-C (which drains)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if os.getcwd() not in sys.path:
@@ -44,7 +53,7 @@ def worker(modules: tuple[str, ...], backend: str | None, concurrency: int) -> N
         )
     try:
         api.configure(backend)
-        w = Worker(concurrency=concurrency)
+        w = Worker(concurrency=concurrency, lease_seconds=lease_seconds)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(

@@ -11,6 +11,7 @@ the same order live and on replay, is what makes a replay take the same path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import random
 import traceback
@@ -43,7 +44,7 @@ class RunInstance:
         self.deployment_id = run.deployment_id
         self.definition = definition
         self.input = run.input
-        self.loop = WorkflowLoop()
+        self.loop = WorkflowLoop()  # type: ignore[abstract]
         self.loop.clock = run.created_at
         self.last_seq = 0
         self.started = False
@@ -121,10 +122,9 @@ class RunInstance:
         """Drop the suspended code (an evicted or finished run)."""
         if self._main is not None and not self._main.done():
             self._main.cancel()
-            try:
+            # The code's finally-blocks run now; they can no longer act on the run.
+            with contextlib.suppress(Exception):
                 self.loop.run_ready()
-            except Exception:  # noqa: S110 - user finally-blocks cannot act on a dropped run
-                pass
         self.loop.close()
 
     # -- requests from workflow code ----------------------------------------
@@ -273,9 +273,7 @@ class RunInstance:
                 self.run_id, seq, "run_failed", payload=error_payload(exc), created_at=at
             )
         try:
-            output = serde.dumps(
-                self._main.result(), where=f"return value of {self.workflow_name}"
-            )
+            output = serde.dumps(self._main.result(), where=f"return value of {self.workflow_name}")
         except SerializationError as error:
             return EventRecord(
                 self.run_id, seq, "run_failed", payload=error_payload(error), created_at=at

@@ -50,7 +50,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
 
     # -- the part of the loop API that futures and tasks use ---------------
 
-    def call_soon(
+    def call_soon(  # type: ignore[override]
         self,
         callback: Callable[..., object],
         *args: Any,
@@ -96,16 +96,16 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
 
     # -- what workflow code must not do ------------------------------------
 
-    def call_later(self, *args: Any, **kwargs: Any) -> NoReturn:
+    def call_later(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
         raise RuntimeError(_NOT_DURABLE)
 
-    def call_at(self, *args: Any, **kwargs: Any) -> NoReturn:
+    def call_at(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
         raise RuntimeError(_NOT_DURABLE)
 
-    def call_soon_threadsafe(self, *args: Any, **kwargs: Any) -> NoReturn:
+    def call_soon_threadsafe(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
         raise RuntimeError("workflow code runs on its own deterministic loop; no threads")
 
-    def run_in_executor(self, *args: Any, **kwargs: Any) -> NoReturn:
+    def run_in_executor(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
         raise RuntimeError(
             "workflow code cannot run blocking work: move it into a @step (def steps run "
             "in a thread pool)"

@@ -37,6 +37,8 @@ from tether.worlds.base import Activation, EventRecord, StepOutcome, World
 log = logging.getLogger("tether.worker")
 T = TypeVar("T")
 
+#: Tasks claimed per round: a worker leaves the rest to its peers.
+CLAIM_BATCH = 64
 BACKOFF_BASE = 1.0
 BACKOFF_MAX = 60.0
 
@@ -209,7 +211,7 @@ class Worker:
 
     async def _claim_round(self) -> float:
         """Claim what is due; return how long to sleep before the next due task."""
-        free = self.concurrency - len(self._inflight)
+        free = min(self.concurrency - len(self._inflight), CLAIM_BATCH)
         now = time.time()
         if free > 0 and self.world.has_due(self.deployment_id, now):
             tasks = await self._io(
@@ -223,7 +225,9 @@ class Worker:
                 if task.kind == "workflow":
                     self._spawn(self._activate(task.run_id))
                 else:
-                    job = _StepJob(task.run_id, task.step_id, task.step_name, task.input, task.attempt)
+                    job = _StepJob(
+                        task.run_id, task.step_id, task.step_name, task.input, task.attempt
+                    )
                     self._spawn(self._run_step(job))
             if len(tasks) == free:
                 return 0.0
@@ -301,9 +305,7 @@ class Worker:
                 f"workflow {run.workflow_name!r} is not defined in deployment "
                 f"{self.deployment_id!r} (worker {self.worker_id})"
             )
-            end = EventRecord(
-                run_id, run.last_seq + 1, "run_failed", payload=error_payload(error)
-            )
+            end = EventRecord(run_id, run.last_seq + 1, "run_failed", payload=error_payload(error))
             self.world.commit_activation(
                 Activation(run_id, run.last_seq, [end], self.worker_id, self.lease_seconds)
             )
@@ -324,7 +326,11 @@ class Worker:
         for event in new_events:
             if event.type == "step_created":
                 job = _StepJob(
-                    instance.run_id, event.correlation_id or "", event.name or "", event.payload or "", 1
+                    instance.run_id,
+                    event.correlation_id or "",
+                    event.name or "",
+                    event.payload or "",
+                    1,
                 )
                 self._spawn(self._run_step(job))
         if any(e.type == "wait_created" for e in new_events) and self._wake is not None:

@@ -129,16 +129,24 @@ class SqliteWorld(World):
         )
 
     def next_due(self, deployment_id: str) -> float | None:
-        row = self._read().execute(
-            "SELECT MIN(available_at) FROM tasks WHERE deployment_id = ?", (deployment_id,)
-        ).fetchone()
+        row = (
+            self._read()
+            .execute(
+                "SELECT MIN(available_at) FROM tasks WHERE deployment_id = ?", (deployment_id,)
+            )
+            .fetchone()
+        )
         return float(row[0]) if row and row[0] is not None else None
 
     def has_due(self, deployment_id: str, now: float) -> bool:
-        row = self._read().execute(
-            "SELECT 1 FROM tasks WHERE deployment_id = ? AND available_at <= ? LIMIT 1",
-            (deployment_id, now),
-        ).fetchone()
+        row = (
+            self._read()
+            .execute(
+                "SELECT 1 FROM tasks WHERE deployment_id = ? AND available_at <= ? LIMIT 1",
+                (deployment_id, now),
+            )
+            .fetchone()
+        )
         return row is not None
 
     def commit_activation(self, activation: Activation) -> bool:
@@ -490,10 +498,17 @@ def _claim_tasks(
             continue
         attempt = step[2] + 1
         started = EventRecord(
-            run_id, state[1] + 1, "step_started", step_id, attrs={"attempt": attempt}, created_at=now
+            run_id,
+            state[1] + 1,
+            "step_started",
+            step_id,
+            attrs={"attempt": attempt},
+            created_at=now,
         )
         _append(conn, run_id, deployment_id, [started], None)
-        tasks.append(Task(task_id, "step", run_id, deployment_id, step_id, step[0], step[3], attempt))
+        tasks.append(
+            Task(task_id, "step", run_id, deployment_id, step_id, step[0], step[3], attempt)
+        )
     return tasks
 
 

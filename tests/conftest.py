@@ -1,0 +1,27 @@
+"""Shared fixtures: a fresh SQLite World per test and an in-process worker on it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import tether
+from tether import api
+
+
+@pytest.fixture
+def world_url(tmp_path: Path) -> Iterator[str]:
+    """A fresh embedded World, configured as this process's default."""
+    url = f"sqlite:///{tmp_path}/tether.db"
+    api.configure(url)
+    yield url
+    api.configure(None)
+
+
+@pytest.fixture
+def worker(world_url: str) -> Iterator[tether.Worker]:
+    """An in-process worker serving every workflow the tests imported."""
+    with tether.Worker(lease_seconds=2.0) as w:
+        yield w
