@@ -320,34 +320,42 @@ class _Writer:
         conn: sqlite3.Connection,
         batch: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]],
     ) -> None:
-        outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
+        """Commit the batch in one transaction; if any operation fails, commit each alone.
+
+        Operations rarely fail, so the common case pays for no savepoints.
+        """
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for op, future in batch:
-                # A savepoint per operation: one that fails leaves the others intact.
-                conn.execute("SAVEPOINT op")
-                try:
-                    result = op(conn)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    outcomes.append((future, None, exc))
-                else:
-                    conn.execute("RELEASE op")
-                    outcomes.append((future, result, None))
-            conn.execute("COMMIT")
+            results = self._transaction(conn, [op for op, _ in batch])
         except Exception as exc:
+            if len(batch) == 1:
+                batch[0][1].set_exception(exc)
+                self._on_commit()
+                return
+            for op, future in batch:
+                try:
+                    (result,) = self._transaction(conn, [op])
+                except Exception as alone:
+                    future.set_exception(alone)
+                else:
+                    future.set_result(result)
+        else:
+            for (_, future), result in zip(batch, results, strict=True):
+                future.set_result(result)
+        self._on_commit()
+
+    @staticmethod
+    def _transaction(
+        conn: sqlite3.Connection, ops: list[Callable[[sqlite3.Connection], Any]]
+    ) -> list[Any]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            results = [op(conn) for op in ops]
+            conn.execute("COMMIT")
+        except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            for _, future in batch:
-                future.set_exception(exc)
-            return
-        for future, result, error in outcomes:
-            if error is None:
-                future.set_result(result)
-            else:
-                future.set_exception(error)
-        self._on_commit()
+            raise
+        return results
 
 
 # -- operations run inside the writer's transaction --------------------------
@@ -429,16 +437,27 @@ def _commit_activation(conn: sqlite3.Connection, activation: Activation) -> bool
 def _finish_step(
     conn: sqlite3.Connection, outcome: StepOutcome, activation: Activation | None
 ) -> bool:
-    state = _run_state(conn, outcome.run_id)
-    step = conn.execute(
-        "SELECT status FROM steps WHERE run_id = ? AND step_id = ?",
-        (outcome.run_id, outcome.step_id),
+    row = conn.execute(
+        "SELECT r.status, r.last_seq, r.deployment_id, s.status FROM runs r"
+        " JOIN steps s ON s.run_id = r.run_id AND s.step_id = ? WHERE r.run_id = ?",
+        (outcome.step_id, outcome.run_id),
     ).fetchone()
-    if state is None or step is None:
+    if row is None:
         return False
-    status, last_seq, deployment_id = state
-    if status in TERMINAL_STATUSES or step[0] in ("completed", "failed"):
+    status, last_seq, deployment_id, step_status = row
+    if status in TERMINAL_STATUSES or step_status in ("completed", "failed"):
         return False  # the run ended or another attempt already recorded the step
+    if (
+        activation is not None
+        and outcome.status != "retrying"
+        and activation.expected_seq == last_seq
+    ):
+        # The activation's first event is this outcome, fed to the cached run. The
+        # run's workflow task only changes if a sleep began or ended.
+        _append(conn, outcome.run_id, deployment_id, activation.events, activation)
+        if any(e.type in ("wait_created", "wait_completed") for e in activation.events):
+            _schedule_workflow(conn, outcome.run_id, deployment_id)
+        return True
     now = time.time()
     event_type = {"completed": "step_completed", "failed": "step_failed"}.get(
         outcome.status, "step_retrying"
@@ -455,15 +474,6 @@ def _finish_step(
         attrs=attrs,
         created_at=now,
     )
-    if (
-        activation is not None
-        and outcome.status != "retrying"
-        and activation.expected_seq == last_seq
-    ):
-        # The activation's first event is this outcome, fed to the cached run.
-        _append(conn, outcome.run_id, deployment_id, activation.events, activation)
-        _schedule_workflow(conn, outcome.run_id, deployment_id)
-        return True
     _append(conn, outcome.run_id, deployment_id, [event], None)
     if outcome.status != "retrying":
         _queue_workflow(conn, outcome.run_id, deployment_id, now)

@@ -17,7 +17,6 @@ CREATE TABLE runs (
 CREATE INDEX runs_by_created ON runs (created_at, run_id);
 CREATE INDEX runs_by_status ON runs (status, created_at);
 CREATE INDEX runs_by_workflow ON runs (workflow_name, created_at);
-CREATE INDEX runs_by_deployment ON runs (deployment_id, status);
 CREATE INDEX runs_by_parent ON runs (parent_run_id);
 
 CREATE TABLE events (
@@ -71,4 +70,3 @@ CREATE TABLE tasks (
     UNIQUE (run_id, kind, step_id)
 );
 CREATE INDEX tasks_due ON tasks (deployment_id, available_at);
-CREATE INDEX tasks_by_owner ON tasks (lease_owner);
