@@ -11,6 +11,17 @@ import tether
 from tether import api
 
 
+@pytest.fixture(autouse=True)
+def deployment_id(monkeypatch: pytest.MonkeyPatch) -> str:
+    """One explicit deployment for the test process and the workers it spawns.
+
+    Without it each process would be its own deployment, fingerprinted from
+    the modules it imported (the test process imports more than a worker).
+    """
+    monkeypatch.setenv("TETHER_DEPLOYMENT_ID", "tests")
+    return "tests"
+
+
 @pytest.fixture
 def world_url(tmp_path: Path) -> Iterator[str]:
     """A fresh embedded World, configured as this process's default."""

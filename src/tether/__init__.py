@@ -1,7 +1,18 @@
 """tether: durable workflows for Python, every run pinned to the code that started it."""
 
-from tether.api import Run, cancel_run, configure, get_run, start, start_async
+from tether import deployments
+from tether.api import (
+    Run,
+    cancel_run,
+    cancel_runs,
+    configure,
+    get_run,
+    rerun,
+    start,
+    start_async,
+)
 from tether.errors import (
+    DeploymentNotFoundError,
     FatalError,
     NonDeterminismError,
     RetryableError,
@@ -17,6 +28,7 @@ from tether.registry import parse_workflow_name, step, workflow
 from tether.runtime.worker import Worker
 
 __all__ = [
+    "DeploymentNotFoundError",
     "FatalError",
     "NonDeterminismError",
     "RetryableError",
@@ -29,11 +41,14 @@ __all__ = [
     "Worker",
     "WorkflowNotFoundError",
     "cancel_run",
+    "cancel_runs",
     "configure",
+    "deployments",
     "get_run",
     "now",
     "parse_workflow_name",
     "random",
+    "rerun",
     "sleep",
     "start",
     "start_async",

@@ -8,15 +8,33 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from tether import deployments, registry, serde
-from tether.errors import RunCancelledError, RunFailedError, RunNotFoundError
+from tether.errors import (
+    DeploymentNotFoundError,
+    RunCancelledError,
+    RunFailedError,
+    RunNotFoundError,
+    WorkflowNotFoundError,
+)
 from tether.runtime.context import current_step
 from tether.worlds import DEFAULT_WORLD_URL, open_world
-from tether.worlds.base import TERMINAL_STATUSES, EventRecord, NewRun, RunRecord, StepRecord, World
+from tether.worlds.base import (
+    RUN_STATUSES,
+    TERMINAL_STATUSES,
+    DeploymentRecord,
+    EventRecord,
+    NewRun,
+    RunFilter,
+    RunRecord,
+    StepRecord,
+    World,
+)
+from tether.worlds.schema import encode_cursor
 
 _configured_url: str | None = None
 _worlds: dict[str, World] = {}
@@ -126,6 +144,11 @@ class Run:
         """The run's event log so far, in order."""
         return self._world.list_events(self.run_id)
 
+    def children(self) -> list[Run]:
+        """Runs started from this run's steps (child runs and continuations), oldest first."""
+        filters = RunFilter(parent_run_id=self.run_id, descending=False)
+        return [Run(record, self._world) for record in iter_runs(self._world, filters)]
+
     def steps(self) -> list[StepRecord]:
         """The run's steps so far, in the order they were asked for."""
         return self._world.list_steps(self.run_id)
@@ -146,10 +169,13 @@ def start(
 ) -> Run:
     """Start a run of ``workflow`` (the function or its name) with ``args``.
 
-    ``deployment_id=None`` pins the run to this process's deployment,
-    ``"latest"`` to the newest one, any other string to that deployment.
-    Inside a step, the new run records the step's run as its parent.
-    Raises ``SerializationError`` when an argument cannot be stored.
+    ``deployment_id=None`` pins the run to this process's own deployment (a
+    process that defines no workflows uses ``"latest"``); ``"latest"`` to the
+    newest registered deployment of this environment; any other string to
+    that deployment. Inside a step the new run records the step's run as its
+    parent. Raises ``WorkflowNotFoundError`` when the target deployment does
+    not define the workflow, ``DeploymentNotFoundError`` when no worker of it
+    ever registered, and ``SerializationError`` when an argument cannot be stored.
     """
     target = resolve_world(world)
     name = workflow.name if isinstance(workflow, registry.Workflow) else workflow
@@ -160,24 +186,9 @@ def start(
             f"start({name.rsplit('//', 1)[-1]}, [arg1, arg2])"
         )
     payload = serde.dumps([list(args), {}], where=f"arguments of {name}")
-    deployment = _resolve_deployment(deployment_id)
+    deployment = resolve_deployment(target, name, deployment_id)
     parent = current_step.get()
-    from tether.runtime.worker import local_worker
-
-    worker = local_worker(target.url, deployment)
-    record = target.create_run(
-        NewRun(
-            run_id=f"run_{uuid.uuid4().hex}",
-            workflow_name=name,
-            deployment_id=deployment,
-            input=payload,
-            parent_run_id=parent.run_id if parent else None,
-            lease_to=worker.worker_id if worker else None,
-        )
-    )
-    if worker is not None:
-        worker.accept(record.run_id)
-    return Run(record, target)
+    return _create(target, name, deployment, payload, parent.run_id if parent else None, None)
 
 
 async def start_async(
@@ -208,10 +219,134 @@ def cancel_run(run_id: str, *, world: World | str | None = None) -> bool:
     return get_run(run_id, world=world).cancel()
 
 
-def _resolve_deployment(deployment_id: str | None) -> str:
-    if deployment_id is None or deployment_id == "latest":
-        return deployments.current_deployment_id()
-    return deployment_id
+def rerun(
+    run_id: str, deployment_id: str | None = None, *, world: World | str | None = None
+) -> Run:
+    """Start a new run with the same workflow and inputs as ``run_id``; it records ``rerun_of``.
+
+    ``deployment_id=None`` reruns on the original run's deployment,
+    ``"latest"`` on the newest one (the usual fix after a bad deploy).
+    """
+    target = resolve_world(world)
+    original = target.get_run(run_id)
+    if original is None:
+        raise RunNotFoundError(f"run {run_id!r} not found in {target.url}")
+    if deployment_id is None:
+        deployment = original.deployment_id
+    else:
+        deployment = resolve_deployment(target, original.workflow_name, deployment_id)
+    return _create(target, original.workflow_name, deployment, original.input, None, run_id)
+
+
+def cancel_runs(
+    *,
+    status: str | None = None,
+    workflow_name: str | None = None,
+    deployment_id: str | None = None,
+    limit: int | None = None,
+    world: World | str | None = None,
+) -> list[str]:
+    """Cancel every unfinished run matching the filters; returns the ids it cancelled.
+
+    Raises ``ValueError`` naming a status that is not a run status or that
+    names finished runs, which cannot be cancelled.
+    """
+    target = resolve_world(world)
+    if status is not None and status not in RUN_STATUSES:
+        raise ValueError(f"invalid status {status!r}: expected one of {', '.join(RUN_STATUSES)}")
+    if status in TERMINAL_STATUSES:
+        raise ValueError(f"runs with status {status!r} have ended and cannot be cancelled")
+    statuses = [status] if status else ["pending", "running"]
+    matching = [
+        record.run_id
+        for wanted in statuses
+        for record in iter_runs(
+            target,
+            RunFilter(status=wanted, workflow_name=workflow_name, deployment_id=deployment_id),
+        )
+    ]
+    if limit is not None:
+        matching = matching[:limit]
+    cancelled: list[str] = []
+    for i in range(0, len(matching), 500):
+        cancelled += target.cancel_runs(matching[i : i + 500]).cancelled
+    return cancelled
+
+
+def iter_runs(world: World, filters: RunFilter) -> Iterator[RunRecord]:
+    """Every run matching ``filters``, page after page."""
+    cursor = filters.cursor
+    while True:
+        page = world.list_runs(replace(filters, cursor=cursor, limit=500))
+        yield from page
+        if len(page) < 500:
+            return
+        cursor = encode_cursor(page[-1].created_at, page[-1].run_id)
+
+
+def resolve_deployment(target: World, workflow_name: str, deployment_id: str | None) -> str:
+    """The deployment a new run of ``workflow_name`` is pinned to; checks it defines it."""
+    if deployment_id == "latest" or (deployment_id is None and not deployments.defines_workflows()):
+        environment = deployments.current_environment()
+        latest = target.latest_deployment(environment)
+        if latest is None:
+            raise DeploymentNotFoundError(
+                f"no deployment is registered in environment {environment!r} of {target.url}: "
+                "start a worker first (tether worker MODULE)"
+            )
+        _check_defines(latest, workflow_name)
+        return latest.deployment_id
+    own = deployments.current_deployment_id()
+    wanted = own if deployment_id is None else deployment_id
+    if wanted == own and workflow_name in registry.WORKFLOWS:
+        return own  # this process is that code: a worker of it may start later
+    record = target.get_deployment(wanted)
+    if record is None:
+        if deployment_id is None:
+            raise WorkflowNotFoundError(
+                f"workflow {workflow_name!r} is not defined in this process (deployment "
+                f"{own!r}): import its module, or pass deployment_id='latest'"
+            )
+        raise DeploymentNotFoundError(
+            f"deployment {wanted!r} is not registered in {target.url}: no worker of it has started"
+        )
+    _check_defines(record, workflow_name)
+    return wanted
+
+
+def _check_defines(record: DeploymentRecord, workflow_name: str) -> None:
+    defined = sorted(record.manifest.get("workflows", {}))
+    if workflow_name not in defined:
+        shown = ", ".join(defined[:10]) + (", ..." if len(defined) > 10 else "")
+        raise WorkflowNotFoundError(
+            f"workflow {workflow_name!r} is not defined in deployment {record.deployment_id!r}"
+            f" (it defines: {shown or 'no workflows'})"
+        )
+
+
+def _create(
+    target: World,
+    name: str,
+    deployment: str,
+    payload: str,
+    parent_run_id: str | None,
+    rerun_of: str | None,
+) -> Run:
+    from tether.runtime.worker import local_worker
+
+    run = NewRun(
+        run_id=f"run_{uuid.uuid4().hex}",
+        workflow_name=name,
+        deployment_id=deployment,
+        input=payload,
+        parent_run_id=parent_run_id,
+        rerun_of=rerun_of,
+        created_at=time.time(),
+    )
+    worker = local_worker(target.url, deployment)
+    handed = worker.start_local(run) if worker is not None else None
+    record = handed.result() if handed is not None else target.create_run(run)
+    return Run(record, target)
 
 
 def _outcome(record: RunRecord) -> Any:

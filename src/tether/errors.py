@@ -44,6 +44,10 @@ class WorkflowNotFoundError(TetherError, LookupError):
     """No workflow of that name is registered (in this process or the target deployment)."""
 
 
+class DeploymentNotFoundError(TetherError, LookupError):
+    """No worker of that deployment ever registered (or none in the environment)."""
+
+
 class RunNotFoundError(TetherError, LookupError):
     """No run has that id."""
 

@@ -87,7 +87,7 @@ class WorkerProcess:
     def _wait_ready(self, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if "tether worker" in self.output():
+            if " ready: deployment " in self.output():
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited early:\n{self.output()}")

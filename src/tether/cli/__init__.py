@@ -56,10 +56,12 @@ def worker(
         w = Worker(concurrency=concurrency, lease_seconds=lease_seconds)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(
-        f"tether worker {w.worker_id}: deployment {w.deployment_id!r} on {w.world.url}, "
-        f"{len(registry.WORKFLOWS)} workflows, {len(registry.STEPS)} steps (Ctrl-C drains)",
-        err=True,
+    w.run(
+        on_ready=lambda: click.echo(
+            f"tether worker {w.worker_id} ready: deployment {w.deployment_id!r} on "
+            f"{w.world.url}, {len(registry.WORKFLOWS)} workflows, {len(registry.STEPS)} steps "
+            "(Ctrl-C drains)",
+            err=True,
+        )
     )
-    w.run()
     click.echo("tether worker stopped", err=True)

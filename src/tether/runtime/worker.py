@@ -23,16 +23,24 @@ import traceback
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tether import registry, serde
+from tether import deployments, registry, serde
 from tether.durations import seconds_until
 from tether.errors import FatalError, RetryableError, SerializationError, WorkflowNotFoundError
 from tether.runtime.context import StepContext, current_step
 from tether.runtime.instance import ACTIVATION_EVENTS, TERMINAL_EVENTS, RunInstance, error_payload
-from tether.worlds.base import Activation, EventRecord, StepOutcome, World
+from tether.worlds.base import (
+    Activation,
+    EventRecord,
+    NewRun,
+    RunRecord,
+    StepOutcome,
+    WorkerInfo,
+    World,
+)
 
 log = logging.getLogger("tether.worker")
 T = TypeVar("T")
@@ -90,10 +98,11 @@ class Worker:
         lease_seconds: float = 10.0,
         drain_timeout: float = 30.0,
     ) -> None:
-        from tether import api, deployments
+        from tether import api
 
         self.world = api.resolve_world(world)
         self.deployment_id = deployment_id or deployments.current_deployment_id()
+        self.environment = deployments.current_environment()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.concurrency = concurrency
         self.cache_size = cache_size
@@ -103,7 +112,7 @@ class Worker:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._inflight: set[asyncio.Task[None]] = set()
         self._step_pool = ThreadPoolExecutor(step_threads, thread_name_prefix="tether-step")
-        self._io_pool = ThreadPoolExecutor(64, thread_name_prefix="tether-io")
+        self._io_pool = ThreadPoolExecutor(4, thread_name_prefix="tether-io")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._stopping: asyncio.Event | None = None
@@ -142,24 +151,35 @@ class Worker:
             self._thread.join()
             self._thread = None
 
-    def run(self) -> None:
-        """Serve in the foreground until SIGINT or SIGTERM, then drain and return."""
+    def run(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Serve in the foreground until SIGINT or SIGTERM, then drain and return.
+
+        ``on_ready`` is called once the worker has registered its deployment.
+        """
 
         async def main() -> None:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._request_stop)
-            await self.serve()
+            await self.serve(on_ready)
 
         asyncio.run(main())
 
-    async def serve(self) -> None:
+    async def serve(self, on_ready: Callable[[], None] | None = None) -> None:
         """Claim and run tasks until stopped; the coroutine behind ``start`` and ``run``."""
         try:
             self._loop = asyncio.get_running_loop()
             self._wake = asyncio.Event()
             self._stopping = asyncio.Event()
-            remove_listener = self.world.add_listener(self._wake_threadsafe)
+            info = WorkerInfo(
+                self.worker_id,
+                self.deployment_id,
+                self.environment,
+                socket.gethostname(),
+                os.getpid(),
+            )
+            await self._io(self.world.register_worker, info, deployments.build_manifest())
+            remove_listener = self.world.add_listener(self._wake_threadsafe, skip_own_loop=True)
             key = (self.world.url, self.deployment_id)
             with _local_lock:
                 _local_workers.setdefault(key, self)
@@ -168,6 +188,8 @@ class Worker:
             self._ready.set()
             raise
         self._ready.set()
+        if on_ready is not None:
+            on_ready()
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
             await self._claim_loop()
@@ -178,7 +200,7 @@ class Worker:
             remove_listener()
             await self._drain()
             heartbeat.cancel()
-            await self._io(self.world.release_leases, self.worker_id)
+            await self._io(self.world.unregister_worker, self.worker_id)
             for instance in self._cache.values():
                 instance.close()
             self._cache.clear()
@@ -187,12 +209,66 @@ class Worker:
 
     # -- handing work to this worker from the same process -------------------
 
-    def accept(self, run_id: str) -> None:
-        """Activate a run whose first task was leased to this worker (thread-safe)."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        loop.call_soon_threadsafe(self._spawn, self._activate(run_id))
+    def start_local(self, run: NewRun) -> Future[RunRecord] | None:
+        """Create a run and its first activation in one commit, on this worker (thread-safe).
+
+        Returns ``None`` when this worker cannot take it (stopped, or called
+        from its own loop, which must not block on itself).
+        """
+        loop, stopping = self._loop, self._stopping
+        if loop is None or loop.is_closed() or stopping is None or stopping.is_set():
+            return None
+        with contextlib.suppress(RuntimeError):
+            if asyncio.get_running_loop() is loop:
+                return None
+        future: Future[RunRecord] = Future()
+        try:
+            loop.call_soon_threadsafe(self._spawn, self._start_local(run, future))
+        except RuntimeError:
+            return None
+        return future
+
+    async def _start_local(self, run: NewRun, future: Future[RunRecord]) -> None:
+        definition = registry.WORKFLOWS.get(run.workflow_name)
+        try:
+            if definition is None:
+                future.set_result(await self.world.create_run_async(run))
+                return
+            async with self._run_lock(run.run_id):
+                record = RunRecord(
+                    run.run_id,
+                    run.workflow_name,
+                    run.deployment_id,
+                    "pending",
+                    run.input,
+                    None,
+                    None,
+                    run.parent_run_id,
+                    run.rerun_of,
+                    run.created_at or time.time(),
+                    None,
+                    None,
+                    1,
+                )
+                instance = RunInstance(record, definition)
+                instance.last_seq = 1  # run_created
+                started = EventRecord(run.run_id, 0, "run_started", created_at=time.time())
+                new_events = instance.advance([started])
+                activation = Activation(
+                    run.run_id, 1, new_events, self.worker_id, self.lease_seconds
+                )
+                try:
+                    created = await self.world.create_run_async(run, activation)
+                except BaseException:
+                    instance.close()
+                    raise
+                future.set_result(created)
+                self._after_commit(instance, new_events, True)
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
 
     # -- claiming ------------------------------------------------------------
 
@@ -214,8 +290,7 @@ class Worker:
         free = min(self.concurrency - len(self._inflight), CLAIM_BATCH)
         now = time.time()
         if free > 0 and self.world.has_due(self.deployment_id, now):
-            tasks = await self._io(
-                self.world.claim_tasks,
+            tasks = await self.world.claim_tasks_async(
                 self.deployment_id,
                 self.worker_id,
                 free,
@@ -244,14 +319,15 @@ class Worker:
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
+        was_full = len(self._inflight) >= self.concurrency
         self._inflight.discard(task)
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             log.error(
                 "worker task failed", exc_info=(type(exc), exc, exc.__traceback__) if exc else None
             )
-        if self._wake is not None:
-            self._wake.set()
+        if was_full:
+            self._wake_up()  # room to claim again
 
     # -- workflow activations --------------------------------------------------
 
@@ -268,7 +344,7 @@ class Worker:
                     instance.close()
                 return
             if instance is None:
-                instance = self._new_instance(run_id)
+                instance = await self._new_instance(run_id)
                 if instance is None:
                     return
             instance.feed(events)
@@ -286,10 +362,12 @@ class Worker:
             activation = Activation(
                 run_id, expected, new_events, self.worker_id, self.lease_seconds
             )
-            committed = await self._io(self.world.commit_activation, activation)
+            committed = await self.world.commit_activation_async(activation)
             self._after_commit(instance, new_events, committed)
+            if not committed:
+                self._wake_up()  # the world re-queued the run
 
-    def _new_instance(self, run_id: str) -> RunInstance | None:
+    async def _new_instance(self, run_id: str) -> RunInstance | None:
         run = self.world.get_run(run_id)
         if run is None:
             return None
@@ -306,7 +384,7 @@ class Worker:
                 f"{self.deployment_id!r} (worker {self.worker_id})"
             )
             end = EventRecord(run_id, run.last_seq + 1, "run_failed", payload=error_payload(error))
-            self.world.commit_activation(
+            await self.world.commit_activation_async(
                 Activation(run_id, run.last_seq, [end], self.worker_id, self.lease_seconds)
             )
             return None
@@ -333,8 +411,8 @@ class Worker:
                     1,
                 )
                 self._spawn(self._run_step(job))
-        if any(e.type == "wait_created" for e in new_events) and self._wake is not None:
-            self._wake.set()  # recompute the next timer
+        if any(e.type == "wait_created" for e in new_events):
+            self._wake_up()  # recompute the next timer
 
     # -- steps -------------------------------------------------------------------
 
@@ -349,7 +427,8 @@ class Worker:
         else:
             outcome = await self._attempt(job, definition)
         if outcome.status == "retrying":
-            await self._io(self.world.finish_step, outcome, None)
+            await self.world.finish_step_async(outcome, None)
+            self._wake_up()  # the retry is a task due later
             return
         await self._deliver(outcome)
 
@@ -394,7 +473,8 @@ class Worker:
         async with self._run_lock(outcome.run_id):
             instance = self._cache.pop(outcome.run_id, None)
             if instance is None:
-                await self._io(self.world.finish_step, outcome, None)
+                await self.world.finish_step_async(outcome, None)
+                self._wake_up()  # the run was queued for a workflow task
                 return
             kind = "step_completed" if outcome.status == "completed" else "step_failed"
             answer = EventRecord(
@@ -411,8 +491,10 @@ class Worker:
             activation = Activation(
                 outcome.run_id, expected, new_events, self.worker_id, self.lease_seconds
             )
-            applied = await self._io(self.world.finish_step, outcome, activation)
+            applied = await self.world.finish_step_async(outcome, activation)
             self._after_commit(instance, new_events, applied)
+            if not applied:
+                self._wake_up()
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -432,22 +514,26 @@ class Worker:
                 self._locks[run_id] = (lock, users - 1)
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
-        """Call a blocking World method off the loop; the world groups concurrent writes."""
+        """Call a blocking World method (the rare ones: registration, heartbeat) off the loop."""
         return await asyncio.get_running_loop().run_in_executor(self._io_pool, fn, *args)
 
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.lease_seconds / 4)
             try:
-                await self._io(self.world.renew_leases, self.worker_id, self.lease_seconds)
+                await self._io(self.world.heartbeat, self.worker_id, self.lease_seconds)
             except Exception:
-                log.exception("could not renew leases of worker %s", self.worker_id)
+                log.exception("heartbeat of worker %s failed", self.worker_id)
 
     async def _drain(self) -> None:
         if self._inflight:
             _, pending = await asyncio.wait(set(self._inflight), timeout=self.drain_timeout)
             for task in pending:
                 task.cancel()
+
+    def _wake_up(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
 
     def _wake_threadsafe(self) -> None:
         loop, wake = self._loop, self._wake

@@ -14,6 +14,7 @@ by hand.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -131,8 +132,8 @@ class NewRun:
     input: str
     parent_run_id: str | None = None
     rerun_of: str | None = None
-    #: Lease the first workflow task to this worker at once (it runs it in-process).
-    lease_to: str | None = None
+    #: Creation time; ``None`` means when the write happens.
+    created_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -182,6 +183,44 @@ class RunFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A worker process as it registers itself."""
+
+    worker_id: str
+    deployment_id: str
+    environment: str
+    hostname: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentRecord:
+    """A registered deployment: its manifest (every workflow and step) and first sight."""
+
+    deployment_id: str
+    environment: str
+    manifest: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentStatus:
+    """A deployment as an operator sees it: work in flight and who serves it."""
+
+    deployment_id: str
+    environment: str
+    created_at: float
+    in_flight: int
+    live_workers: int
+    last_heartbeat_at: float | None
+
+    @property
+    def stranded(self) -> bool:
+        """In-flight runs and no live worker: those runs wait until one starts."""
+        return self.in_flight > 0 and self.live_workers == 0
+
+
+@dataclass(frozen=True, slots=True)
 class CancelResult:
     """Which runs a cancel ended (runs already finished are left alone)."""
 
@@ -196,8 +235,12 @@ class World(abc.ABC):
     # -- runs -------------------------------------------------------------
 
     @abc.abstractmethod
-    def create_run(self, run: NewRun) -> RunRecord:
-        """Insert the run, its ``run_created`` event and its first workflow task."""
+    def create_run(self, run: NewRun, activation: Activation | None = None) -> RunRecord:
+        """Insert the run, its ``run_created`` event and its first workflow task.
+
+        With an ``activation`` (the run's first, computed by an in-process
+        worker) that commits in the same transaction instead of a task.
+        """
 
     @abc.abstractmethod
     def get_run(self, run_id: str) -> RunRecord | None:
@@ -264,20 +307,81 @@ class World(abc.ABC):
         """
 
     @abc.abstractmethod
-    def renew_leases(self, worker_id: str, lease_seconds: float) -> None:
-        """Extend every lease ``worker_id`` holds (its heartbeat)."""
+    def heartbeat(self, worker_id: str, lease_seconds: float) -> None:
+        """Record that the worker is alive and extend every lease it holds."""
 
     @abc.abstractmethod
     def release_leases(self, worker_id: str) -> None:
         """Give back every task ``worker_id`` holds, due now (a clean shutdown)."""
 
+    # -- deployments ----------------------------------------------------------
+
+    @abc.abstractmethod
+    def register_worker(self, worker: WorkerInfo, manifest: dict[str, Any]) -> None:
+        """Record a starting worker and its deployment.
+
+        The deployment's manifest becomes the union of what its processes
+        registered; its ``created_at`` is when it was first seen.
+        """
+
+    @abc.abstractmethod
+    def unregister_worker(self, worker_id: str) -> None:
+        """Mark the worker stopped and give back its leases."""
+
+    @abc.abstractmethod
+    def get_deployment(self, deployment_id: str) -> DeploymentRecord | None:
+        """The deployment with that id, or ``None`` if no worker ever registered it."""
+
+    @abc.abstractmethod
+    def latest_deployment(self, environment: str) -> DeploymentRecord | None:
+        """The newest registered deployment of the environment."""
+
+    @abc.abstractmethod
+    def list_deployments(
+        self, environment: str | None, live_within: float
+    ) -> list[DeploymentStatus]:
+        """Deployments, newest first, with runs in flight and workers whose
+        heartbeat is at most ``live_within`` seconds old."""
+
+    # -- the worker's hot path, awaited on its event loop ----------------------
+    # Defaults run the blocking method on a thread; a backend that can commit
+    # on the caller's loop (grouping what the loop asked for) overrides them.
+
+    async def create_run_async(
+        self, run: NewRun, activation: Activation | None = None
+    ) -> RunRecord:
+        """``create_run`` for a worker's event loop."""
+        return await asyncio.to_thread(self.create_run, run, activation)
+
+    async def commit_activation_async(self, activation: Activation) -> bool:
+        """``commit_activation`` for a worker's event loop."""
+        return await asyncio.to_thread(self.commit_activation, activation)
+
+    async def finish_step_async(
+        self, outcome: StepOutcome, activation: Activation | None = None
+    ) -> bool:
+        """``finish_step`` for a worker's event loop."""
+        return await asyncio.to_thread(self.finish_step, outcome, activation)
+
+    async def claim_tasks_async(
+        self, deployment_id: str, worker_id: str, limit: int, lease_seconds: float
+    ) -> list[Task]:
+        """``claim_tasks`` for a worker's event loop."""
+        return await asyncio.to_thread(
+            self.claim_tasks, deployment_id, worker_id, limit, lease_seconds
+        )
+
     # -- wake-ups ---------------------------------------------------------
 
     @abc.abstractmethod
-    def add_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
+    def add_listener(
+        self, callback: Callable[[], None], *, skip_own_loop: bool = False
+    ) -> Callable[[], None]:
         """Call ``callback`` (from any thread) whenever the world may have changed.
 
-        Returns a function that removes the listener.
+        With ``skip_own_loop`` (called on an event loop), commits made by
+        ``*_async`` calls from that same loop do not call it: a worker knows
+        what its own writes did. Returns a function that removes the listener.
         """
 
     @abc.abstractmethod

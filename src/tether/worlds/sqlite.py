@@ -9,6 +9,7 @@ connection commits.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue
@@ -26,6 +27,8 @@ from tether.worlds.base import (
     TERMINAL_STATUSES,
     Activation,
     CancelResult,
+    DeploymentRecord,
+    DeploymentStatus,
     EventRecord,
     NewRun,
     RunFilter,
@@ -34,6 +37,7 @@ from tether.worlds.base import (
     StepRecord,
     Task,
     WaitRecord,
+    WorkerInfo,
     World,
 )
 
@@ -70,7 +74,7 @@ class SqliteWorld(World):
             )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[tuple[Callable[[], None], asyncio.AbstractEventLoop | None]] = []
         self._changed = threading.Condition()
         self._closed = False
         self._migrate()
@@ -80,8 +84,13 @@ class SqliteWorld(World):
 
     # -- runs -------------------------------------------------------------
 
-    def create_run(self, run: NewRun) -> RunRecord:
-        return self._write(lambda conn: _create_run(conn, run))
+    def create_run(self, run: NewRun, activation: Activation | None = None) -> RunRecord:
+        return self._write(lambda conn: _create_run(conn, run, activation))
+
+    async def create_run_async(
+        self, run: NewRun, activation: Activation | None = None
+    ) -> RunRecord:
+        return await self._write_async(lambda conn: _create_run(conn, run, activation))
 
     def get_run(self, run_id: str) -> RunRecord | None:
         row = self._read().execute(_RUN_SELECT + " WHERE run_id = ?", (run_id,)).fetchone()
@@ -149,37 +158,131 @@ class SqliteWorld(World):
         )
         return row is not None
 
+    async def claim_tasks_async(
+        self, deployment_id: str, worker_id: str, limit: int, lease_seconds: float
+    ) -> list[Task]:
+        return await self._write_async(
+            lambda conn: _claim_tasks(conn, deployment_id, worker_id, limit, lease_seconds)
+        )
+
     def commit_activation(self, activation: Activation) -> bool:
         return self._write(lambda conn: _commit_activation(conn, activation))
+
+    async def commit_activation_async(self, activation: Activation) -> bool:
+        return await self._write_async(lambda conn: _commit_activation(conn, activation))
 
     def finish_step(self, outcome: StepOutcome, activation: Activation | None = None) -> bool:
         return self._write(lambda conn: _finish_step(conn, outcome, activation))
 
-    def renew_leases(self, worker_id: str, lease_seconds: float) -> None:
-        self._write(
-            lambda conn: conn.execute(
-                "UPDATE tasks SET available_at = ? WHERE lease_owner = ?",
-                (time.time() + lease_seconds, worker_id),
+    async def finish_step_async(
+        self, outcome: StepOutcome, activation: Activation | None = None
+    ) -> bool:
+        return await self._write_async(lambda conn: _finish_step(conn, outcome, activation))
+
+    def heartbeat(self, worker_id: str, lease_seconds: float) -> None:
+        def beat(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            conn.execute(
+                "UPDATE workers SET heartbeat_at = ? WHERE worker_id = ?", (now, worker_id)
             )
-        )
+            conn.execute(
+                "UPDATE tasks SET available_at = ? WHERE lease_owner = ?",
+                (now + lease_seconds, worker_id),
+            )
+
+        self._write(beat)
 
     def release_leases(self, worker_id: str) -> None:
-        self._write(
-            lambda conn: conn.execute(
-                "UPDATE tasks SET lease_owner = NULL, available_at = ? WHERE lease_owner = ?",
-                (time.time(), worker_id),
+        self._write(lambda conn: _release_leases(conn, worker_id))
+
+    # -- deployments ----------------------------------------------------------
+
+    def register_worker(self, worker: WorkerInfo, manifest: dict[str, Any]) -> None:
+        self._write(lambda conn: _register_worker(conn, worker, manifest))
+
+    def unregister_worker(self, worker_id: str) -> None:
+        def unregister(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE workers SET stopped_at = ? WHERE worker_id = ?", (time.time(), worker_id)
             )
+            _release_leases(conn, worker_id)
+
+        self._write(unregister)
+
+    def get_deployment(self, deployment_id: str) -> DeploymentRecord | None:
+        row = (
+            self._read()
+            .execute(_DEPLOYMENT_SELECT + " WHERE deployment_id = ?", (deployment_id,))
+            .fetchone()
         )
+        return _deployment_record(row) if row else None
+
+    def latest_deployment(self, environment: str) -> DeploymentRecord | None:
+        row = (
+            self._read()
+            .execute(
+                _DEPLOYMENT_SELECT + " WHERE environment = ? ORDER BY created_at DESC LIMIT 1",
+                (environment,),
+            )
+            .fetchone()
+        )
+        return _deployment_record(row) if row else None
+
+    def list_deployments(
+        self, environment: str | None, live_within: float
+    ) -> list[DeploymentStatus]:
+        conn = self._read()
+        in_flight = dict(
+            conn.execute(
+                "SELECT deployment_id, COUNT(*) FROM runs"
+                " WHERE status IN ('pending', 'running') GROUP BY deployment_id"
+            ).fetchall()
+        )
+        workers = {
+            row[0]: (row[1], row[2])
+            for row in conn.execute(
+                "SELECT deployment_id,"
+                " SUM(stopped_at IS NULL AND heartbeat_at >= ?), MAX(heartbeat_at)"
+                " FROM workers GROUP BY deployment_id",
+                (time.time() - live_within,),
+            )
+        }
+        rows = conn.execute(
+            "SELECT deployment_id, environment, created_at FROM deployments ORDER BY created_at"
+        ).fetchall()
+        known = {row[0] for row in rows}
+        # Runs can be pinned to a deployment no worker ever registered: show those too.
+        for deployment_id in sorted(set(in_flight) - known):
+            first = conn.execute(
+                "SELECT MIN(created_at) FROM runs WHERE deployment_id = ?", (deployment_id,)
+            ).fetchone()[0]
+            rows.append((deployment_id, "", first))
+        statuses = [
+            DeploymentStatus(
+                deployment_id=deployment_id,
+                environment=env,
+                created_at=created_at,
+                in_flight=in_flight.get(deployment_id, 0),
+                live_workers=int(workers.get(deployment_id, (0, None))[0] or 0),
+                last_heartbeat_at=workers.get(deployment_id, (0, None))[1],
+            )
+            for deployment_id, env, created_at in rows
+            if environment is None or env in (environment, "")
+        ]
+        return sorted(statuses, key=lambda d: d.created_at, reverse=True)
 
     # -- wake-ups ---------------------------------------------------------
 
-    def add_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
-        self._listeners.append(callback)
+    def add_listener(
+        self, callback: Callable[[], None], *, skip_own_loop: bool = False
+    ) -> Callable[[], None]:
+        entry = (callback, asyncio.get_running_loop() if skip_own_loop else None)
+        self._listeners.append(entry)
         self._start_watcher()
 
         def remove() -> None:
-            if callback in self._listeners:
-                self._listeners.remove(callback)
+            if entry in self._listeners:
+                self._listeners.remove(entry)
 
         return remove
 
@@ -219,6 +322,11 @@ class SqliteWorld(World):
             raise RuntimeError(f"the world {self.url} is closed")
         return self._writer.submit(op).result()
 
+    async def _write_async(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise RuntimeError(f"the world {self.url} is closed")
+        return await self._writer.run_on_loop(op)
+
     def _migrate(self) -> None:
         conn = self._connect()
         try:
@@ -245,11 +353,12 @@ class SqliteWorld(World):
         finally:
             conn.close()
 
-    def _notify(self) -> None:
+    def _notify(self, origin: asyncio.AbstractEventLoop | None = None) -> None:
         with self._changed:
             self._changed.notify_all()
-        for callback in list(self._listeners):
-            callback()
+        for callback, own_loop in list(self._listeners):
+            if own_loop is None or own_loop is not origin:
+                callback()
 
     def _start_watcher(self) -> None:
         with self._watch_lock:
@@ -268,35 +377,56 @@ class SqliteWorld(World):
             version = conn.execute("PRAGMA data_version").fetchone()[0]
             if version != last:
                 last = version
-                self._notify()
+                self._notify(None)
         conn.close()
 
 
 class _Writer:
-    """One thread that commits queued operations, many per transaction."""
+    """Commits queued operations, many per transaction, on one connection.
+
+    Operations come from other threads through a queue served by the writer
+    thread, or from an asyncio loop (a worker's) that commits them itself at
+    the end of the loop iteration, with no thread hop. A lock keeps one
+    transaction at a time on the shared connection.
+    """
 
     def __init__(
-        self, connect: Callable[[], sqlite3.Connection], on_commit: Callable[[], None]
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        on_commit: Callable[[asyncio.AbstractEventLoop | None], None],
     ) -> None:
-        self._connect = connect
+        self._conn = connect()
+        self._lock = threading.Lock()
         self._on_commit = on_commit
-        self._queue: queue.SimpleQueue[
-            tuple[Callable[[sqlite3.Connection], Any], Future[Any]] | None
-        ] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_QueuedOp | None] = queue.SimpleQueue()
+        self._loop_batches: dict[asyncio.AbstractEventLoop, list[_LoopOp]] = {}
         self._thread = threading.Thread(target=self._run, name="tether-sqlite-writer", daemon=True)
         self._thread.start()
 
     def submit(self, op: Callable[[sqlite3.Connection], T]) -> Future[T]:
+        """Queue ``op`` for the writer thread; the future resolves once it is committed."""
         future: Future[T] = Future()
         self._queue.put((op, future))
         return future
 
+    async def run_on_loop(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Commit ``op`` on the calling loop, with everything else queued this iteration."""
+        loop = asyncio.get_running_loop()
+        batch = self._loop_batches.get(loop)
+        if batch is None:
+            batch = self._loop_batches[loop] = []
+            loop.call_soon(self._flush_loop, loop)
+        future: asyncio.Future[T] = loop.create_future()
+        batch.append((op, future))
+        return await future
+
     def stop(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=5)
+        with self._lock:
+            self._conn.close()
 
     def _run(self) -> None:
-        conn = self._connect()
         stopping = False
         while not stopping:
             item = self._queue.get()
@@ -312,41 +442,53 @@ class _Writer:
                     stopping = True
                     break
                 batch.append(more)
-            self._commit(conn, batch)
-        conn.close()
+            outcomes = self._execute([op for op, _ in batch], None)
+            for (_, future), (result, error) in zip(batch, outcomes, strict=True):
+                if error is None:
+                    future.set_result(result)
+                else:
+                    future.set_exception(error)
 
-    def _commit(
+    def _flush_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = self._loop_batches.pop(loop, [])
+        outcomes = self._execute([op for op, _ in batch], loop)
+        for (_, future), (result, error) in zip(batch, outcomes, strict=True):
+            if future.cancelled():
+                continue
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+
+    def _execute(
         self,
-        conn: sqlite3.Connection,
-        batch: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]],
-    ) -> None:
-        """Commit the batch in one transaction; if any operation fails, commit each alone.
+        ops: list[Callable[[sqlite3.Connection], Any]],
+        origin: asyncio.AbstractEventLoop | None,
+    ) -> list[tuple[Any, BaseException | None]]:
+        """Commit ``ops`` in one transaction; if any fails, commit each alone.
 
         Operations rarely fail, so the common case pays for no savepoints.
         """
-        try:
-            results = self._transaction(conn, [op for op, _ in batch])
-        except Exception as exc:
-            if len(batch) == 1:
-                batch[0][1].set_exception(exc)
-                self._on_commit()
-                return
-            for op, future in batch:
-                try:
-                    (result,) = self._transaction(conn, [op])
-                except Exception as alone:
-                    future.set_exception(alone)
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        with self._lock:
+            try:
+                outcomes = [(result, None) for result in self._transaction(ops)]
+            except Exception as exc:
+                if len(ops) == 1:
+                    outcomes = [(None, exc)]
                 else:
-                    future.set_result(result)
-        else:
-            for (_, future), result in zip(batch, results, strict=True):
-                future.set_result(result)
-        self._on_commit()
+                    for op in ops:
+                        try:
+                            (result,) = self._transaction([op])
+                        except Exception as alone:
+                            outcomes.append((None, alone))
+                        else:
+                            outcomes.append((result, None))
+        self._on_commit(origin)
+        return outcomes
 
-    @staticmethod
-    def _transaction(
-        conn: sqlite3.Connection, ops: list[Callable[[sqlite3.Connection], Any]]
-    ) -> list[Any]:
+    def _transaction(self, ops: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
+        conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             results = [op(conn) for op in ops]
@@ -358,6 +500,10 @@ class _Writer:
         return results
 
 
+_QueuedOp = tuple[Callable[[sqlite3.Connection], Any], Future[Any]]
+_LoopOp = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
+
+
 # -- operations run inside the writer's transaction --------------------------
 
 _RUN_SELECT = (
@@ -366,8 +512,8 @@ _RUN_SELECT = (
 )
 
 
-def _create_run(conn: sqlite3.Connection, run: NewRun) -> RunRecord:
-    now = time.time()
+def _create_run(conn: sqlite3.Connection, run: NewRun, activation: Activation | None) -> RunRecord:
+    now = run.created_at or time.time()
     conn.execute(
         "INSERT INTO runs (run_id, workflow_name, deployment_id, status, input, parent_run_id,"
         " rerun_of, created_at, last_seq) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, 1)",
@@ -391,11 +537,12 @@ def _create_run(conn: sqlite3.Connection, run: NewRun) -> RunRecord:
         " VALUES (?, 1, 'run_created', ?, ?, ?, ?)",
         (run.run_id, run.workflow_name, run.input, json.dumps(attrs), now),
     )
-    conn.execute(
-        "INSERT INTO tasks (kind, run_id, deployment_id, available_at, lease_owner)"
-        " VALUES ('workflow', ?, ?, ?, ?)",
-        (run.run_id, run.deployment_id, now + (60.0 if run.lease_to else 0.0), run.lease_to),
-    )
+    if activation is not None:
+        _append(conn, run.run_id, run.deployment_id, activation.events, activation)
+        if any(e.type == "wait_created" for e in activation.events):
+            _schedule_workflow(conn, run.run_id, run.deployment_id)
+    else:
+        _queue_workflow(conn, run.run_id, run.deployment_id, now)
     return RunRecord(
         run_id=run.run_id,
         workflow_name=run.workflow_name,
@@ -410,6 +557,48 @@ def _create_run(conn: sqlite3.Connection, run: NewRun) -> RunRecord:
         started_at=None,
         completed_at=None,
         last_seq=1,
+    )
+
+
+def _release_leases(conn: sqlite3.Connection, worker_id: str) -> None:
+    conn.execute(
+        "UPDATE tasks SET lease_owner = NULL, available_at = ? WHERE lease_owner = ?",
+        (time.time(), worker_id),
+    )
+
+
+_DEPLOYMENT_SELECT = "SELECT deployment_id, environment, manifest, created_at FROM deployments"
+
+
+def _deployment_record(row: tuple[Any, ...]) -> DeploymentRecord:
+    return DeploymentRecord(row[0], row[1], json.loads(row[2]), row[3])
+
+
+def _register_worker(
+    conn: sqlite3.Connection, worker: WorkerInfo, manifest: dict[str, Any]
+) -> None:
+    now = time.time()
+    row = conn.execute(
+        "SELECT manifest FROM deployments WHERE deployment_id = ?", (worker.deployment_id,)
+    ).fetchone()
+    if row is None:
+        conn.execute(
+            "INSERT INTO deployments (deployment_id, environment, manifest, created_at)"
+            " VALUES (?, ?, ?, ?)",
+            (worker.deployment_id, worker.environment, json.dumps(manifest), now),
+        )
+    else:
+        merged = json.loads(row[0])
+        for section, entries in manifest.items():
+            merged.setdefault(section, {}).update(entries)
+        conn.execute(
+            "UPDATE deployments SET manifest = ? WHERE deployment_id = ?",
+            (json.dumps(merged), worker.deployment_id),
+        )
+    conn.execute(
+        "INSERT INTO workers (worker_id, deployment_id, hostname, pid, started_at, heartbeat_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (worker.worker_id, worker.deployment_id, worker.hostname, worker.pid, now, now),
     )
 
 
@@ -562,21 +751,55 @@ def _append(
             for e in events
         ],
     )
+    started_at: float | None = None
+    previous: EventRecord | None = None
     for event in events:
-        _apply(conn, deployment_id, event, activation)
-    conn.execute("UPDATE runs SET last_seq = ? WHERE run_id = ?", (events[-1].seq, run_id))
+        if event.type == "run_started":
+            started_at = event.created_at  # folded into the last_seq update below
+        elif not (
+            # A step claimed in the commit that created it: inserted as running.
+            event.type == "step_started"
+            and previous is not None
+            and previous.type == "step_created"
+            and previous.correlation_id == event.correlation_id
+        ):
+            _apply(conn, deployment_id, event, activation, started=_started_with(event, events))
+        previous = event
+    if started_at is None:
+        conn.execute("UPDATE runs SET last_seq = ? WHERE run_id = ?", (events[-1].seq, run_id))
+    else:
+        conn.execute(
+            "UPDATE runs SET last_seq = ?, status = 'running', started_at = ? WHERE run_id = ?",
+            (events[-1].seq, started_at, run_id),
+        )
+
+
+def _started_with(event: EventRecord, events: Sequence[EventRecord]) -> EventRecord | None:
+    """The ``step_started`` right after a ``step_created`` in the same commit, if any."""
+    if event.type != "step_created":
+        return None
+    index = events.index(event)
+    following = events[index + 1] if index + 1 < len(events) else None
+    if (
+        following is not None
+        and following.type == "step_started"
+        and following.correlation_id == event.correlation_id
+    ):
+        return following
+    return None
 
 
 def _apply(
-    conn: sqlite3.Connection, deployment_id: str, e: EventRecord, activation: Activation | None
+    conn: sqlite3.Connection,
+    deployment_id: str,
+    e: EventRecord,
+    activation: Activation | None,
+    *,
+    started: EventRecord | None = None,
 ) -> None:
-    """Update the views for one event."""
+    """Update the views for one event (``run_started`` is folded in by ``_append``)."""
     t, run_id, at = e.type, e.run_id, e.created_at
-    if t == "run_started":
-        conn.execute(
-            "UPDATE runs SET status = 'running', started_at = ? WHERE run_id = ?", (at, run_id)
-        )
-    elif t in ("run_completed", "run_failed", "run_cancelled"):
+    if t in ("run_completed", "run_failed", "run_cancelled"):
         status = t.removeprefix("run_")
         column = "output" if t == "run_completed" else "error"
         conn.execute(
@@ -595,9 +818,18 @@ def _apply(
         )
     elif t == "step_created":
         conn.execute(
-            "INSERT INTO steps (run_id, step_id, step_name, status, attempt, input, created_at)"
-            " VALUES (?, ?, ?, 'pending', 0, ?, ?)",
-            (run_id, e.correlation_id, e.name, e.payload or "", at),
+            "INSERT INTO steps (run_id, step_id, step_name, status, attempt, input, created_at,"
+            " started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run_id,
+                e.correlation_id,
+                e.name,
+                "pending" if started is None else "running",
+                0 if started is None else (started.attrs or {}).get("attempt", 1),
+                e.payload or "",
+                at,
+                None if started is None else started.created_at,
+            ),
         )
         leased = activation is not None
         conn.execute(
