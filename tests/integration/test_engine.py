@@ -322,3 +322,20 @@ def test_runs_replay_from_the_log_when_nothing_is_cached(world_url: str) -> None
         assert tether.start(race, [5, 0.05]).result(timeout=10) == "timeout"
         assert tether.start(retrying, ["replayed-retry", 1]).result(timeout=10) == "ok after 2"
         assert len(tether.start(naps, [0.05]).result(timeout=10)) == 2
+
+
+def test_waking_a_sleep_ends_it_early(worker: tether.Worker) -> None:
+    run = tether.start(naps, [3600])
+    wait_for_event = time.monotonic() + 5
+    while not any(e.type == "wait_created" for e in run.events()):
+        assert time.monotonic() < wait_for_event
+        time.sleep(0.01)
+    world = tether.api.resolve_world()
+    for _ in range(3):  # naps sleeps three times
+        deadline = time.monotonic() + 5
+        while not [w for w in world.list_waits(run.run_id) if w.status == "waiting"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert world.wake_sleeps(run.run_id) == 1
+    assert len(run.result(timeout=10)) == 2
+    assert world.wake_sleeps(run.run_id) == 0

@@ -266,6 +266,10 @@ class World(abc.ABC):
     def cancel_runs(self, run_ids: Sequence[str]) -> CancelResult:
         """Append ``run_cancelled`` to each unfinished run, drop its queued work."""
 
+    @abc.abstractmethod
+    def wake_sleeps(self, run_id: str) -> int:
+        """End the run's pending sleeps now (``wait_completed``); returns how many."""
+
     # -- worker side ------------------------------------------------------
 
     @abc.abstractmethod

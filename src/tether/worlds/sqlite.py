@@ -128,6 +128,9 @@ class SqliteWorld(World):
     def cancel_runs(self, run_ids: Sequence[str]) -> CancelResult:
         return self._write(lambda conn: _cancel_runs(conn, list(run_ids)))
 
+    def wake_sleeps(self, run_id: str) -> int:
+        return self._write(lambda conn: _wake_sleeps(conn, run_id))
+
     # -- worker side ------------------------------------------------------
 
     def claim_tasks(
@@ -722,6 +725,31 @@ def _cancel_runs(conn: sqlite3.Connection, run_ids: list[str]) -> CancelResult:
         _append(conn, run_id, state[2], [event], None)
         result.cancelled.append(run_id)
     return result
+
+
+def _wake_sleeps(conn: sqlite3.Connection, run_id: str) -> int:
+    state = _run_state(conn, run_id)
+    if state is None or state[0] in TERMINAL_STATUSES:
+        return 0
+    waiting = [
+        row[0]
+        for row in conn.execute(
+            "SELECT wait_id FROM waits WHERE run_id = ? AND status = 'waiting' ORDER BY created_at",
+            (run_id,),
+        )
+    ]
+    if not waiting:
+        return 0
+    now = time.time()
+    events = [
+        EventRecord(
+            run_id, state[1] + i, "wait_completed", wait_id, attrs={"woken": True}, created_at=now
+        )
+        for i, wait_id in enumerate(waiting, start=1)
+    ]
+    _append(conn, run_id, state[2], events, None)
+    _queue_workflow(conn, run_id, state[2], now)
+    return len(waiting)
 
 
 def _append(
