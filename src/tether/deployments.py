@@ -12,6 +12,7 @@ import hashlib
 import inspect
 import os
 import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,13 +151,11 @@ def _module_hash(module: str) -> str:
 
 
 def _describe(fn: Callable[..., Any]) -> dict[str, Any]:
-    try:
-        source = inspect.getsource(fn)
-    except (OSError, TypeError):
-        source = fn.__code__.co_code.hex()
     signature = inspect.signature(fn)
+    digest = hashlib.sha256()
+    _digest_code(fn.__code__, digest)
     return {
-        "fingerprint": hashlib.sha256(source.encode()).hexdigest()[:16],
+        "fingerprint": digest.hexdigest()[:16],
         "params": [
             {
                 "name": p.name,
@@ -168,6 +167,17 @@ def _describe(fn: Callable[..., Any]) -> dict[str, Any]:
         ],
         "returns": _annotation(signature.return_annotation),
     }
+
+
+def _digest_code(code: types.CodeType, digest: Any) -> None:
+    """Hash what a function does, not its name or line numbers: a renamed copy matches."""
+    digest.update(code.co_code)
+    digest.update(repr((code.co_names, code.co_varnames, code.co_freevars)).encode())
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            _digest_code(const, digest)
+        else:
+            digest.update(repr(const).encode())
 
 
 def _annotation(annotation: Any) -> str:

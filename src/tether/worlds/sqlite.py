@@ -797,7 +797,9 @@ def _append(
         conn.execute("UPDATE runs SET last_seq = ? WHERE run_id = ?", (events[-1].seq, run_id))
     else:
         conn.execute(
-            "UPDATE runs SET last_seq = ?, status = 'running', started_at = ? WHERE run_id = ?",
+            "UPDATE runs SET last_seq = ?, started_at = ?,"
+            " status = CASE status WHEN 'pending' THEN 'running' ELSE status END"
+            " WHERE run_id = ?",
             (events[-1].seq, started_at, run_id),
         )
 
