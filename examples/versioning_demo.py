@@ -1,0 +1,186 @@
+"""``make demo``: the versioning story, with real worker processes on the embedded World.
+
+A v1 worker serves orders; v2 (charges shipping, holds orders less) is
+deployed beside it. The order that was asleep finishes on v1, new orders
+go to v2, a buggy v1 order is cancelled and rerun on latest, and a daily
+digest continues itself from v1 onto v2. This process is a pure client: it
+imports none of the store's code and starts runs by name.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import tether
+from tether import serde
+from tether.worlds.base import RunFilter, World
+
+ROOT = Path(__file__).resolve().parent.parent
+DB = ROOT / ".tether" / "demo.db"
+ORDER = "workflow//store//fulfill_order"
+DIGEST = "workflow//store//daily_digest"
+
+
+def main() -> None:
+    """Tell the story, one plain sentence per step, with the runs' steps as they happen."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{DB}{suffix}").unlink(missing_ok=True)
+    url = f"sqlite:///{DB}"
+    tether.configure(url)
+    world = tether.api.resolve_world()
+    follower = Follower(world)
+    workers: list[subprocess.Popen[bytes]] = []
+    began = time.monotonic()
+    try:
+        say("1. Deploy v1: start a worker for deployment store-v1.")
+        workers.append(start_worker(url, "v1"))
+        follower.start()
+        o1 = tether.start(ORDER, ["o-1001", 4599], deployment_id="latest")
+        follower.name(o1, "order o-1001")
+        say(
+            f"2. Order o-1001 starts on latest = {o1.deployment_id}; it sleeps 4 s before charging."
+        )
+        digest = tether.start(
+            DIGEST,
+            [{"user": "ada", "round": 1, "rounds": 3, "every": "2s"}],
+            deployment_id="latest",
+        )
+        follower.name(digest, "digest #1")
+        say("   A daily digest starts on store-v1; each run continues itself on latest.")
+        o2 = tether.start(ORDER, ["o-1002", 2500], deployment_id="latest")
+        follower.name(o2, "order o-1002")
+        say("   Order o-1002 starts on store-v1 too, which charges no shipping (the bug).")
+        time.sleep(1.0)
+        say("3. Deploy v2 (charges shipping, holds 1 s): a second worker, store-v2.")
+        workers.append(start_worker(url, "v2"))
+        o3 = tether.start(ORDER, ["o-1003", 1200], deployment_id="latest")
+        follower.name(o3, "order o-1003")
+        say(f"4. A new order, o-1003, starts on latest = {o3.deployment_id}.")
+        say("5. Recover the buggy order: cancel o-1002 and rerun it on latest.")
+        o2.cancel()
+        fixed = tether.rerun(o2.run_id, deployment_id="latest")
+        follower.name(fixed, "o-1002 rerun")
+        say(f"   o-1002 is {o2.status()}; its rerun runs on {fixed.deployment_id}.")
+        results = {
+            name: run.result(timeout=30) for name, run in [("o-1003", o3), ("o-1002 rerun", fixed)]
+        }
+        results["o-1001"] = o1.result(timeout=30)
+        chain = follow_chain(digest)
+        time.sleep(0.2)
+        follower.stop()
+        say("6. What happened:")
+        for name, result in results.items():
+            say(f"   {name:13} finished on {result['code']}: charged {result['charged']} cents")
+        say("   o-1001 slept through the deploy and still finished on the code it started with.")
+        say(
+            "   digest chain: "
+            + " -> ".join(f"{run.run_id[:12]} on {run.deployment_id}" for run in chain)
+        )
+        say(f"Done in {time.monotonic() - began:.1f} s. Look around: tether inspect runs")
+        say(f"   --backend {url}")
+    finally:
+        follower.stop()
+        for proc in workers:
+            proc.terminate()
+        for proc in workers:
+            proc.wait(timeout=30)
+
+
+def start_worker(url: str, version: str) -> subprocess.Popen[bytes]:
+    """A ``tether worker store`` process running that version's code."""
+    code = ROOT / "examples" / "versions" / version
+    log = open(DB.parent / f"demo-worker-{version}.log", "wb")  # noqa: SIM115 - the process owns it
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(code), str(ROOT / "src")]),
+        "TETHER_DEPLOYMENT_ID": f"store-{version}",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tether", "worker", "store", "--backend", url],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 20
+    while b" ready: deployment " not in Path(log.name).read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"worker {version} did not start; see {log.name}")
+        time.sleep(0.02)
+    return proc
+
+
+def follow_chain(first: tether.Run) -> list[tether.Run]:
+    """Wait for each run of a self-continuing chain; return them in order."""
+    chain, run = [first], first
+    while True:
+        result = run.result(timeout=30)
+        if "continued_as" not in result:
+            return chain
+        run = tether.get_run(result["continued_as"])
+        chain.append(run)
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+class Follower:
+    """Prints every run's steps, sleeps and endings as they happen, on a thread."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.labels: dict[str, str] = {}
+        self.seen: dict[str, int] = {}
+        self.steps: dict[tuple[str, str], str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def name(self, run: tether.Run, label: str) -> None:
+        self.labels[run.run_id] = label
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._stop.set()
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for run in self.world.list_runs(RunFilter(limit=50, descending=False)):
+                parent = self.labels.get(run.parent_run_id or "", "")
+                if run.run_id not in self.labels and parent.startswith("digest #"):
+                    self.labels[run.run_id] = f"digest #{int(parent.removeprefix('digest #')) + 1}"
+                for event in self.world.list_events(run.run_id, self.seen.get(run.run_id, 0)):
+                    self.seen[run.run_id] = event.seq
+                    line = self._describe(event.type, event.correlation_id, event, run.run_id)
+                    if line:
+                        label = self.labels.get(run.run_id, run.run_id[:12])
+                        say(f"      [{label:13} @ {run.deployment_id}] {line}")
+            time.sleep(0.02)
+
+    def _describe(self, kind: str, cid: str | None, event: Any, run_id: str) -> str | None:
+        if kind == "step_created":
+            self.steps[(run_id, cid or "")] = (event.name or "").rsplit("//", 1)[-1]
+            return None
+        step = self.steps.get((run_id, cid or ""), "")
+        if kind == "step_completed":
+            return f"{step} -> {serde.loads(event.payload)!r}"
+        if kind == "wait_created":
+            return f"sleeping {event.attrs['resume_at'] - event.created_at:.0f} s"
+        if kind == "wait_completed":
+            return "woke up"
+        if kind in ("run_completed", "run_cancelled", "run_failed"):
+            return kind.removeprefix("run_")
+        return None
+
+
+if __name__ == "__main__":
+    main()
