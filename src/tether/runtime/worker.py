@@ -263,7 +263,7 @@ class Worker:
                     instance.close()
                     raise
                 future.set_result(created)
-                self._after_commit(instance, new_events, True)
+                self._run_steps(self._after_commit(instance, new_events, True))
         except BaseException as exc:
             if not future.done():
                 future.set_exception(exc)
@@ -363,7 +363,7 @@ class Worker:
                 run_id, expected, new_events, self.worker_id, self.lease_seconds
             )
             committed = await self.world.commit_activation_async(activation)
-            self._after_commit(instance, new_events, committed)
+            self._run_steps(self._after_commit(instance, new_events, committed))
             if not committed:
                 self._wake_up()  # the world re-queued the run
 
@@ -392,45 +392,49 @@ class Worker:
 
     def _after_commit(
         self, instance: RunInstance, new_events: list[EventRecord], committed: bool
-    ) -> None:
-        """Keep the run in memory and start the steps it leased to us, or drop it."""
+    ) -> list[_StepJob]:
+        """Keep the run in memory and return the steps it leased to us, or drop it."""
         if not committed or instance.ended:
             instance.close()
-            return
+            return []
         self._cache[instance.run_id] = instance
         if len(self._cache) > self.cache_size:
             _, evicted = self._cache.popitem(last=False)
             evicted.close()
-        for event in new_events:
-            if event.type == "step_created":
-                job = _StepJob(
-                    instance.run_id,
-                    event.correlation_id or "",
-                    event.name or "",
-                    event.payload or "",
-                    1,
-                )
-                self._spawn(self._run_step(job))
         if any(e.type == "wait_created" for e in new_events):
             self._wake_up()  # recompute the next timer
+        return [
+            _StepJob(instance.run_id, e.correlation_id or "", e.name or "", e.payload or "", 1)
+            for e in new_events
+            if e.type == "step_created"
+        ]
+
+    def _run_steps(self, jobs: list[_StepJob]) -> None:
+        for job in jobs:
+            self._spawn(self._run_step(job))
 
     # -- steps -------------------------------------------------------------------
 
-    async def _run_step(self, job: _StepJob) -> None:
-        definition = registry.STEPS.get(job.step_name)
-        outcome: StepOutcome
-        if definition is None:
-            error = WorkflowNotFoundError(
-                f"step {job.step_name!r} is not defined in deployment {self.deployment_id!r}"
-            )
-            outcome = self._outcome(job, "failed", serde.dumps(error))
-        else:
-            outcome = await self._attempt(job, definition)
-        if outcome.status == "retrying":
-            await self.world.finish_step_async(outcome, None)
-            self._wake_up()  # the retry is a task due later
-            return
-        await self._deliver(outcome)
+    async def _run_step(self, first: _StepJob) -> None:
+        """Run a step, then (in the same task) the next step its outcome leads to."""
+        job: _StepJob | None = first
+        while job is not None:
+            definition = registry.STEPS.get(job.step_name)
+            outcome: StepOutcome
+            if definition is None:
+                error = WorkflowNotFoundError(
+                    f"step {job.step_name!r} is not defined in deployment {self.deployment_id!r}"
+                )
+                outcome = self._outcome(job, "failed", serde.dumps(error))
+            else:
+                outcome = await self._attempt(job, definition)
+            if outcome.status == "retrying":
+                await self.world.finish_step_async(outcome, None)
+                self._wake_up()  # the retry is a task due later
+                return
+            following = await self._deliver(outcome)
+            job = following[0] if following else None
+            self._run_steps(following[1:])
 
     async def _attempt(self, job: _StepJob, definition: registry.Step[..., Any]) -> StepOutcome:
         token = current_step.set(
@@ -468,14 +472,14 @@ class Worker:
             job.run_id, job.step_id, self.worker_id, status, payload, job.attempt, retry_at
         )
 
-    async def _deliver(self, outcome: StepOutcome) -> None:
+    async def _deliver(self, outcome: StepOutcome) -> list[_StepJob]:
         """Record a step's end; if the run is cached here, advance it in the same commit."""
         async with self._run_lock(outcome.run_id):
             instance = self._cache.pop(outcome.run_id, None)
             if instance is None:
                 await self.world.finish_step_async(outcome, None)
                 self._wake_up()  # the run was queued for a workflow task
-                return
+                return []
             kind = "step_completed" if outcome.status == "completed" else "step_failed"
             answer = EventRecord(
                 outcome.run_id,
@@ -492,9 +496,9 @@ class Worker:
                 outcome.run_id, expected, new_events, self.worker_id, self.lease_seconds
             )
             applied = await self.world.finish_step_async(outcome, activation)
-            self._after_commit(instance, new_events, applied)
             if not applied:
                 self._wake_up()
+            return self._after_commit(instance, new_events, applied)
 
     # -- plumbing ------------------------------------------------------------------
 
