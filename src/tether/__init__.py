@@ -14,6 +14,8 @@ from tether.api import (
 from tether.errors import (
     DeploymentNotFoundError,
     FatalError,
+    HookConflictError,
+    HookNotFoundError,
     NonDeterminismError,
     RetryableError,
     RunCancelledError,
@@ -23,32 +25,45 @@ from tether.errors import (
     TetherError,
     WorkflowNotFoundError,
 )
+from tether.hooks import Hook, create_hook, create_webhook, resume_hook, resume_hook_async
 from tether.primitives import now, random, sleep, uuid4
 from tether.registry import parse_workflow_name, step, workflow
 from tether.runtime.worker import Worker
+from tether.streams import Readable, StreamHandle, get_readable, get_writable
 
 __all__ = [
     "DeploymentNotFoundError",
     "FatalError",
+    "Hook",
+    "HookConflictError",
+    "HookNotFoundError",
     "NonDeterminismError",
+    "Readable",
     "RetryableError",
     "Run",
     "RunCancelledError",
     "RunFailedError",
     "RunNotFoundError",
     "SerializationError",
+    "StreamHandle",
     "TetherError",
     "Worker",
     "WorkflowNotFoundError",
     "cancel_run",
     "cancel_runs",
     "configure",
+    "create_hook",
+    "create_webhook",
     "deployments",
+    "get_readable",
     "get_run",
+    "get_writable",
     "now",
     "parse_workflow_name",
     "random",
     "rerun",
+    "resume_hook",
+    "resume_hook_async",
     "sleep",
     "start",
     "start_async",

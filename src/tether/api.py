@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether import deployments, registry, serde
 from tether.errors import (
@@ -35,6 +35,9 @@ from tether.worlds.base import (
     World,
 )
 from tether.worlds.schema import encode_cursor
+
+if TYPE_CHECKING:
+    from tether.streams import Readable
 
 _configured_url: str | None = None
 _worlds: dict[str, World] = {}
@@ -62,7 +65,8 @@ def resolve_world(world: World | str | None = None) -> World:
     """
     if isinstance(world, World):
         return world
-    url = world or world_url()
+    step = current_step.get()
+    url = world or (step.world_url if step is not None else world_url())
     with _worlds_lock:
         found = _worlds.get(url)
         if found is None:
@@ -143,6 +147,13 @@ class Run:
     def events(self) -> list[EventRecord]:
         """The run's event log so far, in order."""
         return self._world.list_events(self.run_id)
+
+    @property
+    def readable(self) -> Readable:
+        """The run's default stream, live: ``for chunk in run.readable`` (or ``async for``)."""
+        from tether.streams import DEFAULT_NAMESPACE, Readable
+
+        return Readable(self._world, self.run_id, DEFAULT_NAMESPACE)
 
     def children(self) -> list[Run]:
         """Runs started from this run's steps (child runs and continuations), oldest first."""

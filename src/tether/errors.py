@@ -52,6 +52,14 @@ class RunNotFoundError(TetherError, LookupError):
     """No run has that id."""
 
 
+class HookConflictError(TetherError):
+    """The hook's token is already held by another active hook."""
+
+
+class HookNotFoundError(TetherError, LookupError):
+    """No active hook has that token (it never existed, or its run has ended)."""
+
+
 class RunFailedError(TetherError):
     """The run ended in failure; ``error`` holds its type, message and traceback."""
 

@@ -19,6 +19,8 @@ class StepContext:
     step_name: str
     attempt: int
     deployment_id: str
+    #: The World the step's worker serves: where its child runs and stream chunks go.
+    world_url: str
 
 
 current_instance: ContextVar[RunInstance | None] = ContextVar("tether_instance", default=None)

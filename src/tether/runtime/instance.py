@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from tether import serde
 from tether.durations import Duration, seconds_until
-from tether.errors import NonDeterminismError, SerializationError
+from tether.errors import HookConflictError, NonDeterminismError, SerializationError
 from tether.runtime.context import current_instance
 from tether.runtime.loop import WorkflowLoop
 from tether.worlds.base import COMMAND_EVENTS, EventRecord, RunRecord
 
 if TYPE_CHECKING:
+    from tether.hooks import Hook
     from tether.registry import Step, Workflow
 
 #: Events written by an activation itself: a cached run that sees one was moved elsewhere.
@@ -56,6 +57,8 @@ class RunInstance:
         #: Sleeps not yet over: correlation id -> wake-up time.
         self.waits: dict[str, float] = {}
         self.failure: BaseException | None = None
+        #: Hooks by correlation id; disposed ones are removed.
+        self.hooks: dict[str, Hook] = {}
         self._new: list[EventRecord] = []
         self._main: asyncio.Task[Any] | None = None
         self._rng = random.Random(run.run_id)
@@ -107,9 +110,22 @@ class RunInstance:
                     )
                 )
         self._new.clear()
-        end = self._end_event(seq + 1)
+        end = self._end_event(0)
         if end is not None:
-            events.append(end)
+            for hook_id in list(self.hooks):
+                seq += 1
+                events.append(
+                    EventRecord(
+                        self.run_id,
+                        seq,
+                        "hook_disposed",
+                        hook_id,
+                        attrs={"reason": "run ended"},
+                        created_at=end.created_at,
+                    )
+                )
+            self.hooks.clear()
+            events.append(_with_seq(end, seq + 1))
         self.last_seq = events[-1].seq if events else self.last_seq
         return events
 
@@ -146,6 +162,19 @@ class RunInstance:
         self.waits[request.correlation_id] = float((request.attrs or {})["resume_at"])
         return self._future_for(request)
 
+    def create_hook(self, token: str, metadata: Any, webhook: bool) -> Hook:
+        """Ask for a hook; on replay the token comes from the log."""
+        from tether.hooks import Hook, webhook_url
+
+        attrs = {"token": token, "metadata": metadata, "webhook": webhook}
+        request = self._request("hook_created", None, None, attrs)
+        logged = request.attrs or attrs
+        hook_token = str(logged["token"])
+        url = webhook_url(hook_token) if logged.get("webhook") else None
+        hook = Hook(self.loop, hook_token, logged.get("metadata"), url)
+        self.hooks[request.correlation_id or ""] = hook
+        return hook
+
     def now(self) -> datetime:
         """The deterministic current time: when the event being applied happened."""
         return datetime.fromtimestamp(self.loop.clock, tz=UTC)
@@ -168,6 +197,8 @@ class RunInstance:
             self._start()
         elif kind in ("step_completed", "step_failed", "wait_completed"):
             self._answer(event)
+        elif kind in ("hook_received", "hook_disposed"):
+            self._hook_event(event)
         elif kind in TERMINAL_EVENTS:
             self.ended = True
             return
@@ -215,6 +246,30 @@ class RunInstance:
             future.set_exception(result)
         else:
             future.set_result(result)
+
+    def _hook_event(self, event: EventRecord) -> None:
+        hook = self.hooks.get(event.correlation_id or "")
+        if hook is None:
+            if event.type == "hook_received" and self.failure is None:
+                self.failure = NonDeterminismError(
+                    f"run {self.run_id} diverged from its event log at event {event.seq}: a "
+                    f"payload arrived for hook request #{int(event.correlation_id or 0) + 1}, "
+                    "which the code never made"
+                )
+            return
+        if event.type == "hook_received":
+            try:
+                hook.receive(serde.loads(event.payload or "null"))
+            except Exception as exc:
+                hook.fail(exc)
+            return
+        del self.hooks[event.correlation_id or ""]
+        if (event.attrs or {}).get("reason") == "conflict":
+            hook.fail(
+                HookConflictError(
+                    f"hook token {hook.token!r} is already held by another active hook"
+                )
+            )
 
     def _request(
         self, kind: str, name: str | None, payload: str | None, attrs: dict[str, Any] | None

@@ -438,7 +438,14 @@ class Worker:
 
     async def _attempt(self, job: _StepJob, definition: registry.Step[..., Any]) -> StepOutcome:
         token = current_step.set(
-            StepContext(job.run_id, job.step_id, job.step_name, job.attempt, self.deployment_id)
+            StepContext(
+                job.run_id,
+                job.step_id,
+                job.step_name,
+                job.attempt,
+                self.deployment_id,
+                self.world.url,
+            )
         )
         try:
             args, kwargs = serde.loads(job.input)

@@ -183,6 +183,42 @@ class RunFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class HookRecord:
+    """A hook of a run: its token, whether it is a webhook, and whether it is still active."""
+
+    run_id: str
+    hook_id: str
+    token: str
+    status: str  # "active", "disposed" or "conflict"
+    webhook: bool
+    metadata: Any
+    created_at: float
+    disposed_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRecord:
+    """A stream: how many chunks it holds and whether its writer closed it."""
+
+    stream_id: str
+    run_id: str
+    namespace: str
+    next_index: int
+    closed: bool
+    created_at: float
+    closed_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One chunk of a stream; ``data`` is serialized text."""
+
+    index: int
+    data: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerInfo:
     """A worker process as it registers itself."""
 
@@ -269,6 +305,44 @@ class World(abc.ABC):
     @abc.abstractmethod
     def wake_sleeps(self, run_id: str) -> int:
         """End the run's pending sleeps now (``wait_completed``); returns how many."""
+
+    # -- hooks and streams ------------------------------------------------
+
+    @abc.abstractmethod
+    def resume_hook(self, token: str, payload: str, *, webhook_only: bool = False) -> str:
+        """Deliver a serialized payload to the active hook with ``token``; returns its run id.
+
+        Appends ``hook_received`` to the run and queues it on its own
+        deployment. Raises ``HookNotFoundError`` for an unknown or disposed
+        token (and, with ``webhook_only``, for a hook that is not a webhook).
+        """
+
+    @abc.abstractmethod
+    def get_hook(self, token: str) -> HookRecord | None:
+        """The newest hook with that token, active or not."""
+
+    @abc.abstractmethod
+    def list_hooks(self, run_id: str | None = None, status: str | None = None) -> list[HookRecord]:
+        """Hooks, oldest first, of one run or of all runs."""
+
+    @abc.abstractmethod
+    def append_chunks(
+        self, stream_id: str, run_id: str, namespace: str, chunks: Sequence[str], close: bool
+    ) -> int:
+        """Append serialized chunks to a stream (and close it); returns its next index.
+
+        Raises ``ValueError`` naming the stream if it is already closed.
+        """
+
+    @abc.abstractmethod
+    def read_chunks(
+        self, stream_id: str, start_index: int, limit: int
+    ) -> tuple[list[Chunk], StreamRecord | None]:
+        """Chunks from ``start_index`` on (negative counts from the end), and the stream."""
+
+    @abc.abstractmethod
+    def list_streams(self, run_id: str | None = None) -> list[StreamRecord]:
+        """Streams, oldest first, created by one run or by all runs."""
 
     # -- worker side ------------------------------------------------------
 

@@ -22,19 +22,23 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+from tether.errors import HookNotFoundError
 from tether.worlds import schema
 from tether.worlds.base import (
     TERMINAL_STATUSES,
     Activation,
     CancelResult,
+    Chunk,
     DeploymentRecord,
     DeploymentStatus,
     EventRecord,
+    HookRecord,
     NewRun,
     RunFilter,
     RunRecord,
     StepOutcome,
     StepRecord,
+    StreamRecord,
     Task,
     WaitRecord,
     WorkerInfo,
@@ -130,6 +134,61 @@ class SqliteWorld(World):
 
     def wake_sleeps(self, run_id: str) -> int:
         return self._write(lambda conn: _wake_sleeps(conn, run_id))
+
+    # -- hooks and streams ------------------------------------------------
+
+    def resume_hook(self, token: str, payload: str, *, webhook_only: bool = False) -> str:
+        run_id = self._write(lambda conn: _resume_hook(conn, token, payload, webhook_only))
+        if run_id is None:
+            kind = "webhook" if webhook_only else "hook"
+            raise HookNotFoundError(
+                f"no active {kind} has token {token!r}: it never existed or its run has ended"
+            )
+        return run_id
+
+    def get_hook(self, token: str) -> HookRecord | None:
+        row = (
+            self._read()
+            .execute(_HOOK_SELECT + " WHERE token = ? ORDER BY created_at DESC LIMIT 1", (token,))
+            .fetchone()
+        )
+        return _hook_record(row) if row else None
+
+    def list_hooks(self, run_id: str | None = None, status: str | None = None) -> list[HookRecord]:
+        where, params = _where({"run_id": run_id, "status": status})
+        rows = self._read().execute(_HOOK_SELECT + where + " ORDER BY created_at", params)
+        return [_hook_record(row) for row in rows]
+
+    def append_chunks(
+        self, stream_id: str, run_id: str, namespace: str, chunks: Sequence[str], close: bool
+    ) -> int:
+        next_index = self._write(
+            lambda conn: _append_chunks(conn, stream_id, run_id, namespace, list(chunks), close)
+        )
+        if next_index is None:
+            raise ValueError(f"stream {stream_id!r} is closed: nothing more can be written to it")
+        return next_index
+
+    def read_chunks(
+        self, stream_id: str, start_index: int, limit: int
+    ) -> tuple[list[Chunk], StreamRecord | None]:
+        conn = self._read()
+        row = conn.execute(_STREAM_SELECT + " WHERE stream_id = ?", (stream_id,)).fetchone()
+        stream = _stream_record(row) if row else None
+        if stream is None:
+            return [], None
+        start = max(0, stream.next_index + start_index) if start_index < 0 else start_index
+        rows = conn.execute(
+            "SELECT idx, data, created_at FROM stream_chunks WHERE stream_id = ? AND idx >= ?"
+            " ORDER BY idx LIMIT ?",
+            (stream_id, start, limit),
+        )
+        return [Chunk(*r) for r in rows], stream
+
+    def list_streams(self, run_id: str | None = None) -> list[StreamRecord]:
+        where, params = _where({"run_id": run_id})
+        rows = self._read().execute(_STREAM_SELECT + where + " ORDER BY created_at", params)
+        return [_stream_record(row) for row in rows]
 
     # -- worker side ------------------------------------------------------
 
@@ -726,10 +785,108 @@ def _cancel_runs(conn: sqlite3.Connection, run_ids: list[str]) -> CancelResult:
         state = _run_state(conn, run_id)
         if state is None or state[0] in TERMINAL_STATUSES:
             continue
-        event = EventRecord(run_id, state[1] + 1, "run_cancelled", created_at=now)
-        _append(conn, run_id, state[2], [event], None)
+        hooks = conn.execute(
+            "SELECT hook_id FROM hooks WHERE run_id = ? AND status = 'active' ORDER BY created_at",
+            (run_id,),
+        ).fetchall()
+        events = [
+            EventRecord(
+                run_id,
+                state[1] + i,
+                "hook_disposed",
+                hook_id,
+                attrs={"reason": "run cancelled"},
+                created_at=now,
+            )
+            for i, (hook_id,) in enumerate(hooks, start=1)
+        ]
+        events.append(
+            EventRecord(run_id, state[1] + len(events) + 1, "run_cancelled", created_at=now)
+        )
+        _append(conn, run_id, state[2], events, None)
         result.cancelled.append(run_id)
     return result
+
+
+_HOOK_SELECT = (
+    "SELECT run_id, hook_id, token, status, webhook, metadata, created_at, disposed_at FROM hooks"
+)
+_STREAM_SELECT = (
+    "SELECT stream_id, run_id, namespace, next_index, closed, created_at, closed_at FROM streams"
+)
+
+
+def _where(filters: dict[str, Any]) -> tuple[str, list[Any]]:
+    used = {column: value for column, value in filters.items() if value is not None}
+    if not used:
+        return "", []
+    return " WHERE " + " AND ".join(f"{c} = ?" for c in used), list(used.values())
+
+
+def _hook_record(row: tuple[Any, ...]) -> HookRecord:
+    metadata = json.loads(row[5]) if row[5] else None
+    return HookRecord(row[0], row[1], row[2], row[3], bool(row[4]), metadata, row[6], row[7])
+
+
+def _stream_record(row: tuple[Any, ...]) -> StreamRecord:
+    return StreamRecord(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6])
+
+
+def _resume_hook(
+    conn: sqlite3.Connection, token: str, payload: str, webhook_only: bool
+) -> str | None:
+    row = conn.execute(
+        "SELECT run_id, hook_id, webhook FROM hooks WHERE token = ? AND status = 'active'",
+        (token,),
+    ).fetchone()
+    if row is None or (webhook_only and not row[2]):
+        return None
+    run_id, hook_id = row[0], row[1]
+    state = _run_state(conn, run_id)
+    if state is None or state[0] in TERMINAL_STATUSES:
+        return None
+    now = time.time()
+    event = EventRecord(
+        run_id, state[1] + 1, "hook_received", hook_id, payload=payload, created_at=now
+    )
+    _append(conn, run_id, state[2], [event], None)
+    _queue_workflow(conn, run_id, state[2], now)
+    return str(run_id)
+
+
+def _append_chunks(
+    conn: sqlite3.Connection,
+    stream_id: str,
+    run_id: str,
+    namespace: str,
+    chunks: list[str],
+    close: bool,
+) -> int | None:
+    now = time.time()
+    row = conn.execute(
+        "SELECT next_index, closed FROM streams WHERE stream_id = ?", (stream_id,)
+    ).fetchone()
+    if row is None:
+        conn.execute(
+            "INSERT INTO streams (stream_id, run_id, namespace, next_index, closed, created_at)"
+            " VALUES (?, ?, ?, 0, 0, ?)",
+            (stream_id, run_id, namespace, now),
+        )
+        start = 0
+    elif row[1]:
+        return None
+    else:
+        start = row[0]
+    conn.executemany(
+        "INSERT INTO stream_chunks (stream_id, idx, data, created_at) VALUES (?, ?, ?, ?)",
+        [(stream_id, start + i, chunk, now) for i, chunk in enumerate(chunks)],
+    )
+    next_index = start + len(chunks)
+    conn.execute(
+        "UPDATE streams SET next_index = ?, closed = ?, closed_at = ? WHERE stream_id = ?",
+        (next_index, int(close), now if close else None, stream_id),
+    )
+    return next_index
 
 
 def _wake_sleeps(conn: sqlite3.Connection, run_id: str) -> int:
@@ -767,6 +924,49 @@ def _append(
     """Insert events and derive the views from them, in the caller's transaction."""
     if not events:
         return
+    _insert_events(conn, run_id, events)
+    started_at: float | None = None
+    previous: EventRecord | None = None
+    for event in events:
+        if event.type == "run_started":
+            started_at = event.created_at  # folded into the last_seq update below
+        elif not (
+            # A step claimed in the commit that created it: inserted as running.
+            event.type == "step_started"
+            and previous is not None
+            and previous.type == "step_created"
+            and previous.correlation_id == event.correlation_id
+        ):
+            _apply(conn, deployment_id, event, activation, started=_started_with(event, events))
+        previous = event
+    last_seq = events[-1].seq
+    conflicts = [e for e in events if e.type == "hook_created" and _hook_conflicts(conn, e)]
+    for i, event in enumerate(conflicts, start=1):
+        # Answer the request at once: the workflow's hook raises HookConflictError.
+        disposed = EventRecord(
+            run_id,
+            last_seq + i,
+            "hook_disposed",
+            event.correlation_id,
+            attrs={"reason": "conflict", "token": (event.attrs or {}).get("token")},
+            created_at=event.created_at,
+        )
+        _insert_events(conn, run_id, [disposed])
+    if conflicts:
+        last_seq += len(conflicts)
+        _queue_workflow(conn, run_id, deployment_id, time.time())
+    if started_at is None:
+        conn.execute("UPDATE runs SET last_seq = ? WHERE run_id = ?", (last_seq, run_id))
+    else:
+        conn.execute(
+            "UPDATE runs SET last_seq = ?, started_at = ?,"
+            " status = CASE status WHEN 'pending' THEN 'running' ELSE status END"
+            " WHERE run_id = ?",
+            (last_seq, started_at, run_id),
+        )
+
+
+def _insert_events(conn: sqlite3.Connection, run_id: str, events: Sequence[EventRecord]) -> None:
     conn.executemany(
         "INSERT INTO events (run_id, seq, type, correlation_id, name, payload, attrs, created_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -784,29 +984,15 @@ def _append(
             for e in events
         ],
     )
-    started_at: float | None = None
-    previous: EventRecord | None = None
-    for event in events:
-        if event.type == "run_started":
-            started_at = event.created_at  # folded into the last_seq update below
-        elif not (
-            # A step claimed in the commit that created it: inserted as running.
-            event.type == "step_started"
-            and previous is not None
-            and previous.type == "step_created"
-            and previous.correlation_id == event.correlation_id
-        ):
-            _apply(conn, deployment_id, event, activation, started=_started_with(event, events))
-        previous = event
-    if started_at is None:
-        conn.execute("UPDATE runs SET last_seq = ? WHERE run_id = ?", (events[-1].seq, run_id))
-    else:
-        conn.execute(
-            "UPDATE runs SET last_seq = ?, started_at = ?,"
-            " status = CASE status WHEN 'pending' THEN 'running' ELSE status END"
-            " WHERE run_id = ?",
-            (events[-1].seq, started_at, run_id),
-        )
+
+
+def _hook_conflicts(conn: sqlite3.Connection, event: EventRecord) -> bool:
+    """Whether the hook ``_apply`` just recorded lost its token to another active hook."""
+    row = conn.execute(
+        "SELECT status FROM hooks WHERE run_id = ? AND hook_id = ?",
+        (event.run_id, event.correlation_id),
+    ).fetchone()
+    return row is not None and row[0] == "conflict"
 
 
 def _started_with(event: EventRecord, events: Sequence[EventRecord]) -> EventRecord | None:
@@ -850,6 +1036,11 @@ def _apply(
         conn.execute(
             "UPDATE waits SET status = 'cancelled' WHERE run_id = ? AND status = 'waiting'",
             (run_id,),
+        )
+        conn.execute(
+            "UPDATE hooks SET status = 'disposed', disposed_at = ?"
+            " WHERE run_id = ? AND status = 'active'",
+            (at, run_id),
         )
     elif t == "step_created":
         conn.execute(
@@ -908,6 +1099,30 @@ def _apply(
             "UPDATE tasks SET available_at = ?, lease_owner = NULL"
             " WHERE run_id = ? AND kind = 'step' AND step_id = ?",
             (retry_at, run_id, e.correlation_id),
+        )
+    elif t == "hook_created":
+        attrs = e.attrs or {}
+        taken = conn.execute(
+            "SELECT 1 FROM hooks WHERE token = ? AND status = 'active'", (attrs["token"],)
+        ).fetchone()
+        conn.execute(
+            "INSERT INTO hooks (run_id, hook_id, token, status, webhook, metadata, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                run_id,
+                e.correlation_id,
+                attrs["token"],
+                "conflict" if taken else "active",
+                int(bool(attrs.get("webhook"))),
+                json.dumps(attrs.get("metadata")) if attrs.get("metadata") is not None else None,
+                at,
+            ),
+        )
+    elif t == "hook_disposed":
+        conn.execute(
+            "UPDATE hooks SET status = CASE status WHEN 'active' THEN 'disposed' ELSE status END,"
+            " disposed_at = ? WHERE run_id = ? AND hook_id = ?",
+            (at, run_id, e.correlation_id),
         )
     elif t == "wait_created":
         conn.execute(

@@ -1,0 +1,151 @@
+"""Hooks: a workflow waits for payloads delivered from anywhere by token.
+
+``create_hook()`` in a workflow returns a ``Hook``: ``await hook`` gives the
+first payload, ``async for payload in hook`` each payload in turn. Because a
+``Hook`` is an asyncio future, it races with a sleep in ``asyncio.wait`` (an
+approval with a timeout). ``resume_hook(token, payload)`` delivers a payload
+from any process; ``create_webhook()`` gives a hook with a URL served by
+``tether.asgi.app``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+from typing import Any
+
+from tether import serde
+from tether.errors import SerializationError
+from tether.runtime.context import current_instance
+from tether.worlds.base import World
+
+WEBHOOK_PATH = "/.well-known/workflow/v1/webhook/{token}"
+
+
+class Hook(asyncio.Future[Any]):
+    """A hook of a running workflow; resolves with its first payload.
+
+    ``token`` is what ``resume_hook`` takes; ``url`` is set for webhooks.
+    Iterate it (``async for``) to receive every payload in order.
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, token: str, metadata: Any, url: str | None
+    ) -> None:
+        super().__init__(loop=loop)
+        self.token = token
+        self.metadata = metadata
+        self.url = url
+        self._payloads: list[Any] = []
+        self._waiters: list[tuple[int, asyncio.Future[Any]]] = []
+        self._error: BaseException | None = None
+
+    def __aiter__(self) -> _HookPayloads:
+        return _HookPayloads(self)
+
+    def receive(self, payload: Any) -> None:
+        """Record a delivered payload and wake whoever waits for it (the runtime calls this)."""
+        index = len(self._payloads)
+        self._payloads.append(payload)
+        if not self.done():
+            self.set_result(payload)
+        for waited, future in list(self._waiters):
+            if waited == index and not future.done():
+                future.set_result(payload)
+        self._waiters = [(i, f) for i, f in self._waiters if i != index]
+
+    def fail(self, error: BaseException) -> None:
+        """End the hook with an error for every present and future waiter."""
+        self._error = error
+        if not self.done():
+            self.set_exception(error)
+        for _, future in self._waiters:
+            if not future.done():
+                future.set_exception(error)
+        self._waiters.clear()
+
+
+class _HookPayloads:
+    """Each payload of a hook, in delivery order, for ``async for``."""
+
+    def __init__(self, hook: Hook) -> None:
+        self._hook = hook
+        self._index = 0
+
+    def __aiter__(self) -> _HookPayloads:
+        return self
+
+    async def __anext__(self) -> Any:
+        hook, index = self._hook, self._index
+        if index < len(hook._payloads):
+            self._index += 1
+            return hook._payloads[index]
+        if hook._error is not None:
+            raise hook._error
+        future: asyncio.Future[Any] = hook.get_loop().create_future()
+        hook._waiters.append((index, future))
+        payload = await future
+        self._index += 1
+        return payload
+
+
+def create_hook(token: str | None = None, metadata: Any = None) -> Hook:
+    """Create a hook in a workflow; without a token an unguessable one (192 bits) is made.
+
+    Raises ``HookConflictError`` (when awaited) if another active hook holds
+    the token, and ``SerializationError`` if ``metadata`` is not JSON.
+    """
+    return _create(token, metadata, webhook=False)
+
+
+def create_webhook(token: str | None = None, metadata: Any = None) -> Hook:
+    """Create a hook whose payloads arrive over HTTP at ``hook.url`` (see ``tether.asgi``).
+
+    The URL is ``$TETHER_WEBHOOK_BASE_URL`` followed by
+    ``/.well-known/workflow/v1/webhook/{token}``; the payload is the request
+    as ``{"method", "headers", "body"}``.
+    """
+    return _create(token, metadata, webhook=True)
+
+
+def resume_hook(token: str, payload: Any = None, *, world: World | str | None = None) -> str:
+    """Deliver ``payload`` to the hook with ``token`` from any process; returns its run id.
+
+    The run continues on its own deployment. Raises ``HookNotFoundError``
+    for an unknown token or a hook whose run has ended, and
+    ``SerializationError`` when the payload cannot be stored.
+    """
+    from tether.api import resolve_world
+
+    text = serde.dumps(payload, where=f"payload of hook {token!r}")
+    return resolve_world(world).resume_hook(token, text)
+
+
+async def resume_hook_async(
+    token: str, payload: Any = None, *, world: World | str | None = None
+) -> str:
+    """``resume_hook`` for async code: the write happens off the event loop."""
+    return await asyncio.to_thread(resume_hook, token, payload, world=world)
+
+
+def webhook_url(token: str) -> str:
+    """Where a webhook with ``token`` is served: ``$TETHER_WEBHOOK_BASE_URL`` + the path."""
+    base = os.environ.get("TETHER_WEBHOOK_BASE_URL", "").rstrip("/")
+    return base + WEBHOOK_PATH.format(token=token)
+
+
+def _create(token: str | None, metadata: Any, *, webhook: bool) -> Hook:
+    instance = current_instance.get()
+    if instance is None:
+        raise RuntimeError("create_hook() and create_webhook() are called inside a @workflow")
+    if token is not None and (not isinstance(token, str) or not token or len(token) > 256):
+        raise ValueError(f"invalid hook token {token!r}: expected a non-empty string of <= 256")
+    try:
+        json.dumps(metadata)
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(
+            f"hook metadata must be JSON (dicts, lists, strings, numbers): {exc}"
+        ) from None
+    return instance.create_hook(token or secrets.token_urlsafe(24), metadata, webhook)

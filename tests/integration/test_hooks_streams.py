@@ -1,0 +1,254 @@
+"""Hooks, webhooks and streams, across runs and processes, through the public API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from examples.http_app import app as http_app
+from examples.http_app import export_report
+
+import tether
+from tests.apps import streaming
+from tests.integration.processes import REPO, WorkerProcess, wait_for
+from tether import create_hook, workflow
+
+
+@workflow
+async def collect(count: int, token: str | None = None) -> list[Any]:
+    hook = create_hook(token=token, metadata={"purpose": "test"})
+    payloads: list[Any] = []
+    async for payload in hook:
+        payloads.append(payload)
+        if len(payloads) == count:
+            return payloads
+    return payloads
+
+
+@workflow
+async def approval(timeout: float) -> dict[str, Any]:
+    hook = create_hook()
+    timer = tether.sleep(timeout)
+    done, _ = await asyncio.wait({hook, timer}, return_when=asyncio.FIRST_COMPLETED)
+    return {"approved": hook.result()} if hook in done else {"timed_out": True}
+
+
+@workflow
+async def claims(token: str) -> str:
+    hook = create_hook(token=token)
+    try:
+        return str(await hook)
+    except tether.HookConflictError as exc:
+        return f"conflict: {exc}"
+
+
+def _token(run: tether.Run) -> str:
+    world = tether.api.resolve_world()
+    wait_for(lambda: world.list_hooks(run.run_id), 10, "the hook to be created")
+    return world.list_hooks(run.run_id)[0].token
+
+
+def test_hook_resumed_from_another_process(worker: tether.Worker, world_url: str) -> None:
+    run = tether.start(collect, [1])
+    token = _token(run)
+    assert len(token) >= 22  # >= 128 bits, url-safe
+    code = (
+        "import sys, tether; tether.configure(sys.argv[1]); "
+        "print(tether.resume_hook(sys.argv[2], {'from': 'elsewhere'}))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    out = subprocess.run(
+        [sys.executable, "-c", code, world_url, token],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    assert out.stdout.strip() == run.run_id
+    assert run.result(timeout=10) == [{"from": "elsewhere"}]
+
+
+def test_many_payloads_arrive_in_order_through_async_for(worker: tether.Worker) -> None:
+    run = tether.start(collect, [5])
+    token = _token(run)
+    for i in range(5):
+        tether.resume_hook(token, {"n": i})
+    assert run.result(timeout=10) == [{"n": i} for i in range(5)]
+    types = [e.type for e in run.events()]
+    assert types.count("hook_received") == 5
+    assert types[-2:] == ["hook_disposed", "run_completed"]
+    (hook,) = tether.api.resolve_world().list_hooks(run.run_id)
+    assert hook.status == "disposed" and hook.metadata == {"purpose": "test"}
+
+
+def test_token_held_by_another_active_hook_is_a_conflict(worker: tether.Worker) -> None:
+    holder = tether.start(collect, [1, "order-42"])
+    _token(holder)
+    rival = tether.start(claims, ["order-42"])
+    result = rival.result(timeout=10)
+    assert result.startswith("conflict:") and "order-42" in result
+    tether.resume_hook("order-42", "for the holder")
+    assert holder.result(timeout=10) == ["for the holder"]
+    again = tether.start(claims, ["order-42"])  # the holder ended: the token is free
+    _token(again)
+    tether.resume_hook("order-42", "second owner")
+    assert again.result(timeout=10) == "second owner"
+
+
+def test_unknown_or_disposed_token_is_not_found(worker: tether.Worker) -> None:
+    with pytest.raises(tether.HookNotFoundError, match="no-such-token"):
+        tether.resume_hook("no-such-token", 1)
+    run = tether.start(collect, [1])
+    token = _token(run)
+    tether.resume_hook(token, "done")
+    run.result(timeout=10)
+    with pytest.raises(tether.HookNotFoundError):
+        tether.resume_hook(token, "too late")
+    cancelled = tether.start(collect, [1])
+    token = _token(cancelled)
+    cancelled.cancel()
+    with pytest.raises(tether.HookNotFoundError):
+        tether.resume_hook(token, "after cancel")
+    assert "hook_disposed" in [e.type for e in cancelled.events()]
+
+
+def test_approval_with_timeout_takes_both_branches(worker: tether.Worker) -> None:
+    approved = tether.start(approval, [30])
+    tether.resume_hook(_token(approved), "yes")
+    assert approved.result(timeout=10) == {"approved": "yes"}
+    assert tether.start(approval, [0.05]).result(timeout=10) == {"timed_out": True}
+
+
+def test_approval_replays_the_same_branch(world_url: str) -> None:
+    """With no cache every activation replays: the race must come out the same."""
+    with tether.Worker(cache_size=0):
+        approved = tether.start(approval, [30])
+        tether.resume_hook(_token(approved), "yes")
+        assert approved.result(timeout=10) == {"approved": "yes"}
+        assert tether.start(approval, [0.05]).result(timeout=10) == {"timed_out": True}
+
+
+def test_stream_read_live_from_another_process(world_url: str, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    with_worker = WorkerProcess(world_url, ["tests.apps.streaming"], tmp_path / "w.log")
+    try:
+        run = tether.start(streaming.ticker, [str(gate), 3])
+        chunks = iter(run.readable)
+        assert next(chunks) == {"tick": 0}
+        assert run.status() == "running"  # read live, while the step still writes
+        gate.write_text("go")
+        assert list(chunks) == [{"tick": 1}, {"tick": 2}]
+        assert run.result(timeout=10) == 3
+    finally:
+        with_worker.stop()
+
+
+def test_stream_through_three_continuations_reads_as_one(worker: tether.Worker) -> None:
+    run = tether.start(export_report, [{"export_id": "e1", "page": 1, "pages": 3}])
+    lines = [json.loads(line) for line in run.readable]
+    assert lines == [
+        {"type": "page", "page": 1},
+        {"type": "page", "page": 2},
+        {"type": "page", "page": 3},
+        {"type": "done", "total_pages": 3},
+    ]
+    chain = [run]
+    while "continued_as" in (result := chain[-1].result(timeout=10)):
+        chain.append(tether.get_run(result["continued_as"]))
+    assert len(chain) == 3
+    assert [c.parent_run_id for c in chain[1:]] == [r.run_id for r in chain[:-1]]
+    assert list(tether.get_readable(run.run_id, start_index=-2)) == [
+        json.dumps({"type": "page", "page": 3}) + "\n",
+        json.dumps({"type": "done", "total_pages": 3}) + "\n",
+    ]
+
+
+def test_readable_async_iteration(worker: tether.Worker) -> None:
+    async def read() -> list[Any]:
+        state = {"export_id": "e2", "page": 1, "pages": 2}
+        run = await tether.start_async(export_report, [state])
+        return [json.loads(line) async for line in run.readable]
+
+    assert [line["type"] for line in asyncio.run(read())] == ["page", "page", "done"]
+
+
+def test_writing_from_workflow_code_is_refused(worker: tether.Worker) -> None:
+    run = tether.start(streaming.writes_in_workflow)
+    with pytest.raises(tether.RunFailedError, match="from a @step"):
+        run.result(timeout=10)
+
+
+# -- over real HTTP ----------------------------------------------------------------
+
+
+@pytest.fixture
+def server(world_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The example app (which runs a worker) on a real uvicorn server on loopback."""
+    monkeypatch.setenv("TETHER_WEBHOOK_MAX_BYTES", "2048")
+    config = uvicorn.Config(http_app, host="127.0.0.1", port=0, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    wait_for(lambda: srv.started, 10, "uvicorn to start")
+    port = srv.servers[0].sockets[0].getsockname()[1]
+    monkeypatch.setenv("TETHER_WEBHOOK_BASE_URL", f"http://127.0.0.1:{port}")
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_export_streams_every_page_in_order_over_http(server: str) -> None:
+    with (
+        httpx.Client(base_url=server, timeout=10) as client,
+        client.stream("POST", "/export", json={"export_id": "x", "pages": 4}) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("application/jsonl")
+        lines = [json.loads(line) for line in response.iter_lines() if line]
+    assert [line.get("page") for line in lines] == [1, 2, 3, 4, None]
+    assert lines[-1] == {"type": "done", "total_pages": 4}
+
+
+def test_webhook_over_http(server: str) -> None:
+    with httpx.Client(base_url=server, timeout=10) as client:
+        started = client.post("/refunds/o-9").json()
+        url = started["approve_url"]
+        assert url.startswith(server + "/.well-known/workflow/v1/webhook/")
+        assert (
+            client.post(
+                url, content=b"{not json", headers={"content-type": "application/json"}
+            ).status_code
+            == 400
+        )
+        assert client.post(url, content=b"x" * 4096).status_code == 413
+        assert (
+            client.post(server + "/.well-known/workflow/v1/webhook/nope", json={}).status_code
+            == 404
+        )
+        accepted = client.post(url, json={"approved": True})
+        assert accepted.status_code == 202 and accepted.json()["run_id"] == started["run_id"]
+        assert client.post(url, json={"approved": True}).status_code in (202, 404)
+    run = tether.get_run(started["run_id"])
+    assert run.result(timeout=10) == {"order_id": "o-9", "approved": True}
+    received = [e for e in run.events() if e.type == "hook_received"]
+    payload = tether.serde.loads(received[0].payload or "null")
+    assert payload["method"] == "POST" and payload["body"] == {"approved": True}
+
+
+def test_plain_hook_is_not_reachable_as_a_webhook(server: str) -> None:
+    run = tether.start(collect, [1])
+    token = _token(run)
+    with httpx.Client(base_url=server, timeout=10) as client:
+        assert client.post(f"/.well-known/workflow/v1/webhook/{token}", json={}).status_code == 404
+    run.cancel()
