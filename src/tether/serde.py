@@ -218,6 +218,11 @@ def _enc(x: Any) -> Any:
     return f(x) if f is not None else _enc_slow(x)
 
 
+# _enc_seq and _enc_dict inline the same per-value dispatch on purpose: they are
+# the hot path of every step's arguments and result, and a call per value costs
+# more than the encoding itself for plain JSON values.
+
+
 def _enc_seq(x: Sequence[Any]) -> Any:
     """Encode the items of a list or tuple: ``x`` itself if none changed, else a new list."""
     out: list[Any] | None = None
