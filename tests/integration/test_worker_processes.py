@@ -73,3 +73,19 @@ def test_worker_drains_on_sigterm(world_url: str, tmp_path: Path) -> None:
     assert proc.stop() == 0
     assert [label for label, _ in read_marks(marks)] == ["slow-start", "slow"]
     assert run.steps()[0].status == "completed"
+
+
+def test_draining_worker_hands_the_rest_of_a_long_run_to_another(
+    world_url: str, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    first = WorkerProcess(world_url, ["tests.apps.basic"], tmp_path / "w1.log")
+    run = tether.start(basic.three_marks, [str(marks), "long", 0.4])
+    wait_for(lambda: read_marks(marks), 10, "the first step to finish")
+    assert first.stop() == 0  # drains the step in flight, starts no new one
+    done_by_first = {label for label, pid in read_marks(marks) if pid == first.pid}
+    assert done_by_first and "long:2" not in done_by_first
+    with worker_process(world_url, ["tests.apps.basic"], tmp_path / "w2.log"):
+        assert run.result(timeout=20) == 3
+    counts = collections.Counter(label for label, _ in read_marks(marks))
+    assert counts == {"long:0": 1, "long:1": 1, "long:2": 1}

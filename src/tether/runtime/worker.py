@@ -410,8 +410,15 @@ class Worker:
         ]
 
     def _run_steps(self, jobs: list[_StepJob]) -> None:
+        # A draining worker starts nothing new: it gives the leases back on exit
+        # and another worker runs these steps.
+        if self._draining():
+            return
         for job in jobs:
             self._spawn(self._run_step(job))
+
+    def _draining(self) -> bool:
+        return self._stopping is not None and self._stopping.is_set()
 
     # -- steps -------------------------------------------------------------------
 
@@ -433,7 +440,7 @@ class Worker:
                 self._wake_up()  # the retry is a task due later
                 return
             following = await self._deliver(outcome)
-            job = following[0] if following else None
+            job = following[0] if following and not self._draining() else None
             self._run_steps(following[1:])
 
     async def _attempt(self, job: _StepJob, definition: registry.Step[..., Any]) -> StepOutcome:
