@@ -94,6 +94,8 @@ class RunInstance:
             stamped = _with_seq(answer, seq)
             events.append(stamped)
             self._apply(stamped)
+        if self.failure is not None:
+            self._new.clear()  # a run that must fail records nothing more it asked for
         for request in self._new:
             seq += 1
             events.append(_with_seq(request, seq))
