@@ -1,67 +1,49 @@
-"""The ``tether`` command."""
+"""The ``tether`` command: the group, its subcommands, and the one place errors are shown.
+
+Subcommands raise tether's errors (and ``ValueError`` from the parse
+functions) as they come; ``TetherGroup.invoke`` turns each into one line on
+stderr with exit code 1 (not found, failed) or 2 (bad input). Set
+``TETHER_DEBUG=1`` to get the traceback instead.
+"""
 
 from __future__ import annotations
 
-import importlib
-import logging
-import os
-import sys
+from typing import Any
 
 import click
 
-from tether import api, registry
-from tether.runtime.worker import Worker
+from tether.cli import actions, backend, deploy, errors, inspect, worker
 
 
-@click.group()
+class TetherGroup(click.Group):
+    """A group whose commands fail with one line, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.Abort, click.exceptions.Exit):
+            raise  # click shows these itself
+        except Exception as exc:
+            if errors.debugging():
+                raise
+            raise errors.translate(exc, backend.current_url(ctx)) from None
+
+
+@click.group(cls=TetherGroup)
 @click.version_option(package_name="tether")
 def main() -> None:
-    """tether: durable workflows pinned to the code that started them."""
+    """tether: durable workflows pinned to the code that started them.
+
+    Every command takes --backend URL (else $TETHER_WORLD, else
+    sqlite:///.tether/tether.db).
+    """
 
 
-@main.command()
-@click.argument("modules", nargs=-1, required=True)
-@click.option(
-    "--backend",
-    envvar="TETHER_WORLD",
-    default=None,
-    help="World URL (default: $TETHER_WORLD, else sqlite:///.tether/tether.db).",
-)
-@click.option("--concurrency", default=512, show_default=True, help="Tasks run at once.")
-@click.option(
-    "--lease-seconds",
-    default=10.0,
-    show_default=True,
-    help="How long a task stays claimed without a heartbeat (a dead worker's work "
-    "is taken over after this).",
-)
-def worker(
-    modules: tuple[str, ...], backend: str | None, concurrency: int, lease_seconds: float
-) -> None:
-    """Serve the workflows and steps defined in MODULES until Ctrl-C (which drains)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise click.ClickException(f"cannot import module {module!r}: {exc}") from exc
-    if not registry.WORKFLOWS and not registry.STEPS:
-        raise click.ClickException(
-            f"no @workflow or @step found in {', '.join(modules)}: nothing to serve"
-        )
-    try:
-        api.configure(backend)
-        w = Worker(concurrency=concurrency, lease_seconds=lease_seconds)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
-    w.run(
-        on_ready=lambda: click.echo(
-            f"tether worker {w.worker_id} ready: deployment {w.deployment_id!r} on "
-            f"{w.world.url}, {len(registry.WORKFLOWS)} workflows, {len(registry.STEPS)} steps "
-            "(Ctrl-C drains)",
-            err=True,
-        )
-    )
-    click.echo("tether worker stopped", err=True)
+main.add_command(inspect.inspect)
+main.add_command(actions.cancel)
+main.add_command(actions.rerun)
+main.add_command(actions.start)
+main.add_command(worker.worker)
+main.add_command(deploy.deployments)
+main.add_command(actions.sleeps)
+main.add_command(actions.hooks)

@@ -1,0 +1,100 @@
+"""How the ``tether`` command fails: one line on stderr and an exit code, never a traceback.
+
+Commands raise tether's own errors (or ``ValueError`` from the parse
+functions) and let them travel; ``translate`` turns each into a
+``CliError`` at one place, the top-level group.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import ClassVar
+from urllib.parse import urlsplit
+
+import click
+
+from tether.errors import TetherError
+
+#: Exit codes: 1 for something not found or an operation that failed, 2 for bad input.
+FAILED = 1
+USAGE = 2
+
+
+class CliError(click.ClickException):
+    """A failure reported as ``Error: <message>`` with exit code 1."""
+
+    exit_code: ClassVar[int] = FAILED
+
+
+class UsageProblem(CliError):
+    """Bad input (a value, a name, a JSON argument): exit code 2."""
+
+    exit_code: ClassVar[int] = USAGE
+
+
+class NotAvailable(UsageProblem):
+    """A command whose engine feature does not exist yet."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} is not available yet in this version of tether")
+
+
+def redact(url: str) -> str:
+    """The URL with its password (if any) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
+def translate(exc: Exception, backend_url: str | None) -> CliError:
+    """The one-line error a command's exception becomes; the password never shows."""
+    message = _one_line(str(exc)) or type(exc).__name__
+    kind: type[CliError] = CliError
+    if isinstance(exc, LookupError | TimeoutError | TetherError):
+        # Not found (run, deployment, workflow) or a run that failed, was
+        # cancelled or did not finish in time: the message says which.
+        pass
+    elif isinstance(exc, ValueError):
+        # The parse functions (workflow names, cursors, statuses, URLs) say what
+        # they expected.
+        kind = UsageProblem
+    elif is_backend_error(exc):
+        shown = redact(backend_url) if backend_url else "the backend"
+        message = f"backend {shown} failed: {message}"
+    else:
+        message = f"unexpected {type(exc).__name__}: {message} (TETHER_DEBUG=1 shows the traceback)"
+    return kind(_without_password(message, backend_url) if backend_url else message)
+
+
+def debugging() -> bool:
+    """Whether ``$TETHER_DEBUG`` asks for tracebacks instead of one-line errors."""
+    return os.environ.get("TETHER_DEBUG", "") not in ("", "0")
+
+
+def _without_password(text: str, url: str) -> str:
+    text = text.replace(url, redact(url))
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    return text.replace(password, "***") if password else text
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def is_backend_error(exc: Exception) -> bool:
+    """Errors of the storage itself: SQLite, the filesystem, the PostgreSQL driver."""
+    if isinstance(exc, sqlite3.Error | OSError | ConnectionError):
+        return True
+    return any(cls.__module__.split(".")[0] == "psycopg" for cls in type(exc).__mro__)

@@ -1,0 +1,125 @@
+"""What the operator typed: the options listings share and the checks that explain bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import click
+
+from tether.cli import backend
+from tether.cli.errors import UsageProblem
+from tether.registry import parse_workflow_name
+from tether.worlds.base import RUN_STATUSES
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Statuses of the steps and sleeps views (the runs view uses RUN_STATUSES).
+STEP_STATUSES: tuple[str, ...] = (
+    "pending",
+    "running",
+    "retrying",
+    "completed",
+    "failed",
+    "cancelled",
+)
+SLEEP_STATUSES: tuple[str, ...] = ("waiting", "completed", "cancelled")
+#: Runs that can still be cancelled.
+UNFINISHED = ("pending", "running")
+
+
+def check_status(value: str | None, valid: Sequence[str] = RUN_STATUSES) -> str | None:
+    """``value`` if it is one of ``valid``; otherwise a usage error listing them."""
+    if value is not None and value not in valid:
+        raise UsageProblem(f"invalid status {value!r}: expected one of {', '.join(valid)}")
+    return value
+
+
+def check_workflow_name(value: str | None) -> str | None:
+    """``value`` if it is a full workflow name; otherwise show the form (and a likely match)."""
+    if value is None:
+        return None
+    try:
+        parse_workflow_name(value)
+    except ValueError as exc:
+        hint = ""
+        matches = _known_names_like(value)
+        if matches:
+            hint = f"; did you mean {' or '.join(matches[:3])}?"
+        raise UsageProblem(f"{exc}{hint}") from None
+    return value
+
+
+def parse_json_args(values: Sequence[str]) -> list[Any]:
+    """Each value parsed as one JSON document (one positional argument)."""
+    parsed: list[Any] = []
+    for i, text in enumerate(values, start=1):
+        try:
+            parsed.append(json.loads(text))
+        except ValueError as exc:
+            raise UsageProblem(
+                f"argument {i} ({text!r}) is not valid JSON: {exc}"
+                + (f"; quote a string as '\"{text}\"'" if '"' not in text else "")
+            ) from None
+    return parsed
+
+
+def listing_options(*, sort_default: str, with_data: bool = True) -> Callable[[F], F]:
+    """``--json``, ``--limit``, ``--cursor``, ``--sort`` (and ``--with-data``) of a listing."""
+
+    def decorate(fn: F) -> F:
+        options = [
+            click.option("--json", "as_json", is_flag=True, help="Print one JSON array."),
+            click.option(
+                "--limit",
+                type=click.IntRange(min=1),
+                default=20,
+                show_default=True,
+                help="Rows per page.",
+            ),
+            click.option("--cursor", default=None, help="Continue after the page that printed it."),
+            click.option(
+                "--sort",
+                type=click.Choice(["asc", "desc"]),
+                default=sort_default,
+                show_default=True,
+                help="Oldest first (asc) or newest first (desc).",
+            ),
+        ]
+        if with_data:
+            options.append(
+                click.option("--with-data", is_flag=True, help="Show inputs and outputs (decoded).")
+            )
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def offset_cursor(cursor: str | None) -> int:
+    """The position a cursor of an in-memory listing (a run's steps, events...) names."""
+    if cursor is None:
+        return 0
+    if not cursor.isdigit():
+        raise UsageProblem(
+            f"invalid cursor {cursor!r}: pass the cursor printed by the previous page"
+        )
+    return int(cursor)
+
+
+def _known_names_like(value: str) -> list[str]:
+    """Registered workflow names whose function is called ``value`` (best effort)."""
+    wanted = value.rsplit("//", 1)[-1]
+    found: set[str] = set()
+    with contextlib.suppress(Exception):  # only a hint: never fail the error itself
+        world = backend.world()
+        for status in world.list_deployments(None, 0.0):
+            record = world.get_deployment(status.deployment_id)
+            for name in record.manifest.get("workflows", {}) if record else ():
+                function = name.rsplit("//", 1)[-1]
+                if wanted in (function, function.rsplit(".", 1)[-1]):
+                    found.add(name)
+    return sorted(found)

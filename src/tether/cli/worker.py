@@ -1,0 +1,55 @@
+"""``tether worker``: serve the workflows and steps of some modules in the foreground."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+import click
+
+from tether import api, registry
+from tether.cli import backend
+from tether.cli.backend import backend_option
+from tether.cli.errors import CliError
+from tether.runtime.worker import Worker
+
+
+@click.command()
+@click.argument("modules", nargs=-1, required=True)
+@click.option("--concurrency", default=512, show_default=True, help="Tasks run at once.")
+@click.option(
+    "--lease-seconds",
+    default=10.0,
+    show_default=True,
+    help="How long a task stays claimed without a heartbeat (a dead worker's work "
+    "is taken over after this).",
+)
+@backend_option
+def worker(modules: tuple[str, ...], concurrency: int, lease_seconds: float) -> None:
+    """Serve the workflows and steps defined in MODULES until Ctrl-C (which drains)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise CliError(f"cannot import module {module!r}: {exc}") from exc
+    if not registry.WORKFLOWS and not registry.STEPS:
+        raise CliError(f"no @workflow or @step found in {', '.join(modules)}: nothing to serve")
+    serving = backend.current()
+    api.configure(serving.url)  # runs started from steps go to the same World
+    w = Worker(
+        world=serving.world(create=True), concurrency=concurrency, lease_seconds=lease_seconds
+    )
+    w.run(
+        on_ready=lambda: click.echo(
+            f"tether worker {w.worker_id} ready: deployment {w.deployment_id!r} on "
+            f"{serving.shown}, {len(registry.WORKFLOWS)} workflows, {len(registry.STEPS)} steps "
+            "(Ctrl-C drains)",
+            err=True,
+        )
+    )
+    click.echo("tether worker stopped", err=True)
