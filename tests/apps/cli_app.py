@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tether
-from tether import FatalError, step, workflow
+from tether import FatalError, StreamHandle, step, workflow
 
 
 @step
@@ -35,3 +35,22 @@ async def doomed(reason: str) -> None:
 @workflow
 async def totals(order: dict[str, int]) -> dict[str, int]:
     return {"items": len(order), "sum": sum(order.values())}
+
+
+@workflow
+async def approval(order: str) -> dict[str, object]:
+    decision = await tether.create_hook(token=f"approve-{order}", metadata={"order": order})
+    return {"order": order, "decision": decision}
+
+
+@step
+def count_to(stream: StreamHandle, count: int) -> int:
+    for i in range(count):
+        stream.write({"n": i})
+    stream.close()
+    return count
+
+
+@workflow
+async def counter(count: int) -> int:
+    return int(await count_to(tether.get_writable(), count))

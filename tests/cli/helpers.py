@@ -30,6 +30,8 @@ HELLO = f"workflow//{APP}//hello"
 NAPPER = f"workflow//{APP}//napper"
 DOOMED = f"workflow//{APP}//doomed"
 TOTALS = f"workflow//{APP}//totals"
+APPROVAL = f"workflow//{APP}//approval"
+COUNTER = f"workflow//{APP}//counter"
 
 _EXE = Path(sys.executable).with_name("tether")
 TETHER = [str(_EXE)] if _EXE.exists() else [sys.executable, "-m", "tether"]

@@ -33,6 +33,8 @@ def url(tmp_path: Path) -> str:
         ["cancel", "run_missing", "-y"],
         ["rerun", "run_missing", "--latest"],
         ["sleeps", "wake", "run_missing"],
+        ["inspect", "hooks", "run_missing"],
+        ["inspect", "streams", "--run-id", "run_missing"],
     ],
 )
 def test_unknown_run_id(url: str, args: list[str]) -> None:
@@ -121,3 +123,14 @@ def test_backend_option_wins_over_the_environment(url: str, world: World, tmp_pa
     assert tether("inspect", "runs", "--json", "--backend", url, url=elsewhere).code == 0
     assert run_id in tether("inspect", "runs", "--json", url=url).out
     assert tether("inspect", "runs", "--backend", elsewhere, url=url).code == 1
+
+
+def test_hook_tokens_and_payloads(url: str) -> None:
+    unknown = tether("hooks", "resume", "no-such-token", '"x"', url=url)
+    assert unknown.code == 1
+    assert "no active hook has token 'no-such-token'" in error_line(unknown)
+    bad = tether("hooks", "resume", "tok", "{oops", url=url)
+    assert bad.code == 2 and "the payload ('{oops') is not valid JSON" in error_line(bad)
+    status = tether("inspect", "hooks", "--status", "open", url=url)
+    assert status.code == 2
+    assert "expected one of active, disposed, conflict" in error_line(status)

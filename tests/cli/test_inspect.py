@@ -153,12 +153,3 @@ def test_a_run_needs_an_id_for_steps_events_and_sleeps(url: str) -> None:
         result = tether("inspect", what, url=url)
         assert result.code == 2
         assert f"tether inspect {what} RUN_ID" in error_line(result)
-
-
-def test_streams_and_hooks_are_not_available_yet(url: str) -> None:
-    for args in (["inspect", "streams", "run_x"], ["inspect", "hooks"]):
-        result = tether(*args, url=url)
-        assert result.code == 2
-        assert "not available yet" in error_line(result)
-    result = tether("hooks", "resume", "token-1", '{"ok": true}', url=url)
-    assert result.code == 2 and "not available yet" in error_line(result)

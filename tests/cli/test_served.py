@@ -14,7 +14,9 @@ import pytest
 
 from tests.cli.helpers import (
     APP,
+    APPROVAL,
     BACKENDS,
+    COUNTER,
     DOOMED,
     HELLO,
     NAPPER,
@@ -170,6 +172,36 @@ def test_steps_and_events_of_a_finished_run(served: Served) -> None:
         ).out
     )
     assert newest[0]["type"] == "run_completed"
+
+
+def test_resume_a_hook_by_its_token(served: Served) -> None:
+    run_id = tether("start", APPROVAL, '"o-7"', url=served.url).lines[0]
+    wait_until(lambda: served.world.list_hooks(run_id), 20, "the run to create its hook")
+    (hook,) = json.loads(tether("inspect", "hooks", run_id, "--json", url=served.url).out)
+    assert hook["token"] == "approve-o-7" and hook["status"] == "active"
+    assert hook["metadata"] == {"order": "o-7"} and hook["webhook"] is False
+    listed = tether("inspect", "hooks", "--status", "active", url=served.url)
+    assert "approve-o-7" in listed.out and run_id in listed.out
+    resumed = tether("hooks", "resume", "approve-o-7", '{"ok": true}', url=served.url)
+    assert resumed.code == 0, resumed
+    assert resumed.lines == [run_id] and f"run {run_id} continues on {NEW}" in resumed.err
+    wait_until(lambda: served.status(run_id) == "completed", 20, "the resumed run to complete")
+    detail = json.loads(tether("inspect", "runs", run_id, "--json", url=served.url).out)
+    assert detail["output"] == {"order": "o-7", "decision": {"ok": True}}
+    again = tether("hooks", "resume", "approve-o-7", "1", url=served.url)
+    assert again.code == 1 and "no active hook has token 'approve-o-7'" in error_line(again)
+
+
+def test_streams_of_a_run(served: Served) -> None:
+    run_id = tether("start", COUNTER, "3", "--wait", url=served.url).lines[0]
+    (stream,) = json.loads(
+        tether("inspect", "streams", run_id, "--json", "--with-data", url=served.url).out
+    )
+    assert stream["run_id"] == run_id and stream["namespace"] == "default"
+    assert stream["chunks"] == 3 and stream["closed"] is True
+    assert stream["last_chunk"] == {"n": 2}
+    table = tether("inspect", "streams", "--run-id", run_id, "--with-data", url=served.url)
+    assert '{"n": 2}' in table.out and "closed" in table.out
 
 
 def test_deployments_list_shows_the_live_worker(served: Served) -> None:

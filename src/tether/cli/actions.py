@@ -18,7 +18,8 @@ from rich.text import Text
 from tether import api, deployments
 from tether.cli import backend, params, render, views
 from tether.cli.backend import backend_option
-from tether.cli.errors import CliError, NotAvailable, UsageProblem
+from tether.cli.errors import CliError, UsageProblem
+from tether.hooks import resume_hook
 from tether.worlds.base import TERMINAL_STATUSES, RunFilter, RunRecord, World
 
 #: Runs cancelled per World call in a bulk cancel (one transaction each).
@@ -271,9 +272,18 @@ def hooks() -> None:
 @click.argument("payload")
 @backend_option
 def resume(token: str, payload: str) -> None:
-    """Resume the hook TOKEN with PAYLOAD, one JSON value (not available yet)."""
+    """Deliver PAYLOAD (one JSON value) to the active hook TOKEN; prints the run's id.
+
+    Example: tether hooks resume approve-o-1 '{"approved": true}'. The run
+    continues on its own deployment.
+    """
     try:
-        json.loads(payload)
+        value = json.loads(payload)
     except ValueError as exc:
         raise UsageProblem(f"the payload ({payload!r}) is not valid JSON: {exc}") from None
-    raise NotAvailable("tether hooks resume")
+    world = backend.world()
+    run_id = resume_hook(token, value, world=world)
+    click.echo(run_id)
+    record = world.get_run(run_id)
+    where = f" on {record.deployment_id}" if record is not None else ""
+    render.err().print(f"resumed hook {token!r}: run {run_id} continues{where}", soft_wrap=True)

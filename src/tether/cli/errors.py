@@ -33,13 +33,6 @@ class UsageProblem(CliError):
     exit_code: ClassVar[int] = USAGE
 
 
-class NotAvailable(UsageProblem):
-    """A command whose engine feature does not exist yet."""
-
-    def __init__(self, what: str) -> None:
-        super().__init__(f"{what} is not available yet in this version of tether")
-
-
 def redact(url: str) -> str:
     """The URL with its password (if any) replaced by ``***``."""
     try:

@@ -1,4 +1,4 @@
-"""``tether inspect``: runs, steps, events, sleeps and deployments, as tables or JSON."""
+"""``tether inspect``: runs, steps, events, sleeps, hooks, streams and deployments."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from rich.text import Text
 from tether.api import iter_runs
 from tether.cli import backend, deploy, params, render, views
 from tether.cli.backend import backend_option
-from tether.cli.errors import NotAvailable, UsageProblem
+from tether.cli.errors import UsageProblem
 from tether.worlds.base import RunFilter, RunRecord, World
 from tether.worlds.schema import decode_cursor, encode_cursor
 
@@ -26,7 +26,7 @@ _RERUN_SCAN = 5000
 
 @click.group()
 def inspect() -> None:
-    """Look at runs, steps, events, sleeps and deployments (--json for scripts)."""
+    """Look at runs, steps, events, sleeps, hooks, streams, deployments (--json for scripts)."""
 
 
 # -- runs -------------------------------------------------------------------------
@@ -191,10 +191,7 @@ def _which_run(
     command: str, run_id: str | None, run_id_option: str | None, cursor: str | None
 ) -> str:
     """The run a per-run listing is about; its input is checked before any query."""
-    params.offset_cursor(cursor)
-    if run_id and run_id_option and run_id != run_id_option:
-        raise UsageProblem(f"two different runs given: {run_id} and --run-id {run_id_option}")
-    chosen = run_id or run_id_option
+    chosen = _optional_run(run_id, run_id_option, cursor)
     if not chosen:
         raise UsageProblem(
             f"tether inspect {command} needs a run: tether inspect {command} RUN_ID "
@@ -320,25 +317,80 @@ def inspect_deployments(deployment_id: str | None, **options: Any) -> None:
         deploy.list_deployments(**options)
 
 
-# -- not in the World yet ---------------------------------------------------------------
-# Streams and hooks are being added to the World; until then these commands
-# exist (so scripts and --help see them) and say so.
+# -- hooks and streams -----------------------------------------------------------------
+
+
+@inspect.command()
+@_run_scoped
+@click.option("--status", help=", ".join(params.HOOK_STATUSES) + ".")
+@params.listing_options(sort_default="asc", with_data=False)
+@backend_option
+def hooks(
+    run_id: str | None,
+    run_id_option: str | None,
+    status: str | None,
+    as_json: bool,
+    limit: int,
+    cursor: str | None,
+    sort: str,
+) -> None:
+    """List hooks (of one run, or of all runs); resume one with: tether hooks resume TOKEN JSON."""
+    chosen = _optional_run(run_id, run_id_option, cursor)
+    params.check_status(status, params.HOOK_STATUSES)
+    world = backend.world()
+    if chosen is not None:
+        backend.require_run(world, chosen)
+    page, next_cursor = _page(world.list_hooks(chosen, status), cursor, limit, sort)
+    if as_json:
+        render.emit_json([views.hook_json(h) for h in page])
+    elif page:
+        render.out().print(views.hooks_table(page))
+    else:
+        render.err().print("no hooks match")
+    render.next_page(next_cursor)
 
 
 @inspect.command()
 @_run_scoped
 @params.listing_options(sort_default="asc")
 @backend_option
-def streams(run_id: str | None, run_id_option: str | None, **_: Any) -> None:
-    """List a run's streams (not available yet)."""
-    raise NotAvailable("tether inspect streams")
+def streams(
+    run_id: str | None,
+    run_id_option: str | None,
+    as_json: bool,
+    limit: int,
+    cursor: str | None,
+    sort: str,
+    with_data: bool,
+) -> None:
+    """List streams (of one run, or of all runs); --with-data shows each one's last chunk."""
+    chosen = _optional_run(run_id, run_id_option, cursor)
+    world = backend.world()
+    if chosen is not None:
+        backend.require_run(world, chosen)
+    page, next_cursor = _page(world.list_streams(chosen), cursor, limit, sort)
+    last = {
+        s.stream_id: _last_chunk(world, s.stream_id) if with_data and s.next_index else None
+        for s in page
+    }
+    if as_json:
+        render.emit_json(
+            [views.stream_json(s, last[s.stream_id], with_data=with_data) for s in page]
+        )
+    elif page:
+        render.out().print(views.streams_table(page, last if with_data else None))
+    else:
+        render.err().print("no streams match")
+    render.next_page(next_cursor)
 
 
-@inspect.command()
-@_run_scoped
-@click.option("--status", help="Hook status.")
-@params.listing_options(sort_default="asc")
-@backend_option
-def hooks(run_id: str | None, run_id_option: str | None, **_: Any) -> None:
-    """List hooks waiting for a payload (not available yet)."""
-    raise NotAvailable("tether inspect hooks")
+def _optional_run(run_id: str | None, run_id_option: str | None, cursor: str | None) -> str | None:
+    params.offset_cursor(cursor)
+    if run_id and run_id_option and run_id != run_id_option:
+        raise UsageProblem(f"two different runs given: {run_id} and --run-id {run_id_option}")
+    return run_id or run_id_option
+
+
+def _last_chunk(world: World, stream_id: str) -> Any:
+    chunks, _ = world.read_chunks(stream_id, -1, 1)
+    return render.decode(chunks[0].data) if chunks else None

@@ -42,6 +42,10 @@ STATUS_STYLES = {
     "completed": "green",
     "failed": "bold red",
     "cancelled": "magenta",
+    "active": "cyan",
+    "disposed": "dim",
+    "conflict": "bold red",
+    "closed": "green",
 }
 
 # -- consoles ---------------------------------------------------------------------

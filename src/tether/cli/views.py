@@ -17,8 +17,10 @@ from tether.cli import render
 from tether.worlds.base import (
     DeploymentStatus,
     EventRecord,
+    HookRecord,
     RunRecord,
     StepRecord,
+    StreamRecord,
     WaitRecord,
 )
 
@@ -186,6 +188,74 @@ def sleeps_table(records: Sequence[WaitRecord]) -> Table:
             render.when(record.created_at),
             render.when(record.completed_at),
         )
+    return out
+
+
+# -- hooks and streams ------------------------------------------------------------------
+
+
+def hook_json(record: HookRecord) -> dict[str, Any]:
+    """A hook as JSON."""
+    return {
+        "token": record.token,
+        "run_id": record.run_id,
+        "hook_id": record.hook_id,
+        "status": record.status,
+        "webhook": bool(record.webhook),
+        "metadata": record.metadata,
+        "created_at": render.iso(record.created_at),
+        "disposed_at": render.iso(record.disposed_at),
+    }
+
+
+def hooks_table(records: Sequence[HookRecord]) -> Table:
+    """Hooks as a table, tokens first (what ``tether hooks resume`` takes)."""
+    out = render.table("TOKEN", "RUN ID", "#", "KIND", "STATUS", "CREATED (UTC)", "METADATA")
+    for record in records:
+        out.add_row(
+            record.token,
+            record.run_id,
+            record.hook_id,
+            "webhook" if record.webhook else "hook",
+            render.status(record.status),
+            render.when(record.created_at),
+            "" if record.metadata is None else render.compact(record.metadata),
+        )
+    return out
+
+
+def stream_json(record: StreamRecord, last_chunk: Any, *, with_data: bool) -> dict[str, Any]:
+    """A stream as JSON; its last chunk (decoded) only ``with_data``."""
+    row: dict[str, Any] = {
+        "stream_id": record.stream_id,
+        "run_id": record.run_id,
+        "namespace": record.namespace,
+        "chunks": record.next_index,
+        "closed": bool(record.closed),
+        "created_at": render.iso(record.created_at),
+        "closed_at": render.iso(record.closed_at),
+    }
+    if with_data:
+        row["last_chunk"] = render.jsonable(last_chunk)
+    return row
+
+
+def streams_table(records: Sequence[StreamRecord], last: dict[str, Any] | None) -> Table:
+    """Streams as a table; with ``last`` (chunks by stream id), a column of last chunks."""
+    headers = ["RUN ID", "NAMESPACE", "CHUNKS", "STATE", "CREATED (UTC)"]
+    out = render.table(*headers, *(["LAST CHUNK"] if last is not None else []))
+    for record in records:
+        cells: list[str | Text] = [
+            record.run_id,
+            record.namespace,
+            str(record.next_index),
+            render.status("closed") if record.closed else Text("open", "cyan"),
+            render.when(record.created_at),
+        ]
+        if last is not None:
+            chunk = last.get(record.stream_id)
+            cells.append("" if chunk is None else render.compact(chunk))
+        out.add_row(*cells)
     return out
 
 
