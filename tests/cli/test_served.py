@@ -188,6 +188,7 @@ def test_resume_a_hook_by_its_token(served: Served) -> None:
     wait_until(lambda: served.status(run_id) == "completed", 20, "the resumed run to complete")
     detail = json.loads(tether("inspect", "runs", run_id, "--json", url=served.url).out)
     assert detail["output"] == {"order": "o-7", "decision": {"ok": True}}
+    assert [(h["token"], h["status"]) for h in detail["hooks"]] == [("approve-o-7", "disposed")]
     again = tether("hooks", "resume", "approve-o-7", "1", url=served.url)
     assert again.code == 1 and "no active hook has token 'approve-o-7'" in error_line(again)
 
@@ -202,6 +203,8 @@ def test_streams_of_a_run(served: Served) -> None:
     assert stream["last_chunk"] == {"n": 2}
     table = tether("inspect", "streams", "--run-id", run_id, "--with-data", url=served.url)
     assert '{"n": 2}' in table.out and "closed" in table.out
+    detail = tether("inspect", "runs", run_id, url=served.url)
+    assert "streams (1)" in detail.out and "steps (1)" in detail.out
 
 
 def test_deployments_list_shows_the_live_worker(served: Served) -> None:

@@ -100,9 +100,11 @@ def _matches(record: RunRecord, filters: RunFilter) -> bool:
 
 
 def _show_run(world: World, record: RunRecord, *, as_json: bool) -> None:
-    """One run with its data, steps, sleeps, parent and children."""
+    """One run with its data, steps, sleeps, hooks, streams, parent, children and reruns."""
     steps = world.list_steps(record.run_id)
     sleeps = world.list_waits(record.run_id)
+    hooks = world.list_hooks(record.run_id)
+    streams = world.list_streams(record.run_id)
     children = list(iter_runs(world, RunFilter(parent_run_id=record.run_id, descending=False)))
     parent = world.get_run(record.parent_run_id) if record.parent_run_id else None
     # Runs filter by no rerun_of: scan the same workflow's later runs, a bounded number.
@@ -120,6 +122,8 @@ def _show_run(world: World, record: RunRecord, *, as_json: bool) -> None:
         detail = views.run_json(record, with_data=True)
         detail["steps"] = [views.step_json(s, with_data=True) for s in steps]
         detail["sleeps"] = [views.sleep_json(w) for w in sleeps]
+        detail["hooks"] = [views.hook_json(h) for h in hooks]
+        detail["streams"] = [views.stream_json(s, None, with_data=False) for s in streams]
         detail["parent"] = views.run_json(parent, with_data=False) if parent else None
         detail["children"] = [views.run_json(c, with_data=False) for c in children]
         detail["reruns"] = [views.run_json(r, with_data=False) for r in reruns]
@@ -155,6 +159,13 @@ def _show_run(world: World, record: RunRecord, *, as_json: bool) -> None:
         ]
     if sleeps:
         parts += [Text(f"\nsleeps ({len(sleeps)})", style="bold"), views.sleeps_table(sleeps)]
+    if hooks:
+        parts += [Text(f"\nhooks ({len(hooks)})", style="bold"), views.hooks_table(hooks)]
+    if streams:
+        parts += [
+            Text(f"\nstreams ({len(streams)})", style="bold"),
+            views.streams_table(streams, None),
+        ]
     for title, linked in (("children", children), ("reruns", reruns)):
         if linked:
             lines = Table.grid()

@@ -6,7 +6,7 @@ add a legend of the full workflow names (what ``--workflow-name`` takes).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -63,7 +63,7 @@ def runs_table(records: Sequence[RunRecord], *, with_data: bool) -> RenderableTy
     return Group(out, workflow_legend(r.workflow_name for r in records))
 
 
-def workflow_legend(names: Any) -> RenderableType:
+def workflow_legend(names: Iterable[str]) -> RenderableType:
     """Short name = full name, for each workflow shown: the value ``--workflow-name`` takes."""
     distinct = sorted(set(names))
     if not distinct:
