@@ -18,8 +18,10 @@ def open_world(url: str) -> World:
 
         return SqliteWorld(url)
     if scheme in ("postgresql", "postgres"):
-        raise ValueError(f"world {url!r}: the PostgreSQL World is not available in this version")
+        from tether.worlds.postgres import PostgresWorld
+
+        return PostgresWorld(url)
     raise ValueError(
         f"unsupported world URL {url!r}: expected sqlite:///path/to/file.db"
-        " (or sqlite:////absolute/path.db)"
+        " (or sqlite:////absolute/path.db) or postgresql://user@host:5432/database"
     )

@@ -1,0 +1,1433 @@
+"""The PostgreSQL World: many worker processes on many machines, one database.
+
+Writes go through one writer thread per World that groups whatever is queued
+into one transaction (group commit: the server flushes its log once per
+commit) and pipelines the statements, so a write costs no round trip of its
+own. Every operation that appends events locks the run's row first
+(``SELECT ... FOR UPDATE``), which makes the expected-sequence checks
+race-free across processes; claims skip rows other workers hold
+(``FOR UPDATE SKIP LOCKED``). Reads use a connection pool. Commits that make
+work due or end a run ``NOTIFY tether_changes``; a listener thread per World
+hears other processes' commits.
+
+A lost connection (a server restart) is survived: reads are retried, and a
+batch whose ``COMMIT`` may or may not have reached the server is settled by
+asking the server for its transaction's status (``pg_xact_status``) before it
+is either retried or reported as committed, so nothing is written twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import queue
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+import psycopg.errors
+from psycopg.conninfo import make_conninfo
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from tether.errors import HookNotFoundError
+from tether.worlds import schema
+from tether.worlds.base import (
+    TERMINAL_STATUSES,
+    Activation,
+    CancelResult,
+    Chunk,
+    DeploymentRecord,
+    DeploymentStatus,
+    EventRecord,
+    HookRecord,
+    NewRun,
+    RunFilter,
+    RunRecord,
+    StepOutcome,
+    StepRecord,
+    StreamRecord,
+    Task,
+    WaitRecord,
+    WorkerInfo,
+    World,
+)
+
+T = TypeVar("T")
+Row = tuple[Any, ...]
+Connection = psycopg.Connection[Row]
+Cursor = psycopg.Cursor[Row]
+
+log = logging.getLogger("tether.postgres")
+
+#: The channel every World of a database listens on; payloads name schema and sender.
+CHANNEL = "tether_changes"
+_BATCH_LIMIT = 512
+#: How long a World keeps reconnecting before it reports the server unreachable.
+DEFAULT_RECONNECT_TIMEOUT = 60.0
+DEFAULT_POOL_MAX = 8
+_BACKOFF_MIN = 0.05
+_BACKOFF_MAX = 1.0
+#: How often the listener looks up from its connection to see whether the World closed.
+_LISTEN_TICK = 0.25
+#: Retries of a batch the server aborted to break a deadlock (it wrote nothing).
+_ROLLBACK_RETRIES = 5
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+#: Query parameters tether reads itself; every other one goes to libpq.
+_OWN_PARAMS = ("schema", "pool_max", "reconnect_timeout")
+
+
+class WorldUnavailableError(ConnectionError):
+    """The PostgreSQL server cannot be reached (or not within the reconnect timeout)."""
+
+
+def redact(url: str) -> str:
+    """The URL without its password (in the authority or a ``password=`` parameter)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        netloc = f"{userinfo}@{host}"
+    query = [
+        (key, "***" if key.lower() == "password" else value)
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="=-/:,")))
+
+
+def parse_url(url: str) -> tuple[str, dict[str, str]]:
+    """Split a world URL into a libpq conninfo string and tether's own options.
+
+    ``postgresql://user:pw@host:5432/db?schema=tether&pool_max=8`` puts the
+    tables in schema ``tether`` (created if missing); other query parameters
+    (``sslmode``, ``options``, ...) go to libpq as they are.
+    """
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("postgresql", "postgres"):
+        raise ValueError(f"invalid PostgreSQL world URL {redact(url)!r}: expected postgresql://...")
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    own = {key: value for key, value in params if key in _OWN_PARAMS}
+    libpq = urlencode([(key, value) for key, value in params if key not in _OWN_PARAMS])
+    base = urlunsplit(parts._replace(scheme="postgresql", query=libpq))
+    extra: dict[str, Any] = {}
+    if "connect_timeout" not in dict(params):
+        extra["connect_timeout"] = 5
+    if "application_name" not in dict(params):
+        extra["application_name"] = "tether"
+    name = own.get("schema")
+    if name is not None:
+        if not _IDENTIFIER.fullmatch(name):
+            raise ValueError(
+                f"invalid schema {name!r} in {redact(url)!r}: expected letters, digits and _"
+            )
+        extra["options"] = (dict(params).get("options", "") + f" -csearch_path={name}").strip()
+    try:
+        return make_conninfo(base, **extra), own
+    except psycopg.ProgrammingError as exc:
+        raise ValueError(f"invalid PostgreSQL world URL {redact(url)!r}: {exc}") from None
+
+
+class PostgresWorld(World):
+    """A World on one PostgreSQL database (or one schema of it) shared by many processes."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.shown_url = redact(url)
+        self._conninfo, options = parse_url(url)
+        try:
+            self._reconnect_timeout = float(
+                options.get("reconnect_timeout", DEFAULT_RECONNECT_TIMEOUT)
+            )
+            pool_max = int(options.get("pool_max", DEFAULT_POOL_MAX))
+        except ValueError:
+            raise ValueError(
+                f"invalid pool_max or reconnect_timeout in {self.shown_url!r}: expected numbers"
+            ) from None
+        self._listeners: list[tuple[Callable[[], None], asyncio.AbstractEventLoop | None]] = []
+        self._changed = threading.Condition()
+        self._closed = False
+        self._token = uuid.uuid4().hex[:12]
+        self._schema = self._migrate(options.get("schema"))
+        #: What this World's NOTIFYs carry: its schema (others ignore it) and itself.
+        self._payload = f"{self._schema}|{self._token}"
+        self._pool: ConnectionPool[Connection] = ConnectionPool(
+            self._conninfo,
+            min_size=1,
+            max_size=max(pool_max, 1),
+            kwargs={"autocommit": True},
+            name=f"tether-{self._token}",
+            open=True,
+        )
+        self._writer = _Writer(self)
+        self._listener: threading.Thread | None = None
+        self._listen_lock = threading.Lock()
+
+    # -- runs -------------------------------------------------------------
+
+    def create_run(self, run: NewRun, activation: Activation | None = None) -> RunRecord:
+        return self._write(lambda tx: _create_run(tx, run, activation))
+
+    async def create_run_async(
+        self, run: NewRun, activation: Activation | None = None
+    ) -> RunRecord:
+        return await self._write_async(lambda tx: _create_run(tx, run, activation))
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        rows = self._fetch(_RUN_SELECT + " WHERE run_id = %s", (run_id,))
+        return RunRecord(*rows[0]) if rows else None
+
+    def list_runs(self, filters: RunFilter) -> list[RunRecord]:
+        sql, params = schema.run_query(_RUN_SELECT, filters, placeholder="%s")
+        return [RunRecord(*row) for row in self._fetch(sql, params)]
+
+    def list_events(self, run_id: str, after_seq: int = 0) -> list[EventRecord]:
+        rows = self._fetch(
+            "SELECT run_id, seq, type, correlation_id, name, payload, attrs, created_at"
+            " FROM events WHERE run_id = %s AND seq > %s ORDER BY seq",
+            (run_id, after_seq),
+        )
+        return [_event_record(row) for row in rows]
+
+    def list_steps(self, run_id: str) -> list[StepRecord]:
+        # Step ids are positions ("1", "2", ... "10"): order them as numbers, safely.
+        rows = self._fetch(
+            "SELECT run_id, step_id, step_name, status, attempt, input, output, error,"
+            " created_at, started_at, completed_at, retry_at FROM steps WHERE run_id = %s"
+            " ORDER BY created_at, length(step_id), step_id",
+            (run_id,),
+        )
+        return [StepRecord(*row) for row in rows]
+
+    def list_waits(self, run_id: str) -> list[WaitRecord]:
+        rows = self._fetch(
+            "SELECT run_id, wait_id, status, resume_at, created_at, completed_at"
+            " FROM waits WHERE run_id = %s ORDER BY created_at, length(wait_id), wait_id",
+            (run_id,),
+        )
+        return [WaitRecord(*row) for row in rows]
+
+    def cancel_runs(self, run_ids: Sequence[str]) -> CancelResult:
+        return self._write(lambda tx: _cancel_runs(tx, list(run_ids)))
+
+    def wake_sleeps(self, run_id: str) -> int:
+        return self._write(lambda tx: _wake_sleeps(tx, run_id))
+
+    # -- hooks and streams ------------------------------------------------
+
+    def resume_hook(self, token: str, payload: str, *, webhook_only: bool = False) -> str:
+        run_id = self._write(lambda tx: _resume_hook(tx, token, payload, webhook_only))
+        if run_id is None:
+            kind = "webhook" if webhook_only else "hook"
+            raise HookNotFoundError(
+                f"no active {kind} has token {token!r}: it never existed or its run has ended"
+            )
+        return run_id
+
+    def get_hook(self, token: str) -> HookRecord | None:
+        rows = self._fetch(
+            _HOOK_SELECT + " WHERE token = %s ORDER BY created_at DESC LIMIT 1", (token,)
+        )
+        return _hook_record(rows[0]) if rows else None
+
+    def list_hooks(self, run_id: str | None = None, status: str | None = None) -> list[HookRecord]:
+        where, params = _where({"run_id": run_id, "status": status})
+        rows = self._fetch(_HOOK_SELECT + where + " ORDER BY created_at", params)
+        return [_hook_record(row) for row in rows]
+
+    def append_chunks(
+        self, stream_id: str, run_id: str, namespace: str, chunks: Sequence[str], close: bool
+    ) -> int:
+        next_index = self._write(
+            lambda tx: _append_chunks(tx, stream_id, run_id, namespace, list(chunks), close)
+        )
+        if next_index is None:
+            raise ValueError(f"stream {stream_id!r} is closed: nothing more can be written to it")
+        return next_index
+
+    def read_chunks(
+        self, stream_id: str, start_index: int, limit: int
+    ) -> tuple[list[Chunk], StreamRecord | None]:
+        def read(conn: Connection) -> tuple[list[Chunk], StreamRecord | None]:
+            row = conn.execute(_STREAM_SELECT + " WHERE stream_id = %s", (stream_id,)).fetchone()
+            if row is None:
+                return [], None
+            stream = _stream_record(row)
+            start = max(0, stream.next_index + start_index) if start_index < 0 else start_index
+            rows = conn.execute(
+                "SELECT idx, data, created_at FROM stream_chunks"
+                " WHERE stream_id = %s AND idx >= %s ORDER BY idx LIMIT %s",
+                (stream_id, start, limit),
+            ).fetchall()
+            return [Chunk(*r) for r in rows], stream
+
+        return self._read(read)
+
+    def list_streams(self, run_id: str | None = None) -> list[StreamRecord]:
+        where, params = _where({"run_id": run_id})
+        rows = self._fetch(_STREAM_SELECT + where + " ORDER BY created_at", params)
+        return [_stream_record(row) for row in rows]
+
+    # -- worker side ------------------------------------------------------
+
+    def claim_tasks(
+        self, deployment_id: str, worker_id: str, limit: int, lease_seconds: float
+    ) -> list[Task]:
+        return self._write(
+            lambda tx: _claim_tasks(tx, deployment_id, worker_id, limit, lease_seconds)
+        )
+
+    async def claim_tasks_async(
+        self, deployment_id: str, worker_id: str, limit: int, lease_seconds: float
+    ) -> list[Task]:
+        return await self._write_async(
+            lambda tx: _claim_tasks(tx, deployment_id, worker_id, limit, lease_seconds)
+        )
+
+    def next_due(self, deployment_id: str) -> float | None:
+        rows = self._fetch(
+            "SELECT MIN(available_at) FROM tasks WHERE deployment_id = %s", (deployment_id,)
+        )
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def has_due(self, deployment_id: str, now: float) -> bool:
+        rows = self._fetch(
+            "SELECT 1 FROM tasks WHERE deployment_id = %s AND available_at <= %s LIMIT 1",
+            (deployment_id, now),
+        )
+        return bool(rows)
+
+    def commit_activation(self, activation: Activation) -> bool:
+        return self._write(lambda tx: _commit_activation(tx, activation))
+
+    async def commit_activation_async(self, activation: Activation) -> bool:
+        return await self._write_async(lambda tx: _commit_activation(tx, activation))
+
+    def finish_step(self, outcome: StepOutcome, activation: Activation | None = None) -> bool:
+        return self._write(lambda tx: _finish_step(tx, outcome, activation))
+
+    async def finish_step_async(
+        self, outcome: StepOutcome, activation: Activation | None = None
+    ) -> bool:
+        return await self._write_async(lambda tx: _finish_step(tx, outcome, activation))
+
+    def heartbeat(self, worker_id: str, lease_seconds: float) -> None:
+        def beat(tx: _Tx) -> None:
+            now = time.time()
+            tx.cur.execute(
+                "UPDATE workers SET heartbeat_at = %s WHERE worker_id = %s", (now, worker_id)
+            )
+            tx.cur.execute(
+                "UPDATE tasks SET available_at = %s WHERE lease_owner = %s",
+                (now + lease_seconds, worker_id),
+            )
+
+        self._write(beat)
+
+    def release_leases(self, worker_id: str) -> None:
+        self._write(lambda tx: _release_leases(tx, worker_id))
+
+    # -- deployments ----------------------------------------------------------
+
+    def register_worker(self, worker: WorkerInfo, manifest: dict[str, Any]) -> None:
+        self._write(lambda tx: _register_worker(tx, worker, manifest))
+
+    def unregister_worker(self, worker_id: str) -> None:
+        def unregister(tx: _Tx) -> None:
+            tx.cur.execute(
+                "UPDATE workers SET stopped_at = %s WHERE worker_id = %s", (time.time(), worker_id)
+            )
+            _release_leases(tx, worker_id)
+
+        self._write(unregister)
+
+    def get_deployment(self, deployment_id: str) -> DeploymentRecord | None:
+        rows = self._fetch(_DEPLOYMENT_SELECT + " WHERE deployment_id = %s", (deployment_id,))
+        return _deployment_record(rows[0]) if rows else None
+
+    def latest_deployment(self, environment: str) -> DeploymentRecord | None:
+        rows = self._fetch(
+            _DEPLOYMENT_SELECT + " WHERE environment = %s ORDER BY created_at DESC LIMIT 1",
+            (environment,),
+        )
+        return _deployment_record(rows[0]) if rows else None
+
+    def list_deployments(
+        self, environment: str | None, live_within: float
+    ) -> list[DeploymentStatus]:
+        def read(conn: Connection) -> tuple[list[Row], dict[str, int], dict[str, Row]]:
+            in_flight: dict[str, int] = dict(
+                conn.execute(
+                    "SELECT deployment_id, COUNT(*) FROM runs"
+                    " WHERE status IN ('pending', 'running') GROUP BY deployment_id"
+                ).fetchall()
+            )
+            workers = {
+                row[0]: row[1:]
+                for row in conn.execute(
+                    "SELECT deployment_id,"
+                    " COUNT(*) FILTER (WHERE stopped_at IS NULL AND heartbeat_at >= %s),"
+                    " MAX(heartbeat_at) FROM workers GROUP BY deployment_id",
+                    (time.time() - live_within,),
+                )
+            }
+            rows = conn.execute(
+                "SELECT deployment_id, environment, created_at FROM deployments"
+                # Runs can be pinned to a deployment no worker ever registered: show those too.
+                " UNION ALL SELECT deployment_id, '', MIN(created_at) FROM runs r"
+                " WHERE status IN ('pending', 'running') AND NOT EXISTS (SELECT 1 FROM"
+                " deployments d WHERE d.deployment_id = r.deployment_id) GROUP BY deployment_id"
+            ).fetchall()
+            return rows, in_flight, workers
+
+        rows, in_flight, workers = self._read(read)
+        statuses = [
+            DeploymentStatus(
+                deployment_id=deployment_id,
+                environment=env,
+                created_at=created_at,
+                in_flight=in_flight.get(deployment_id, 0),
+                live_workers=int(workers.get(deployment_id, (0, None))[0] or 0),
+                last_heartbeat_at=workers.get(deployment_id, (0, None))[1],
+            )
+            for deployment_id, env, created_at in rows
+            if environment is None or env in (environment, "")
+        ]
+        return sorted(statuses, key=lambda d: d.created_at, reverse=True)
+
+    # -- wake-ups ---------------------------------------------------------
+
+    def add_listener(
+        self, callback: Callable[[], None], *, skip_own_loop: bool = False
+    ) -> Callable[[], None]:
+        entry = (callback, asyncio.get_running_loop() if skip_own_loop else None)
+        self._listeners.append(entry)
+        self._start_listener()
+
+        def remove() -> None:
+            if entry in self._listeners:
+                self._listeners.remove(entry)
+
+        return remove
+
+    def wait_for_change(self, timeout: float) -> None:
+        self._start_listener()
+        with self._changed:
+            self._changed.wait(timeout)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._writer.stop()
+        if self._listener is not None:
+            self._listener.join(timeout=2 * _LISTEN_TICK)
+        self._pool.close(timeout=1.0)
+
+    # -- internals --------------------------------------------------------
+
+    def _connect(self, *, autocommit: bool = False) -> Connection:
+        """A new connection; raises ``WorldUnavailableError`` naming the URL (not its password)."""
+        try:
+            return psycopg.connect(self._conninfo, autocommit=autocommit)
+        except psycopg.OperationalError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise WorldUnavailableError(
+                f"cannot connect to the PostgreSQL world {self.shown_url}: {reason}"
+            ) from exc
+
+    def _migrate(self, wanted_schema: str | None) -> str:
+        """Apply missing migrations under an advisory lock; return the schema in use."""
+        with self._connect() as conn:
+            if wanted_schema is not None:
+                # Concurrent CREATE SCHEMA IF NOT EXISTS can still collide: lock first.
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (wanted_schema,))
+                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{wanted_schema}"')
+            row = conn.execute("SELECT current_schema()").fetchone()
+            if row is None or row[0] is None:
+                raise ValueError(
+                    f"world {self.shown_url}: no schema of its search_path exists "
+                    "(create it, or pass ?schema=NAME to have it created)"
+                )
+            name = str(row[0])
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('tether.migrations'), hashtext(%s))",
+                (name,),
+            )
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations"
+                " (version integer PRIMARY KEY, applied_at double precision NOT NULL)"
+            )
+            applied = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+            for version, statements in schema.migrations("postgres"):
+                if version in applied:
+                    continue
+                for statement in statements:
+                    conn.execute(statement)  # type: ignore[call-overload]
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (%s, %s)",
+                    (version, time.time()),
+                )
+            return name
+
+    def _write(self, op: Callable[[_Tx], T]) -> T:
+        if self._closed:
+            raise RuntimeError(f"the world {self.shown_url} is closed")
+        result: T = self._writer.submit(op, None).result()
+        return result
+
+    async def _write_async(self, op: Callable[[_Tx], T]) -> T:
+        if self._closed:
+            raise RuntimeError(f"the world {self.shown_url} is closed")
+        future = self._writer.submit(op, asyncio.get_running_loop())
+        result: T = await asyncio.wrap_future(future)
+        return result
+
+    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self._read(lambda conn: conn.execute(sql, params).fetchall())  # type: ignore[call-overload, no-any-return]
+
+    def _read(self, fn: Callable[[Connection], T]) -> T:
+        """Run a read on a pooled connection, again after a lost connection (reads are safe)."""
+        if self._closed:
+            raise RuntimeError(f"the world {self.shown_url} is closed")
+        lost_since: float | None = None
+        delay = _BACKOFF_MIN
+        while True:
+            try:
+                with self._pool.connection(timeout=self._reconnect_timeout) as conn:
+                    try:
+                        return fn(conn)
+                    except psycopg.Error as exc:
+                        if not _lost(conn, exc):
+                            raise
+                        conn.close()  # the pool drops a closed connection
+                        error: Exception = exc
+            except PoolTimeout as exc:
+                error = exc
+            now = time.monotonic()
+            if lost_since is None:
+                lost_since = now
+                log.warning("lost the connection to %s; retrying the read", self.shown_url)
+                self._pool.check()  # drop every idle connection the outage broke
+            elif now - lost_since > self._reconnect_timeout:
+                raise WorldUnavailableError(
+                    f"the PostgreSQL world {self.shown_url} is unreachable "
+                    f"for {self._reconnect_timeout:g}s"
+                ) from error
+            time.sleep(delay)
+            delay = min(delay * 2, _BACKOFF_MAX)
+
+    def _notify(self, origins: set[asyncio.AbstractEventLoop | None]) -> None:
+        """Wake local waiters; listeners on a loop skip commits only that loop made."""
+        with self._changed:
+            self._changed.notify_all()
+        for callback, own_loop in list(self._listeners):
+            if own_loop is None or origins != {own_loop}:
+                callback()
+
+    def _start_listener(self) -> None:
+        with self._listen_lock:
+            if self._listener is None and not self._closed:
+                self._listener = threading.Thread(
+                    target=self._listen, name="tether-postgres-listen", daemon=True
+                )
+                self._listener.start()
+
+    def _listen(self) -> None:
+        """Hear other processes' commits (NOTIFY); reconnect with backoff when the link drops."""
+        delay = _BACKOFF_MIN
+        while not self._closed:
+            try:
+                conn = psycopg.connect(self._conninfo, autocommit=True)
+            except psycopg.OperationalError:
+                time.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX)
+                continue
+            delay = _BACKOFF_MIN
+            try:
+                with conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self._notify({None})  # we may have missed commits while not listening
+                    while not self._closed:
+                        heard = False
+                        for note in conn.notifies(timeout=_LISTEN_TICK, stop_after=1):
+                            heard = heard or self._relevant(note.payload)
+                        if heard:
+                            # Take everything already delivered, then wake everyone once.
+                            for _ in conn.notifies(timeout=0):
+                                pass
+                            self._notify({None})
+            except psycopg.Error:
+                if not self._closed:
+                    log.warning("listener lost its connection to %s; reconnecting", self.shown_url)
+
+    def _relevant(self, payload: str) -> bool:
+        schema_name, _, sender = payload.partition("|")
+        return schema_name == self._schema and sender != self._token
+
+
+class _Tx:
+    """What an operation gets: the batch's cursors and whether the batch must NOTIFY."""
+
+    __slots__ = ("aux", "cur", "notify")
+
+    def __init__(self, conn: Connection) -> None:
+        self.cur: Cursor = conn.cursor()
+        #: A second cursor, for a read sent in the same round trip as one on ``cur``.
+        self.aux: Cursor = conn.cursor()
+        self.notify = False
+
+
+class _Item:
+    __slots__ = ("future", "op", "origin")
+
+    def __init__(
+        self,
+        op: Callable[[_Tx], Any],
+        future: Future[Any],
+        origin: asyncio.AbstractEventLoop | None,
+    ) -> None:
+        self.op = op
+        self.future = future
+        self.origin = origin
+
+
+class _Writer:
+    """Commits queued operations, many per transaction, on one connection of its own.
+
+    A batch that fails commits each operation alone, so one bad operation
+    fails only its caller. A batch that loses its connection is run again on
+    a new one, unless its ``COMMIT`` was sent: then the server is asked
+    whether that transaction committed (``pg_xact_status``) first.
+    """
+
+    def __init__(self, world: PostgresWorld) -> None:
+        self._world = world
+        self._conn: Connection | None = None
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._run, name="tether-postgres-writer", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, op: Callable[[_Tx], T], origin: asyncio.AbstractEventLoop | None) -> Future[T]:
+        """Queue ``op``; the future resolves once it is committed."""
+        future: Future[T] = Future()
+        self._queue.put(_Item(op, future, origin))
+        return future
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+        if self._conn is not None:
+            self._conn.close()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            if item is None:
+                break
+            batch = [item]
+            while len(batch) < _BATCH_LIMIT:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                batch.append(more)
+            outcomes = self._execute([i.op for i in batch])
+            self._world._notify({i.origin for i in batch})
+            for entry, (result, error) in zip(batch, outcomes, strict=True):
+                if error is None:
+                    entry.future.set_result(result)
+                else:
+                    entry.future.set_exception(error)
+
+    def _execute(self, ops: list[Callable[[_Tx], Any]]) -> list[tuple[Any, BaseException | None]]:
+        """Commit ``ops`` in one transaction; if that fails, commit each alone."""
+        try:
+            return [(result, None) for result in self._commit(ops)]
+        except Exception as exc:
+            if len(ops) == 1 or isinstance(exc, WorldUnavailableError):
+                return [(None, exc)] * len(ops)
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        for op in ops:
+            try:
+                (result,) = self._commit([op])
+            except Exception as alone:
+                outcomes.append((None, alone))
+            else:
+                outcomes.append((result, None))
+        return outcomes
+
+    def _commit(self, ops: list[Callable[[_Tx], Any]]) -> list[Any]:
+        lost_since: float | None = None
+        rollbacks = 0
+        while True:
+            conn = self._connection(lost_since)
+            xid: str | None = None
+            commit_sent = False
+            results: list[Any] = []
+            try:
+                with conn.pipeline():
+                    xact = conn.cursor()
+                    xact.execute("SELECT pg_current_xact_id()::text")
+                    tx = _Tx(conn)
+                    results = [op(tx) for op in ops]
+                    if tx.notify:
+                        tx.cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self._world._payload))
+                    row = xact.fetchone()
+                    xid = row[0] if row else None
+                    commit_sent = True
+                    conn.commit()
+                return results
+            except psycopg.Error as exc:
+                if not _lost(conn, exc):
+                    _rollback(conn)
+                    if (
+                        isinstance(exc, psycopg.errors.TransactionRollback)
+                        and rollbacks < _ROLLBACK_RETRIES
+                    ):
+                        rollbacks += 1  # a deadlock victim: nothing was written, run it again
+                        continue
+                    raise
+                conn.close()
+                self._conn = None
+                if lost_since is None:
+                    lost_since = time.monotonic()
+                    log.warning("writer lost its connection to %s: %s", self._world.shown_url, exc)
+                if commit_sent and xid is not None:
+                    committed = self._committed(xid, lost_since)
+                    log.warning(
+                        "a commit cut off by the lost connection had %s",
+                        "committed" if committed else "not committed: running it again",
+                    )
+                    if committed:
+                        return results
+            except BaseException:
+                if not (conn.broken or conn.closed):
+                    _rollback(conn)
+                raise
+
+    def _connection(self, lost_since: float | None) -> Connection:
+        """The writer's connection, reconnecting with backoff for up to the reconnect timeout."""
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        delay = _BACKOFF_MIN
+        started = lost_since if lost_since is not None else time.monotonic()
+        while True:
+            try:
+                self._conn = self._world._connect()
+                if lost_since is not None:
+                    log.warning("writer reconnected to %s", self._world.shown_url)
+                return self._conn
+            except WorldUnavailableError:
+                if time.monotonic() - started > self._world._reconnect_timeout:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX)
+
+    def _committed(self, xid: str, lost_since: float) -> bool:
+        """Whether the transaction whose ``COMMIT`` got no answer committed after all."""
+        delay = _BACKOFF_MIN
+        while True:
+            conn = self._connection(lost_since)
+            try:
+                row = conn.execute("SELECT pg_xact_status(%s::xid8)", (xid,)).fetchone()
+                conn.rollback()
+            except psycopg.Error as exc:
+                if not _lost(conn, exc):
+                    raise
+                conn.close()
+                self._conn = None
+                row = None
+            status = row[0] if row else None
+            if status in ("committed", "aborted"):
+                return bool(status == "committed")
+            if time.monotonic() - lost_since > self._world._reconnect_timeout:
+                raise WorldUnavailableError(
+                    f"cannot tell whether a commit to {self._world.shown_url} succeeded: "
+                    "the server is unreachable"
+                )
+            time.sleep(delay)  # still in progress on the server, or the server is away
+            delay = min(delay * 2, _BACKOFF_MAX)
+
+
+def _lost(conn: Connection, exc: psycopg.Error) -> bool:
+    """Whether ``exc`` means the connection is gone, rather than a statement refused."""
+    if conn.broken or conn.closed:
+        return True
+    state = exc.sqlstate
+    if state is None:
+        # Raised by the client itself: a dead socket, or a pipeline it could not finish.
+        return isinstance(exc, psycopg.OperationalError)
+    return state.startswith("08") or state in ("57P01", "57P02", "57P03")
+
+
+def _rollback(conn: Connection) -> None:
+    try:
+        conn.rollback()
+    except psycopg.Error:
+        conn.close()
+
+
+# -- operations run inside the writer's transaction --------------------------
+
+_RUN_SELECT = (
+    "SELECT run_id, workflow_name, deployment_id, status, input, output, error,"
+    " parent_run_id, rerun_of, created_at, started_at, completed_at, last_seq FROM runs"
+)
+_LOCK_RUN = "SELECT status, last_seq, deployment_id FROM runs WHERE run_id = %s FOR UPDATE"
+
+
+def _create_run(tx: _Tx, run: NewRun, activation: Activation | None) -> RunRecord:
+    now = run.created_at or time.time()
+    tx.cur.execute(
+        "INSERT INTO runs (run_id, workflow_name, deployment_id, status, input, parent_run_id,"
+        " rerun_of, created_at, last_seq) VALUES (%s, %s, %s, 'pending', %s, %s, %s, %s, 1)",
+        (
+            run.run_id,
+            run.workflow_name,
+            run.deployment_id,
+            run.input,
+            run.parent_run_id,
+            run.rerun_of,
+            now,
+        ),
+    )
+    attrs = {"deployment_id": run.deployment_id}
+    if run.parent_run_id:
+        attrs["parent_run_id"] = run.parent_run_id
+    if run.rerun_of:
+        attrs["rerun_of"] = run.rerun_of
+    tx.cur.execute(
+        "INSERT INTO events (run_id, seq, type, name, payload, attrs, created_at)"
+        " VALUES (%s, 1, 'run_created', %s, %s, %s, %s)",
+        (run.run_id, run.workflow_name, run.input, json.dumps(attrs), now),
+    )
+    if activation is not None:
+        conflicted = _append(tx, run.run_id, run.deployment_id, activation.events, activation)
+        if any(e.type == "wait_created" for e in activation.events):
+            _schedule_workflow(tx, run.run_id, run.deployment_id, now=conflicted)
+    else:
+        _queue_workflow(tx, run.run_id, run.deployment_id, now)
+    return RunRecord(
+        run_id=run.run_id,
+        workflow_name=run.workflow_name,
+        deployment_id=run.deployment_id,
+        status="pending",
+        input=run.input,
+        output=None,
+        error=None,
+        parent_run_id=run.parent_run_id,
+        rerun_of=run.rerun_of,
+        created_at=now,
+        started_at=None,
+        completed_at=None,
+        last_seq=1,
+    )
+
+
+def _release_leases(tx: _Tx, worker_id: str) -> None:
+    tx.cur.execute(
+        "UPDATE tasks SET lease_owner = NULL, available_at = %s WHERE lease_owner = %s",
+        (time.time(), worker_id),
+    )
+    tx.notify = True
+
+
+_DEPLOYMENT_SELECT = "SELECT deployment_id, environment, manifest, created_at FROM deployments"
+
+
+def _deployment_record(row: Row) -> DeploymentRecord:
+    return DeploymentRecord(row[0], row[1], json.loads(row[2]), row[3])
+
+
+def _register_worker(tx: _Tx, worker: WorkerInfo, manifest: dict[str, Any]) -> None:
+    now = time.time()
+    # Workers of one deployment may start at once: insert-or-nothing, then merge under a lock.
+    tx.cur.execute(
+        "INSERT INTO deployments (deployment_id, environment, manifest, created_at)"
+        " VALUES (%s, %s, %s, %s) ON CONFLICT (deployment_id) DO NOTHING RETURNING 1",
+        (worker.deployment_id, worker.environment, json.dumps(manifest), now),
+    )
+    if tx.cur.fetchone() is None:
+        tx.cur.execute(
+            "SELECT manifest FROM deployments WHERE deployment_id = %s FOR UPDATE",
+            (worker.deployment_id,),
+        )
+        row = tx.cur.fetchone()
+        merged = json.loads(row[0]) if row else {}
+        for section, entries in manifest.items():
+            merged.setdefault(section, {}).update(entries)
+        tx.cur.execute(
+            "UPDATE deployments SET manifest = %s WHERE deployment_id = %s",
+            (json.dumps(merged), worker.deployment_id),
+        )
+    tx.cur.execute(
+        "INSERT INTO workers (worker_id, deployment_id, hostname, pid, started_at, heartbeat_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        (worker.worker_id, worker.deployment_id, worker.hostname, worker.pid, now, now),
+    )
+
+
+def _run_state(tx: _Tx, run_id: str) -> tuple[str, int, str] | None:
+    """The run's status, last seq and deployment, with its row locked until the commit."""
+    tx.cur.execute(_LOCK_RUN, (run_id,))
+    row = tx.cur.fetchone()
+    return (row[0], row[1], row[2]) if row else None
+
+
+def _commit_activation(tx: _Tx, activation: Activation) -> bool:
+    state = _run_state(tx, activation.run_id)
+    if state is None:
+        return False
+    status, last_seq, deployment_id = state
+    if status in TERMINAL_STATUSES or last_seq != activation.expected_seq:
+        if status not in TERMINAL_STATUSES:
+            _queue_workflow(tx, activation.run_id, deployment_id, time.time(), force=True)
+        return False
+    conflicted = _append(tx, activation.run_id, deployment_id, activation.events, activation)
+    _schedule_workflow(tx, activation.run_id, deployment_id, now=conflicted)
+    return True
+
+
+def _finish_step(tx: _Tx, outcome: StepOutcome, activation: Activation | None) -> bool:
+    # Lock the run, then read the step in a statement of its own: it starts after the
+    # lock is granted, so it sees what the previous holder committed (one round trip).
+    tx.cur.execute(_LOCK_RUN, (outcome.run_id,))
+    tx.aux.execute(
+        "SELECT status FROM steps WHERE run_id = %s AND step_id = %s",
+        (outcome.run_id, outcome.step_id),
+    )
+    run = tx.cur.fetchone()
+    step = tx.aux.fetchone()
+    if run is None or step is None:
+        return False
+    status, last_seq, deployment_id = run
+    if status in TERMINAL_STATUSES or step[0] in ("completed", "failed"):
+        return False  # the run ended or another attempt already recorded the step
+    if (
+        activation is not None
+        and outcome.status != "retrying"
+        and activation.expected_seq == last_seq
+    ):
+        # The activation's first event is this outcome, fed to the cached run. The
+        # run's workflow task only changes if a sleep began or ended.
+        conflicted = _append(tx, outcome.run_id, deployment_id, activation.events, activation)
+        if any(e.type in ("wait_created", "wait_completed") for e in activation.events):
+            _schedule_workflow(tx, outcome.run_id, deployment_id, now=conflicted)
+        return True
+    now = time.time()
+    event_type = {"completed": "step_completed", "failed": "step_failed"}.get(
+        outcome.status, "step_retrying"
+    )
+    attrs: dict[str, Any] = {"attempt": outcome.attempt}
+    if outcome.retry_at is not None:
+        attrs["retry_at"] = outcome.retry_at
+    event = EventRecord(
+        run_id=outcome.run_id,
+        seq=last_seq + 1,
+        type=event_type,
+        correlation_id=outcome.step_id,
+        payload=outcome.payload,
+        attrs=attrs,
+        created_at=now,
+    )
+    _append(tx, outcome.run_id, deployment_id, [event], None)
+    if outcome.status != "retrying":
+        _queue_workflow(tx, outcome.run_id, deployment_id, now)
+    return False
+
+
+def _claim_tasks(
+    tx: _Tx, deployment_id: str, worker_id: str, limit: int, lease: float
+) -> list[Task]:
+    now = time.time()
+    tx.cur.execute(
+        "WITH due AS (SELECT task_id FROM tasks WHERE deployment_id = %s AND available_at <= %s"
+        " ORDER BY available_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+        " UPDATE tasks t SET lease_owner = %s, available_at = %s FROM due"
+        " WHERE t.task_id = due.task_id RETURNING t.task_id, t.kind, t.run_id, t.step_id",
+        (deployment_id, now, limit, worker_id, now + lease),
+    )
+    rows = sorted(tx.cur.fetchall())
+    if not rows:
+        return []
+    steps = [(run_id, step_id) for _, kind, run_id, step_id in rows if kind == "step"]
+    # Lock the runs (in one order, against deadlocks) before appending step_started;
+    # the steps are read by a later statement, after the locks are granted.
+    tx.cur.execute(
+        "SELECT run_id, status, last_seq FROM runs WHERE run_id = ANY(%s) ORDER BY run_id"
+        " FOR UPDATE",
+        (sorted({row[2] for row in rows}),),
+    )
+    tx.aux.execute(
+        "SELECT s.run_id, s.step_id, s.step_name, s.status, s.attempt, s.input FROM steps s"
+        " JOIN unnest(%s::text[], %s::text[]) AS k(run_id, step_id)"
+        " ON s.run_id = k.run_id AND s.step_id = k.step_id",
+        ([r for r, _ in steps], [s for _, s in steps]),
+    )
+    runs = {row[0]: (row[1], row[2]) for row in tx.cur.fetchall()}
+    step_rows = {(row[0], row[1]): row[2:] for row in tx.aux.fetchall()}
+    tasks: list[Task] = []
+    dropped: list[int] = []
+    for task_id, kind, run_id, step_id in rows:
+        state = runs.get(run_id)
+        if state is None or state[0] in TERMINAL_STATUSES:
+            dropped.append(task_id)
+            continue
+        if kind == "workflow":
+            tasks.append(Task(task_id, "workflow", run_id, deployment_id))
+            continue
+        step = step_rows.get((run_id, step_id))
+        if step is None or step[1] in ("completed", "failed"):
+            dropped.append(task_id)
+            continue
+        step_name, _, attempt, step_input = step
+        last_seq = state[1] + 1
+        runs[run_id] = (state[0], last_seq)
+        started = EventRecord(
+            run_id,
+            last_seq,
+            "step_started",
+            step_id,
+            attrs={"attempt": attempt + 1},
+            created_at=now,
+        )
+        _append(tx, run_id, deployment_id, [started], None)
+        task = Task(task_id, "step", run_id, deployment_id, step_id, step_name, step_input)
+        tasks.append(dataclasses.replace(task, attempt=attempt + 1))
+    if dropped:
+        tx.cur.execute("DELETE FROM tasks WHERE task_id = ANY(%s)", (dropped,))
+    return tasks
+
+
+def _cancel_runs(tx: _Tx, run_ids: list[str]) -> CancelResult:
+    result = CancelResult()
+    if not run_ids:
+        return result
+    tx.cur.execute(
+        "SELECT run_id, status, last_seq, deployment_id FROM runs WHERE run_id = ANY(%s)"
+        " ORDER BY run_id FOR UPDATE",
+        (sorted(set(run_ids)),),
+    )
+    states = {row[0]: row[1:] for row in tx.cur.fetchall()}
+    now = time.time()
+    for run_id in run_ids:
+        state = states.get(run_id)
+        if state is None or state[0] in TERMINAL_STATUSES:
+            continue
+        states[run_id] = ("cancelled", *state[1:])  # a repeated id is cancelled once
+        tx.cur.execute(
+            "SELECT hook_id FROM hooks WHERE run_id = %s AND status = 'active' ORDER BY created_at",
+            (run_id,),
+        )
+        events = [
+            EventRecord(
+                run_id,
+                state[1] + i,
+                "hook_disposed",
+                hook_id,
+                attrs={"reason": "run cancelled"},
+                created_at=now,
+            )
+            for i, (hook_id,) in enumerate(tx.cur.fetchall(), start=1)
+        ]
+        events.append(
+            EventRecord(run_id, state[1] + len(events) + 1, "run_cancelled", created_at=now)
+        )
+        _append(tx, run_id, state[2], events, None)
+        result.cancelled.append(run_id)
+    return result
+
+
+_HOOK_SELECT = (
+    "SELECT run_id, hook_id, token, status, webhook, metadata, created_at, disposed_at FROM hooks"
+)
+_STREAM_SELECT = (
+    "SELECT stream_id, run_id, namespace, next_index, closed, created_at, closed_at FROM streams"
+)
+
+
+def _where(filters: dict[str, Any]) -> tuple[str, list[Any]]:
+    used = {column: value for column, value in filters.items() if value is not None}
+    if not used:
+        return "", []
+    return " WHERE " + " AND ".join(f"{c} = %s" for c in used), list(used.values())
+
+
+def _hook_record(row: Row) -> HookRecord:
+    metadata = json.loads(row[5]) if row[5] else None
+    return HookRecord(row[0], row[1], row[2], row[3], bool(row[4]), metadata, row[6], row[7])
+
+
+def _stream_record(row: Row) -> StreamRecord:
+    return StreamRecord(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6])
+
+
+def _resume_hook(tx: _Tx, token: str, payload: str, webhook_only: bool) -> str | None:
+    tx.cur.execute(
+        "SELECT run_id, hook_id, webhook FROM hooks WHERE token = %s AND status = 'active'",
+        (token,),
+    )
+    row = tx.cur.fetchone()
+    if row is None or (webhook_only and not row[2]):
+        return None
+    run_id, hook_id = row[0], row[1]
+    state = _run_state(tx, run_id)
+    if state is None or state[0] in TERMINAL_STATUSES:
+        return None
+    now = time.time()
+    event = EventRecord(
+        run_id, state[1] + 1, "hook_received", hook_id, payload=payload, created_at=now
+    )
+    _append(tx, run_id, state[2], [event], None)
+    _queue_workflow(tx, run_id, state[2], now)
+    return str(run_id)
+
+
+def _append_chunks(
+    tx: _Tx,
+    stream_id: str,
+    run_id: str,
+    namespace: str,
+    chunks: list[str],
+    close: bool,
+) -> int | None:
+    now = time.time()
+    # Two writers may create the stream at once: insert-or-nothing, then lock the row.
+    tx.cur.execute(
+        "INSERT INTO streams (stream_id, run_id, namespace, next_index, closed, created_at)"
+        " VALUES (%s, %s, %s, 0, false, %s) ON CONFLICT (stream_id) DO NOTHING",
+        (stream_id, run_id, namespace, now),
+    )
+    tx.cur.execute(
+        "SELECT next_index, closed FROM streams WHERE stream_id = %s FOR UPDATE", (stream_id,)
+    )
+    row = tx.cur.fetchone()
+    if row is None or row[1]:
+        return None
+    start = int(row[0])
+    if chunks:
+        tx.cur.executemany(
+            "INSERT INTO stream_chunks (stream_id, idx, data, created_at) VALUES (%s, %s, %s, %s)",
+            [(stream_id, start + i, chunk, now) for i, chunk in enumerate(chunks)],
+        )
+    next_index = start + len(chunks)
+    tx.cur.execute(
+        "UPDATE streams SET next_index = %s, closed = %s, closed_at = %s WHERE stream_id = %s",
+        (next_index, close, now if close else None, stream_id),
+    )
+    tx.notify = True  # readers in other processes wait for chunks
+    return next_index
+
+
+def _wake_sleeps(tx: _Tx, run_id: str) -> int:
+    tx.cur.execute(_LOCK_RUN, (run_id,))
+    tx.aux.execute(
+        "SELECT wait_id FROM waits WHERE run_id = %s AND status = 'waiting'"
+        " ORDER BY created_at, length(wait_id), wait_id",
+        (run_id,),
+    )
+    state = tx.cur.fetchone()
+    waiting = [row[0] for row in tx.aux.fetchall()]
+    if state is None or state[0] in TERMINAL_STATUSES or not waiting:
+        return 0
+    now = time.time()
+    events = [
+        EventRecord(
+            run_id, state[1] + i, "wait_completed", wait_id, attrs={"woken": True}, created_at=now
+        )
+        for i, wait_id in enumerate(waiting, start=1)
+    ]
+    _append(tx, run_id, state[2], events, None)
+    _queue_workflow(tx, run_id, state[2], now)
+    return len(waiting)
+
+
+def _append(
+    tx: _Tx,
+    run_id: str,
+    deployment_id: str,
+    events: Sequence[EventRecord],
+    activation: Activation | None,
+) -> bool:
+    """Insert events and derive the views from them, in the caller's transaction.
+
+    Returns whether a hook lost its token to another active hook: that is
+    answered at once (``hook_disposed``) and the run queued for a workflow task.
+    """
+    if not events:
+        return False
+    _insert_events(tx, run_id, events)
+    started_at: float | None = None
+    previous: EventRecord | None = None
+    conflicts: list[EventRecord] = []
+    for event in events:
+        if event.type == "run_started":
+            started_at = event.created_at  # folded into the last_seq update below
+        elif not (
+            # A step claimed in the commit that created it: inserted as running.
+            event.type == "step_started"
+            and previous is not None
+            and previous.type == "step_created"
+            and previous.correlation_id == event.correlation_id
+        ):
+            started = _started_with(event, events)
+            conflicted = _apply(tx, deployment_id, event, activation, started=started)
+            if conflicted:
+                conflicts.append(event)
+        previous = event
+    last_seq = events[-1].seq
+    for i, event in enumerate(conflicts, start=1):
+        # Answer the request at once: the workflow's hook raises HookConflictError.
+        disposed = EventRecord(
+            run_id,
+            last_seq + i,
+            "hook_disposed",
+            event.correlation_id,
+            attrs={"reason": "conflict", "token": (event.attrs or {}).get("token")},
+            created_at=event.created_at,
+        )
+        _insert_events(tx, run_id, [disposed])
+    if conflicts:
+        last_seq += len(conflicts)
+        _queue_workflow(tx, run_id, deployment_id, time.time())
+    if started_at is None:
+        tx.cur.execute("UPDATE runs SET last_seq = %s WHERE run_id = %s", (last_seq, run_id))
+    else:
+        tx.cur.execute(
+            "UPDATE runs SET last_seq = %s, started_at = %s,"
+            " status = CASE status WHEN 'pending' THEN 'running' ELSE status END"
+            " WHERE run_id = %s",
+            (last_seq, started_at, run_id),
+        )
+    return bool(conflicts)
+
+
+def _insert_events(tx: _Tx, run_id: str, events: Sequence[EventRecord]) -> None:
+    tx.cur.executemany(
+        "INSERT INTO events (run_id, seq, type, correlation_id, name, payload, attrs, created_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        [
+            (
+                run_id,
+                e.seq,
+                e.type,
+                e.correlation_id,
+                e.name,
+                e.payload,
+                json.dumps(e.attrs) if e.attrs else None,
+                e.created_at,
+            )
+            for e in events
+        ],
+    )
+
+
+def _started_with(event: EventRecord, events: Sequence[EventRecord]) -> EventRecord | None:
+    """The ``step_started`` right after a ``step_created`` in the same commit, if any."""
+    if event.type != "step_created":
+        return None
+    index = events.index(event)
+    following = events[index + 1] if index + 1 < len(events) else None
+    if (
+        following is not None
+        and following.type == "step_started"
+        and following.correlation_id == event.correlation_id
+    ):
+        return following
+    return None
+
+
+def _apply(
+    tx: _Tx,
+    deployment_id: str,
+    e: EventRecord,
+    activation: Activation | None,
+    *,
+    started: EventRecord | None = None,
+) -> bool:
+    """Update the views for one event (``run_started`` is folded in by ``_append``).
+
+    Returns whether the event is a hook whose token another active hook holds.
+    """
+    t, run_id, at, cur = e.type, e.run_id, e.created_at, tx.cur
+    if t in ("run_completed", "run_failed", "run_cancelled"):
+        status = t.removeprefix("run_")
+        column = "output" if t == "run_completed" else "error"
+        cur.execute(
+            f"UPDATE runs SET status = %s, {column} = %s, completed_at = %s WHERE run_id = %s",
+            (status, e.payload, at, run_id),
+        )
+        cur.execute("DELETE FROM tasks WHERE run_id = %s", (run_id,))
+        cur.execute(
+            "UPDATE steps SET status = 'cancelled' WHERE run_id = %s"
+            " AND status IN ('pending', 'running', 'retrying')",
+            (run_id,),
+        )
+        cur.execute(
+            "UPDATE waits SET status = 'cancelled' WHERE run_id = %s AND status = 'waiting'",
+            (run_id,),
+        )
+        cur.execute(
+            "UPDATE hooks SET status = 'disposed', disposed_at = %s"
+            " WHERE run_id = %s AND status = 'active'",
+            (at, run_id),
+        )
+        tx.notify = True  # someone may be waiting for the result
+    elif t == "step_created":
+        cur.execute(
+            "INSERT INTO steps (run_id, step_id, step_name, status, attempt, input, created_at,"
+            " started_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                run_id,
+                e.correlation_id,
+                e.name,
+                "pending" if started is None else "running",
+                0 if started is None else (started.attrs or {}).get("attempt", 1),
+                e.payload or "",
+                at,
+                None if started is None else started.created_at,
+            ),
+        )
+        cur.execute(
+            "INSERT INTO tasks (kind, run_id, step_id, deployment_id, available_at, lease_owner)"
+            " VALUES ('step', %s, %s, %s, %s, %s)",
+            (
+                run_id,
+                e.correlation_id,
+                deployment_id,
+                at + (activation.lease_seconds if activation else 0.0),
+                activation.worker_id if activation else None,
+            ),
+        )
+        if activation is None:
+            tx.notify = True  # due now, for any worker
+    elif t == "step_started":
+        attempt = (e.attrs or {}).get("attempt", 1)
+        cur.execute(
+            "UPDATE steps SET status = 'running', attempt = %s, started_at = %s"
+            " WHERE run_id = %s AND step_id = %s",
+            (attempt, at, run_id, e.correlation_id),
+        )
+    elif t in ("step_completed", "step_failed"):
+        status = t.removeprefix("step_")
+        column = "output" if t == "step_completed" else "error"
+        cur.execute(
+            f"UPDATE steps SET status = %s, {column} = %s, completed_at = %s"
+            " WHERE run_id = %s AND step_id = %s",
+            (status, e.payload, at, run_id, e.correlation_id),
+        )
+        cur.execute(
+            "DELETE FROM tasks WHERE run_id = %s AND kind = 'step' AND step_id = %s",
+            (run_id, e.correlation_id),
+        )
+    elif t == "step_retrying":
+        retry_at = (e.attrs or {}).get("retry_at", at)
+        cur.execute(
+            "UPDATE steps SET status = 'retrying', error = %s, retry_at = %s"
+            " WHERE run_id = %s AND step_id = %s",
+            (e.payload, retry_at, run_id, e.correlation_id),
+        )
+        cur.execute(
+            "UPDATE tasks SET available_at = %s, lease_owner = NULL"
+            " WHERE run_id = %s AND kind = 'step' AND step_id = %s",
+            (retry_at, run_id, e.correlation_id),
+        )
+        tx.notify = True
+    elif t == "hook_created":
+        attrs = e.attrs or {}
+        values = (
+            run_id,
+            e.correlation_id,
+            attrs["token"],
+            bool(attrs.get("webhook")),
+            json.dumps(attrs.get("metadata")) if attrs.get("metadata") is not None else None,
+            at,
+        )
+        # The unique index on active tokens decides, even against a concurrent commit.
+        cur.execute(
+            "INSERT INTO hooks (run_id, hook_id, token, status, webhook, metadata, created_at)"
+            " VALUES (%s, %s, %s, 'active', %s, %s, %s)"
+            " ON CONFLICT (token) WHERE status = 'active' DO NOTHING RETURNING 1",
+            values,
+        )
+        if cur.fetchone() is None:
+            cur.execute(
+                "INSERT INTO hooks (run_id, hook_id, token, status, webhook, metadata,"
+                " created_at) VALUES (%s, %s, %s, 'conflict', %s, %s, %s)",
+                values,
+            )
+            return True
+    elif t == "hook_disposed":
+        cur.execute(
+            "UPDATE hooks SET status = CASE status WHEN 'active' THEN 'disposed' ELSE status END,"
+            " disposed_at = %s WHERE run_id = %s AND hook_id = %s",
+            (at, run_id, e.correlation_id),
+        )
+    elif t == "wait_created":
+        cur.execute(
+            "INSERT INTO waits (run_id, wait_id, status, resume_at, created_at)"
+            " VALUES (%s, %s, 'waiting', %s, %s)",
+            (run_id, e.correlation_id, (e.attrs or {})["resume_at"], at),
+        )
+    elif t == "wait_completed":
+        cur.execute(
+            "UPDATE waits SET status = 'completed', completed_at = %s"
+            " WHERE run_id = %s AND wait_id = %s",
+            (at, run_id, e.correlation_id),
+        )
+    return False
+
+
+def _schedule_workflow(tx: _Tx, run_id: str, deployment_id: str, *, now: bool = False) -> None:
+    """After an activation: the run's next workflow task is its earliest pending sleep.
+
+    With ``now`` (the activation's events already need an answer) it is due at once.
+    """
+    tx.cur.execute("DELETE FROM tasks WHERE run_id = %s AND kind = 'workflow'", (run_id,))
+    if now:
+        _queue_workflow(tx, run_id, deployment_id, time.time())
+        return
+    tx.cur.execute(
+        "INSERT INTO tasks (kind, run_id, deployment_id, available_at)"
+        " SELECT 'workflow', %s, %s, MIN(resume_at) FROM waits"
+        " WHERE run_id = %s AND status = 'waiting' HAVING MIN(resume_at) IS NOT NULL",
+        (run_id, deployment_id, run_id),
+    )
+
+
+def _queue_workflow(
+    tx: _Tx, run_id: str, deployment_id: str, at: float, *, force: bool = False
+) -> None:
+    """Make sure a workflow task for the run is due no later than ``at``.
+
+    A task leased to a worker is left alone (that worker's activation will
+    find the log moved and re-queue it) unless ``force`` takes the lease back.
+    """
+    tx.cur.execute(
+        "INSERT INTO tasks (kind, run_id, deployment_id, available_at)"
+        " VALUES ('workflow', %s, %s, %s) ON CONFLICT (run_id, kind, step_id) DO UPDATE SET"
+        " available_at = LEAST(tasks.available_at, EXCLUDED.available_at), lease_owner = NULL"
+        + ("" if force else " WHERE tasks.lease_owner IS NULL"),
+        (run_id, deployment_id, at),
+    )
+    tx.notify = True
+
+
+def _event_record(row: Row) -> EventRecord:
+    attrs = json.loads(row[6]) if row[6] else None
+    return EventRecord(row[0], row[1], row[2], row[3], row[4], row[5], attrs, row[7])

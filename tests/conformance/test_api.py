@@ -1,0 +1,129 @@
+"""The public API end to end, with an in-process worker, on every World."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+import tether
+from tether import FatalError, RetryableError, step, workflow
+
+ATTEMPTS: dict[str, int] = {}
+_lock = threading.Lock()
+
+
+@step
+async def add_one(x: int) -> int:
+    return x + 1
+
+
+@step
+def double(x: int) -> int:
+    return x * 2
+
+
+@workflow
+async def three_steps(x: int) -> int:
+    return int(await add_one(await double(await add_one(x))))
+
+
+@step(max_retries=3)
+def flaky(key: str, failures: int) -> int:
+    with _lock:
+        ATTEMPTS[key] = ATTEMPTS.get(key, 0) + 1
+        attempt = ATTEMPTS[key]
+    if attempt <= failures:
+        raise RetryableError(f"attempt {attempt}", retry_after="10ms")
+    return attempt
+
+
+@workflow
+async def retrying(key: str, failures: int) -> int:
+    return int(await flaky(key, failures))
+
+
+@step
+def refuse() -> None:
+    raise FatalError("no")
+
+
+@workflow
+async def failing() -> None:
+    await refuse()
+
+
+@workflow
+async def sleeper(seconds: float) -> str:
+    await tether.sleep(seconds)
+    return "awake"
+
+
+def test_start_and_result(worker: tether.Worker) -> None:
+    runs = [tether.start(three_steps, [i]) for i in range(20)]
+    assert [r.result(timeout=20) for r in runs] == [(i + 1) * 2 + 1 for i in range(20)]
+    run = runs[0]
+    assert run.status() == "completed"
+    events = run.events()
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert [s.status for s in run.steps()] == ["completed"] * 3
+
+
+def test_result_async(worker: tether.Worker) -> None:
+    async def main() -> int:
+        run = await tether.start_async(three_steps, [5])
+        return int(await run.result_async(timeout=20))
+
+    assert asyncio.run(main()) == 13
+
+
+def test_retries_then_success(worker: tether.Worker, world_url: str) -> None:
+    key = f"retry-{world_url}"
+    run = tether.start(retrying, [key, 2])
+    assert run.result(timeout=20) == 3
+    (only,) = run.steps()
+    assert (only.status, only.attempt) == ("completed", 3)
+    assert [e.type for e in run.events()].count("step_retrying") == 2
+
+
+def test_failure_raises_run_failed(worker: tether.Worker) -> None:
+    run = tether.start(failing, [])
+    with pytest.raises(tether.RunFailedError, match="no"):
+        run.result(timeout=20)
+    assert run.status() == "failed"
+
+
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        tether.api.resolve_world().wait_for_change(0.05)
+
+
+def test_cancel_a_sleeping_run_and_rerun_it(worker: tether.Worker) -> None:
+    world = tether.api.resolve_world()
+    run = tether.start(sleeper, [60.0])
+    wait_until(lambda: world.list_waits(run.run_id), "the run to sleep")
+    assert tether.cancel_run(run.run_id) is True
+    with pytest.raises(tether.RunCancelledError):
+        run.result(timeout=10)
+    assert tether.cancel_run(run.run_id) is False
+    assert run.status() == "cancelled"
+    assert [w.status for w in world.list_waits(run.run_id)] == ["cancelled"]
+    again = tether.rerun(run.run_id)
+    assert again.rerun_of == run.run_id and again.run_id != run.run_id
+    assert again.deployment_id == run.deployment_id
+    wait_until(lambda: world.wake_sleeps(again.run_id) == 1, "the rerun to sleep")
+    assert again.result(timeout=20) == "awake"
+
+
+def test_short_sleep_ends_on_time(worker: tether.Worker) -> None:
+    run = tether.start(sleeper, [0.3])
+    assert run.result(timeout=10) == "awake"
+    (wait,) = tether.api.resolve_world().list_waits(run.run_id)
+    assert wait.status == "completed"
+    assert wait.completed_at is not None and wait.completed_at >= wait.resume_at

@@ -1,0 +1,778 @@
+"""The World protocol, asserted once and run against every backend.
+
+Each test talks to a World directly, playing the worker's part by hand:
+it creates runs, claims tasks and commits activations with the events a
+worker would compute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from tether.errors import HookNotFoundError
+from tether.worlds.base import (
+    Activation,
+    EventRecord,
+    NewRun,
+    RunFilter,
+    StepOutcome,
+    WorkerInfo,
+    World,
+)
+from tether.worlds.schema import encode_cursor
+
+WF = "workflow//tests.conformance//flow"
+STEP = "step//tests.conformance//act"
+DEP = "dep-a"
+
+
+def ev(run_id: str, seq: int, kind: str, cid: str | None = None, **fields: Any) -> EventRecord:
+    return EventRecord(run_id, seq, kind, cid, created_at=time.time(), **fields)
+
+
+def new_run(run_id: str, deployment: str = DEP, **fields: Any) -> NewRun:
+    return NewRun(run_id, fields.pop("workflow_name", WF), deployment, '"input"', **fields)
+
+
+def started_with_step(
+    world: World, run_id: str, *, worker: str = "w1", lease: float = 30.0, deployment: str = DEP
+) -> None:
+    """A run whose first activation started step "0", leased to ``worker`` (seq 1..4)."""
+    world.create_run(new_run(run_id, deployment))
+    events = [
+        ev(run_id, 2, "run_started"),
+        ev(run_id, 3, "step_created", "0", name=STEP, payload='"step-input"'),
+        ev(run_id, 4, "step_started", "0", attrs={"attempt": 1}),
+    ]
+    assert world.commit_activation(Activation(run_id, 1, events, worker, lease))
+
+
+def outcome(run_id: str, status: str = "completed", **fields: Any) -> StepOutcome:
+    return StepOutcome(run_id, "0", "w1", status, '"out"', fields.pop("attempt", 1), **fields)  # type: ignore[arg-type]
+
+
+def types(world: World, run_id: str) -> list[str]:
+    return [e.type for e in world.list_events(run_id)]
+
+
+def assert_dense(world: World, run_id: str) -> None:
+    seqs = [e.seq for e in world.list_events(run_id)]
+    assert seqs == list(range(1, len(seqs) + 1))
+    record = world.get_run(run_id)
+    assert record is not None and record.last_seq == len(seqs)
+
+
+# -- runs and events ----------------------------------------------------------
+
+
+def test_create_and_get_a_run(world: World) -> None:
+    created = world.create_run(new_run("r1", parent_run_id="p1", rerun_of="r0", created_at=1000.5))
+    got = world.get_run("r1")
+    assert got == created
+    assert (got.status, got.deployment_id, got.input) == ("pending", DEP, '"input"')
+    assert got.last_seq == 1
+    assert (got.parent_run_id, got.rerun_of, got.created_at) == ("p1", "r0", 1000.5)
+    assert got.started_at is None and got.output is None
+    (first,) = world.list_events("r1")
+    assert (first.seq, first.type, first.name, first.payload) == (1, "run_created", WF, '"input"')
+    assert first.attrs == {"deployment_id": DEP, "parent_run_id": "p1", "rerun_of": "r0"}
+    assert world.get_run("nope") is None
+    assert world.list_events("nope") == []
+
+
+def test_a_duplicate_run_id_is_refused(world: World) -> None:
+    world.create_run(new_run("r1"))
+    with pytest.raises(Exception):  # noqa: B017 - each backend raises its own integrity error
+        world.create_run(new_run("r1"))
+    assert world.get_run("r1") is not None
+
+
+def test_list_runs_filters_and_pages(world: World) -> None:
+    for i in range(7):
+        world.create_run(
+            new_run(
+                f"r{i}",
+                "dep-b" if i % 2 else DEP,
+                workflow_name=WF + ("2" if i >= 5 else ""),
+                parent_run_id="p" if i in (1, 2) else None,
+                created_at=100.0 + (i // 2),  # pairs share a created_at: run_id breaks ties
+            )
+        )
+    world.cancel_runs(["r3"])
+
+    def ids(**filters: Any) -> list[str]:
+        return [r.run_id for r in world.list_runs(RunFilter(**filters))]
+
+    assert ids() == ["r6", "r5", "r4", "r3", "r2", "r1", "r0"]
+    assert ids(descending=False) == ["r0", "r1", "r2", "r3", "r4", "r5", "r6"]
+    assert ids(status="cancelled") == ["r3"]
+    assert ids(status="pending", deployment_id="dep-b") == ["r5", "r1"]
+    assert ids(workflow_name=WF + "2") == ["r6", "r5"]
+    assert ids(parent_run_id="p") == ["r2", "r1"]
+    assert ids(limit=2) == ["r6", "r5"]
+    for descending in (True, False):
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page = world.list_runs(RunFilter(limit=3, cursor=cursor, descending=descending))
+            seen += [r.run_id for r in page]
+            if len(page) < 3:
+                break
+            cursor = encode_cursor(page[-1].created_at, page[-1].run_id)
+        assert seen == ids(descending=descending)
+    with pytest.raises(ValueError, match="invalid cursor"):
+        world.list_runs(RunFilter(cursor="garbage"))
+
+
+def test_events_are_dense_and_listed_after_a_seq(world: World) -> None:
+    started_with_step(world, "r1")
+    world.finish_step(outcome("r1"))
+    assert types(world, "r1") == [
+        "run_created",
+        "run_started",
+        "step_created",
+        "step_started",
+        "step_completed",
+    ]
+    assert_dense(world, "r1")
+    assert [e.seq for e in world.list_events("r1", after_seq=3)] == [4, 5]
+    created = world.list_events("r1")[2]
+    assert (created.correlation_id, created.name, created.payload) == ("0", STEP, '"step-input"')
+    assert world.list_events("r1")[3].attrs == {"attempt": 1}
+
+
+# -- activations ----------------------------------------------------------------
+
+
+def test_commit_activation_appends_and_derives_the_views(world: World, other_world: World) -> None:
+    started_with_step(world, "r1", worker="w1")
+    run = world.get_run("r1")
+    assert run is not None and run.status == "running" and run.started_at is not None
+    (step,) = world.list_steps("r1")
+    assert (step.step_id, step.step_name, step.status, step.attempt) == ("0", STEP, "running", 1)
+    assert step.input == '"step-input"' and step.started_at is not None
+    # The new step is leased to the worker that asked for it: nobody else may claim it.
+    assert other_world.claim_tasks(DEP, "w2", 10, 30.0) == []
+    assert not world.has_due(DEP, time.time())
+
+
+def test_commit_activation_refuses_a_stale_log_and_requeues_the_run(world: World) -> None:
+    started_with_step(world, "r1")
+    stale = Activation("r1", 2, [ev("r1", 3, "run_completed", payload="1")], "w1", 30.0)
+    assert world.commit_activation(stale) is False
+    assert types(world, "r1")[-1] == "step_started"
+    assert world.get_run("r1").status == "running"  # type: ignore[union-attr]
+    (task,) = world.claim_tasks(DEP, "w2", 10, 30.0)
+    assert (task.kind, task.run_id) == ("workflow", "r1")
+
+
+def test_commit_activation_on_an_ended_run_is_refused_without_requeue(world: World) -> None:
+    world.create_run(new_run("r1"))
+    world.cancel_runs(["r1"])
+    late = Activation("r1", 2, [ev("r1", 3, "run_started")], "w1", 30.0)
+    assert world.commit_activation(late) is False
+    assert world.commit_activation(Activation("nope", 1, [], "w1", 30.0)) is False
+    assert world.claim_tasks(DEP, "w1", 10, 30.0) == []
+
+
+def test_run_completion_ends_the_run(world: World) -> None:
+    world.create_run(new_run("r1"))
+    (task,) = world.claim_tasks(DEP, "w1", 10, 30.0)
+    end = [ev("r1", 2, "run_started"), ev("r1", 3, "run_completed", payload='"done"')]
+    assert world.commit_activation(Activation("r1", 1, end, "w1", 30.0, task.task_id))
+    run = world.get_run("r1")
+    assert run is not None
+    assert (run.status, run.output, run.last_seq) == ("completed", '"done"', 3)
+    assert run.completed_at is not None and run.started_at is not None
+    assert world.next_due(DEP) is None
+    world.create_run(new_run("r2"))
+    world.claim_tasks(DEP, "w1", 10, 30.0)
+    failed = [ev("r2", 2, "run_started"), ev("r2", 3, "run_failed", payload='"boom"')]
+    assert world.commit_activation(Activation("r2", 1, failed, "w1", 30.0))
+    assert (world.get_run("r2").status, world.get_run("r2").error) == ("failed", '"boom"')  # type: ignore[union-attr]
+
+
+def test_create_run_with_its_first_activation(world: World, other_world: World) -> None:
+    events = [
+        ev("r1", 2, "run_started"),
+        ev("r1", 3, "step_created", "0", name=STEP, payload="[]"),
+        ev("r1", 4, "step_started", "0", attrs={"attempt": 1}),
+    ]
+    record = world.create_run(new_run("r1"), Activation("r1", 1, events, "w1", 30.0))
+    assert record.run_id == "r1"
+    assert types(world, "r1") == ["run_created", "run_started", "step_created", "step_started"]
+    assert world.get_run("r1").status == "running"  # type: ignore[union-attr]
+    assert world.list_steps("r1")[0].status == "running"
+    assert other_world.claim_tasks(DEP, "w2", 10, 30.0) == []  # no workflow task, step leased
+    assert_dense(world, "r1")
+
+
+# -- step outcomes ----------------------------------------------------------------
+
+
+def test_finish_step_without_activation_queues_the_run(world: World) -> None:
+    started_with_step(world, "r1")
+    assert world.finish_step(outcome("r1")) is False
+    (step,) = world.list_steps("r1")
+    assert (step.status, step.output) == ("completed", '"out"')
+    assert step.completed_at is not None
+    last = world.list_events("r1")[-1]
+    assert (last.type, last.correlation_id, last.payload) == ("step_completed", "0", '"out"')
+    assert last.attrs == {"attempt": 1}
+    (task,) = world.claim_tasks(DEP, "w2", 10, 30.0)
+    assert (task.kind, task.run_id) == ("workflow", "r1")
+
+
+def test_finish_step_with_activation_commits_both(world: World) -> None:
+    started_with_step(world, "r1")
+    activation = Activation(
+        "r1",
+        4,
+        [
+            ev("r1", 5, "step_completed", "0", payload='"out"', attrs={"attempt": 1}),
+            ev("r1", 6, "step_created", "1", name=STEP, payload="[]"),
+            ev("r1", 7, "step_started", "1", attrs={"attempt": 1}),
+        ],
+        "w1",
+        30.0,
+    )
+    assert world.finish_step(outcome("r1"), activation) is True
+    assert [s.status for s in world.list_steps("r1")] == ["completed", "running"]
+    assert world.claim_tasks(DEP, "w2", 10, 30.0) == []  # nothing queued: w1 runs step 1
+    assert_dense(world, "r1")
+
+
+def test_finish_step_with_a_stale_activation_records_only_the_outcome(world: World) -> None:
+    started_with_step(world, "r1")
+    stale = Activation("r1", 3, [ev("r1", 4, "run_completed", payload="1")], "w1", 30.0)
+    assert world.finish_step(outcome("r1"), stale) is False
+    assert types(world, "r1")[-1] == "step_completed"
+    assert world.get_run("r1").status == "running"  # type: ignore[union-attr]
+    (task,) = world.claim_tasks(DEP, "w2", 10, 30.0)
+    assert task.kind == "workflow"
+
+
+def test_finish_step_is_dropped_for_recorded_steps_and_ended_runs(world: World) -> None:
+    started_with_step(world, "r1")
+    world.finish_step(outcome("r1"))
+    before = types(world, "r1")
+    assert world.finish_step(outcome("r1", attempt=2)) is False  # another attempt, too late
+    assert world.finish_step(outcome("r1", "failed")) is False
+    assert types(world, "r1") == before
+    started_with_step(world, "r2")
+    world.cancel_runs(["r2"])
+    assert world.finish_step(outcome("r2")) is False
+    assert types(world, "r2")[-1] == "run_cancelled"
+    assert world.list_steps("r2")[0].status == "cancelled"
+    assert world.finish_step(outcome("nope")) is False
+
+
+def test_failed_step(world: World) -> None:
+    started_with_step(world, "r1")
+    world.finish_step(outcome("r1", "failed"))
+    (step,) = world.list_steps("r1")
+    assert (step.status, step.error) == ("failed", '"out"')
+    assert types(world, "r1")[-1] == "step_failed"
+
+
+def test_retry_is_due_at_retry_at_and_claimed_as_the_next_attempt(world: World) -> None:
+    started_with_step(world, "r1")
+    retry_at = time.time() + 0.4
+    world.finish_step(outcome("r1", "retrying", retry_at=retry_at))
+    (step,) = world.list_steps("r1")
+    assert (step.status, step.error, step.retry_at) == ("retrying", '"out"', retry_at)
+    last = world.list_events("r1")[-1]
+    assert last.type == "step_retrying" and last.attrs == {"attempt": 1, "retry_at": retry_at}
+    assert world.claim_tasks(DEP, "w2", 10, 30.0) == []  # not due yet
+    assert world.next_due(DEP) == pytest.approx(retry_at)
+    time.sleep(max(retry_at - time.time(), 0) + 0.05)
+    (task,) = world.claim_tasks(DEP, "w2", 10, 30.0)
+    assert (task.kind, task.step_id, task.step_name) == ("step", "0", STEP)
+    assert task.input == '"step-input"'
+    assert task.attempt == 2
+    last = world.list_events("r1")[-1]
+    assert (last.type, last.correlation_id, last.attrs) == ("step_started", "0", {"attempt": 2})
+    assert world.list_steps("r1")[0].status == "running"
+    assert_dense(world, "r1")
+
+
+# -- claims and leases --------------------------------------------------------------
+
+
+def test_claims_take_due_tasks_of_their_deployment_only(world: World) -> None:
+    world.create_run(new_run("a1"))
+    world.create_run(new_run("b1", "dep-b"))
+    assert world.has_due(DEP, time.time()) and world.has_due("dep-b", time.time())
+    assert not world.has_due("dep-c", time.time()) and world.next_due("dep-c") is None
+    (task,) = world.claim_tasks(DEP, "w1", 10, 30.0)
+    assert (task.kind, task.run_id, task.deployment_id) == ("workflow", "a1", DEP)
+    assert world.claim_tasks(DEP, "w1", 10, 30.0) == []  # leased now
+    assert [t.run_id for t in world.claim_tasks("dep-b", "w2", 10, 30.0)] == ["b1"]
+    # A leased task's due time is its lease expiry.
+    assert world.next_due(DEP) == pytest.approx(time.time() + 30.0, abs=2.0)
+
+
+def test_claims_respect_the_limit_and_go_oldest_first(world: World) -> None:
+    for i in range(5):
+        world.create_run(new_run(f"r{i}", created_at=time.time() - 10 + i))
+    first = world.claim_tasks(DEP, "w1", 2, 30.0)
+    assert [t.run_id for t in first] == ["r0", "r1"]
+    rest = world.claim_tasks(DEP, "w1", 10, 30.0)
+    assert sorted(t.run_id for t in rest) == ["r2", "r3", "r4"]
+
+
+def test_an_expired_lease_is_taken_over(world: World, other_world: World) -> None:
+    started_with_step(world, "r1", worker="dead", lease=0.3)
+    assert other_world.claim_tasks(DEP, "w2", 10, 30.0) == []
+    time.sleep(0.4)
+    assert other_world.has_due(DEP, time.time())
+    (task,) = other_world.claim_tasks(DEP, "w2", 10, 30.0)
+    assert (task.kind, task.step_id, task.attempt) == ("step", "0", 2)
+    assert types(world, "r1")[-1] == "step_started"
+    assert_dense(world, "r1")
+
+
+def test_claims_drop_the_tasks_of_ended_runs(world: World) -> None:
+    started_with_step(world, "r1", lease=0.2)
+    world.create_run(new_run("r2"))
+    world.cancel_runs(["r1", "r2"])
+    time.sleep(0.3)
+    assert world.claim_tasks(DEP, "w1", 10, 30.0) == []
+    assert world.next_due(DEP) is None
+
+
+def test_two_concurrent_claimers_never_get_the_same_task(world: World, other_world: World) -> None:
+    for i in range(120):
+        world.create_run(new_run(f"r{i:03}"))
+    got: dict[str, list[str]] = {"a": [], "b": []}
+    barrier = threading.Barrier(2)
+
+    def claim(name: str, target: World) -> None:
+        barrier.wait()
+        while True:
+            tasks = target.claim_tasks(DEP, name, 7, 30.0)
+            if not tasks:
+                return
+            got[name] += [t.run_id for t in tasks]
+
+    threads = [
+        threading.Thread(target=claim, args=("a", world)),
+        threading.Thread(target=claim, args=("b", other_world)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    claimed = got["a"] + got["b"]
+    assert len(claimed) == len(set(claimed)) == 120
+
+
+def test_heartbeat_extends_leases_and_release_gives_them_back(world: World) -> None:
+    started_with_step(world, "r1", worker="w1", lease=0.3)
+    world.register_worker(WorkerInfo("w1", DEP, "default", "host", 1), {})
+    world.heartbeat("w1", 30.0)
+    time.sleep(0.4)
+    assert world.claim_tasks(DEP, "w2", 10, 30.0) == []
+    world.release_leases("w1")
+    (task,) = world.claim_tasks(DEP, "w2", 10, 30.0)
+    assert task.step_id == "0"
+
+
+def test_unregister_marks_the_worker_stopped_and_releases_its_leases(world: World) -> None:
+    world.register_worker(WorkerInfo("w1", DEP, "default", "host", 1), {})
+    started_with_step(world, "r1", worker="w1")
+    (status,) = world.list_deployments(None, live_within=60)
+    assert status.live_workers == 1
+    world.unregister_worker("w1")
+    (status,) = world.list_deployments(None, live_within=60)
+    assert status.live_workers == 0 and status.stranded
+    assert [t.step_id for t in world.claim_tasks(DEP, "w2", 10, 30.0)] == ["0"]
+
+
+# -- sleeps ------------------------------------------------------------------------
+
+
+def sleeping(world: World, run_id: str, seconds: float) -> float:
+    """A started run waiting on one sleep; returns when the sleep ends."""
+    world.create_run(new_run(run_id))
+    resume_at = time.time() + seconds
+    events = [
+        ev(run_id, 2, "run_started"),
+        ev(run_id, 3, "wait_created", "0", attrs={"resume_at": resume_at}),
+    ]
+    assert world.commit_activation(Activation(run_id, 1, events, "w1", 30.0))
+    return resume_at
+
+
+def test_a_sleep_schedules_the_workflow_task_at_its_end(world: World) -> None:
+    resume_at = sleeping(world, "r1", 0.3)
+    (wait,) = world.list_waits("r1")
+    assert (wait.wait_id, wait.status, wait.resume_at) == ("0", "waiting", resume_at)
+    assert world.next_due(DEP) == pytest.approx(resume_at)
+    assert not world.has_due(DEP, time.time())
+    assert world.claim_tasks(DEP, "w1", 10, 30.0) == []
+    time.sleep(max(resume_at - time.time(), 0) + 0.05)
+    assert world.has_due(DEP, time.time())
+    (task,) = world.claim_tasks(DEP, "w1", 10, 30.0)
+    done = [ev("r1", 4, "wait_completed", "0")]
+    assert world.commit_activation(Activation("r1", 3, done, "w1", 30.0, task.task_id))
+    (wait,) = world.list_waits("r1")
+    assert wait.status == "completed" and wait.completed_at is not None
+    assert world.next_due(DEP) is None
+
+
+def test_a_step_outcome_that_starts_a_sleep_reschedules_the_run(world: World) -> None:
+    started_with_step(world, "r1")
+    resume_at = time.time() + 60
+    activation = Activation(
+        "r1",
+        4,
+        [
+            ev("r1", 5, "step_completed", "0", payload='"out"'),
+            ev("r1", 6, "wait_created", "1", attrs={"resume_at": resume_at}),
+        ],
+        "w1",
+        30.0,
+    )
+    assert world.finish_step(outcome("r1"), activation)
+    assert world.next_due(DEP) == pytest.approx(resume_at)
+
+
+def test_wake_sleeps_ends_pending_sleeps_now(world: World) -> None:
+    sleeping(world, "r1", 60)
+    assert world.wake_sleeps("r1") == 1
+    last = world.list_events("r1")[-1]
+    assert (last.type, last.correlation_id, last.attrs) == ("wait_completed", "0", {"woken": True})
+    assert world.list_waits("r1")[0].status == "completed"
+    (task,) = world.claim_tasks(DEP, "w1", 10, 30.0)
+    assert (task.kind, task.run_id) == ("workflow", "r1")
+    assert world.wake_sleeps("r1") == 0
+    assert world.wake_sleeps("nope") == 0
+    sleeping(world, "r2", 60)
+    world.cancel_runs(["r2"])
+    assert world.wake_sleeps("r2") == 0
+    assert_dense(world, "r1")
+
+
+# -- cancel ------------------------------------------------------------------------
+
+
+def test_cancel_ends_unfinished_runs_and_drops_their_work(world: World) -> None:
+    started_with_step(world, "r1", lease=0.1)
+    sleeping(world, "r2", 60)
+    world.create_run(new_run("r3"))
+    world.claim_tasks(DEP, "w1", 10, 30.0)
+    world.cancel_runs(["r3"])
+    result = world.cancel_runs(["r1", "r2", "r3", "nope", "r1"])
+    assert result.cancelled == ["r1", "r2"]
+    for run_id in ("r1", "r2", "r3"):
+        run = world.get_run(run_id)
+        assert run is not None and run.status == "cancelled" and run.completed_at is not None
+        assert types(world, run_id).count("run_cancelled") == 1
+        assert_dense(world, run_id)
+    assert world.list_steps("r1")[0].status == "cancelled"
+    assert world.list_waits("r2")[0].status == "cancelled"
+    time.sleep(0.2)
+    assert world.claim_tasks(DEP, "w1", 10, 30.0) == []
+    assert world.next_due(DEP) is None
+    assert world.cancel_runs([]).cancelled == []
+
+
+# -- deployments ----------------------------------------------------------------------
+
+
+def test_register_worker_merges_manifests_and_keeps_first_sight(world: World) -> None:
+    assert world.get_deployment(DEP) is None and world.latest_deployment("default") is None
+    world.register_worker(
+        WorkerInfo("w1", DEP, "default", "h", 1), {"workflows": {WF: {"x": 1}}, "steps": {}}
+    )
+    first = world.get_deployment(DEP)
+    assert first is not None and first.environment == "default"
+    time.sleep(0.01)
+    world.register_worker(
+        WorkerInfo("w2", DEP, "default", "h", 2), {"workflows": {WF + "2": {}}, "steps": {STEP: {}}}
+    )
+    merged = world.get_deployment(DEP)
+    assert merged is not None and merged.created_at == first.created_at
+    assert merged.manifest == {"workflows": {WF: {"x": 1}, WF + "2": {}}, "steps": {STEP: {}}}
+
+
+def test_latest_deployment_is_per_environment(world: World) -> None:
+    world.register_worker(WorkerInfo("w1", "old", "prod", "h", 1), {})
+    time.sleep(0.01)
+    world.register_worker(WorkerInfo("w2", "new", "prod", "h", 1), {})
+    time.sleep(0.01)
+    world.register_worker(WorkerInfo("w3", "other", "staging", "h", 1), {})
+    assert world.latest_deployment("prod").deployment_id == "new"  # type: ignore[union-attr]
+    assert world.latest_deployment("staging").deployment_id == "other"  # type: ignore[union-attr]
+    assert world.latest_deployment("nowhere") is None
+
+
+def test_list_deployments_counts_in_flight_runs_and_live_workers(world: World) -> None:
+    world.register_worker(WorkerInfo("w-old", "old", "prod", "h", 1), {})
+    time.sleep(0.01)
+    world.register_worker(WorkerInfo("w-new", "new", "prod", "h", 1), {})
+    world.register_worker(WorkerInfo("w-new2", "new", "prod", "h", 2), {})
+    world.register_worker(WorkerInfo("w-stg", "stg", "staging", "h", 1), {})
+    world.unregister_worker("w-old")
+    world.create_run(new_run("r1", "old"))
+    world.create_run(new_run("r2", "old"))
+    world.create_run(new_run("r3", "new"))
+    world.create_run(new_run("r4", "new"))
+    world.cancel_runs(["r4"])
+    world.create_run(new_run("r5", "ghost", created_at=5.0))  # no worker ever registered it
+    by_id = {d.deployment_id: d for d in world.list_deployments(None, live_within=60)}
+    assert set(by_id) == {"old", "new", "stg", "ghost"}
+    old = by_id["old"]
+    assert (old.in_flight, old.live_workers, old.stranded) == (2, 0, True)
+    assert (by_id["new"].in_flight, by_id["new"].live_workers, by_id["new"].stranded) == (
+        1,
+        2,
+        False,
+    )
+    assert by_id["new"].last_heartbeat_at is not None
+    assert (by_id["stg"].in_flight, by_id["stg"].stranded) == (0, False)
+    ghost = by_id["ghost"]
+    assert (ghost.environment, ghost.in_flight, ghost.live_workers, ghost.created_at) == (
+        "",
+        1,
+        0,
+        5.0,
+    )
+    assert ghost.stranded and ghost.last_heartbeat_at is None
+    prod = world.list_deployments("prod", live_within=60)
+    assert [d.deployment_id for d in prod] == ["new", "old", "ghost"]  # newest first
+    # A worker whose heartbeat is older than live_within is not live.
+    time.sleep(0.3)
+    stale = {d.deployment_id: d for d in world.list_deployments(None, live_within=0.2)}
+    assert stale["new"].live_workers == 0 and stale["new"].stranded
+    world.heartbeat("w-new", 10.0)
+    fresh = {d.deployment_id: d for d in world.list_deployments(None, live_within=0.2)}
+    assert fresh["new"].live_workers == 1
+
+
+# -- wake-ups -------------------------------------------------------------------------
+
+
+def test_wait_for_change_wakes_on_another_instances_commit(
+    world: World, other_world: World
+) -> None:
+    world.wait_for_change(0.05)  # start listening
+    woke: list[float] = []
+
+    def wait() -> None:
+        start = time.monotonic()
+        world.wait_for_change(10.0)
+        woke.append(time.monotonic() - start)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.1)
+    other_world.create_run(new_run("r1"))
+    waiter.join(timeout=15)
+    assert woke and woke[0] < 2.0
+
+
+def test_listeners_hear_other_instances_and_skip_their_own_loop(
+    world: World, other_world: World, world_url: str
+) -> None:
+    if world_url.startswith("sqlite:"):
+        # Its data_version watcher cannot tell its own writer's commits from others'.
+        pytest.xfail("SqliteWorld wakes skip_own_loop listeners on their own commits too")
+
+    async def scenario() -> tuple[int, int, int]:
+        heard = asyncio.Event()
+        counts = {"own": 0, "all": 0}
+
+        def own() -> None:
+            counts["own"] += 1
+            loop.call_soon_threadsafe(heard.set)
+
+        def every() -> None:
+            counts["all"] += 1
+
+        loop = asyncio.get_running_loop()
+        remove_own = world.add_listener(own, skip_own_loop=True)
+        remove_all = world.add_listener(every)
+        await asyncio.sleep(0.2)  # let the listener connect
+        counts["own"] = counts["all"] = 0
+        # A commit made from this loop wakes `every` but not `own`.
+        await world.create_run_async(new_run("r1"))
+        await asyncio.sleep(0.2)
+        own_after_own_commit, all_after_own_commit = counts["own"], counts["all"]
+        # A commit by another instance (another process) wakes both.
+        heard.clear()
+        await asyncio.to_thread(other_world.create_run, new_run("r2"))
+        await asyncio.wait_for(heard.wait(), 5.0)
+        remove_own()
+        remove_all()
+        return own_after_own_commit, all_after_own_commit, counts["own"]
+
+    own_after_own, all_after_own, own_after_other = asyncio.run(scenario())
+    assert own_after_own == 0
+    assert all_after_own >= 1
+    assert own_after_other >= 1
+
+
+def test_async_hot_path_methods_match_the_blocking_ones(world: World) -> None:
+    async def scenario() -> None:
+        events = [
+            ev("r1", 2, "run_started"),
+            ev("r1", 3, "step_created", "0", name=STEP, payload="[]"),
+            ev("r1", 4, "step_started", "0", attrs={"attempt": 1}),
+        ]
+        await world.create_run_async(new_run("r1"), Activation("r1", 1, events, "w1", 30.0))
+        done = Activation("r1", 4, [ev("r1", 5, "step_completed", "0", payload='"out"')], "w1", 1)
+        assert await world.finish_step_async(outcome("r1"), done)
+        await world.create_run_async(new_run("r2"))
+        (task,) = await world.claim_tasks_async(DEP, "w1", 10, 30.0)
+        end = [ev("r2", 2, "run_started"), ev("r2", 3, "run_completed", payload="1")]
+        assert await world.commit_activation_async(Activation("r2", 1, end, "w1", 30.0))
+        assert task.run_id == "r2"
+
+    asyncio.run(scenario())
+    assert types(world, "r1")[-1] == "step_completed"
+    assert world.get_run("r2").status == "completed"  # type: ignore[union-attr]
+
+
+# -- hooks -------------------------------------------------------------------------
+
+
+def with_hook(world: World, run_id: str, token: str, *, webhook: bool = False) -> None:
+    """A started run waiting on one hook ("0") with ``token``."""
+    world.create_run(new_run(run_id))
+    attrs = {"token": token, "webhook": webhook, "metadata": {"who": run_id}}
+    events = [ev(run_id, 2, "run_started"), ev(run_id, 3, "hook_created", "0", attrs=attrs)]
+    assert world.commit_activation(Activation(run_id, 1, events, "w1", 30.0))
+
+
+def test_a_hook_is_resumed_by_its_token(world: World) -> None:
+    with_hook(world, "r1", "tok-1")
+    hook = world.get_hook("tok-1")
+    assert hook is not None
+    assert (hook.run_id, hook.hook_id, hook.status, hook.webhook) == ("r1", "0", "active", False)
+    assert hook.metadata == {"who": "r1"} and hook.disposed_at is None
+    assert world.claim_tasks(DEP, "w1", 10, 30.0) == []  # waiting: nothing to do
+    assert world.resume_hook("tok-1", '"payload"') == "r1"
+    last = world.list_events("r1")[-1]
+    assert (last.type, last.correlation_id, last.payload) == ("hook_received", "0", '"payload"')
+    (task,) = world.claim_tasks(DEP, "w1", 10, 30.0)
+    assert (task.kind, task.run_id) == ("workflow", "r1")
+    assert world.resume_hook("tok-1", '"again"') == "r1"  # a hook takes many payloads
+    assert_dense(world, "r1")
+
+
+def test_unknown_disposed_and_non_webhook_tokens_are_not_found(world: World) -> None:
+    with pytest.raises(HookNotFoundError):
+        world.resume_hook("nope", "1")
+    with_hook(world, "r1", "tok-plain")
+    with pytest.raises(HookNotFoundError):
+        world.resume_hook("tok-plain", "1", webhook_only=True)
+    with_hook(world, "r2", "tok-web", webhook=True)
+    assert world.resume_hook("tok-web", "1", webhook_only=True) == "r2"
+    world.cancel_runs(["r1"])
+    assert types(world, "r1")[-2:] == ["hook_disposed", "run_cancelled"]
+    assert world.list_events("r1")[-2].attrs == {"reason": "run cancelled"}
+    hook = world.get_hook("tok-plain")
+    assert hook is not None and hook.status == "disposed" and hook.disposed_at is not None
+    with pytest.raises(HookNotFoundError):
+        world.resume_hook("tok-plain", "1")
+    assert_dense(world, "r1")
+
+
+def test_a_token_held_by_an_active_hook_is_a_conflict(world: World) -> None:
+    with_hook(world, "r1", "shared")
+    with_hook(world, "r2", "shared")
+    assert [(h.run_id, h.status) for h in world.list_hooks()] == [
+        ("r1", "active"),
+        ("r2", "conflict"),
+    ]
+    last = world.list_events("r2")[-1]
+    assert (last.type, last.correlation_id) == ("hook_disposed", "0")
+    assert last.attrs == {"reason": "conflict", "token": "shared"}
+    assert_dense(world, "r2")
+    assert world.resume_hook("shared", "1") == "r1"
+    assert [h.run_id for h in world.list_hooks(run_id="r2")] == ["r2"]
+    assert [h.run_id for h in world.list_hooks(status="active")] == ["r1"]
+    # Once the holder's run ends, the token is free for a new hook.
+    world.cancel_runs(["r1"])
+    with_hook(world, "r3", "shared")
+    assert world.get_hook("shared").run_id == "r3"  # type: ignore[union-attr]
+    assert world.resume_hook("shared", "1") == "r3"
+
+
+def test_a_hook_conflict_makes_the_run_due_at_once(world: World, world_url: str) -> None:
+    if world_url.startswith("sqlite:"):
+        # Its _commit_activation calls _schedule_workflow after _append, which deletes the
+        # workflow task _append queued for the conflict: the run waits for another wake-up.
+        pytest.xfail("SqliteWorld drops the task a hook conflict queued in commit_activation")
+    with_hook(world, "r1", "shared")
+    with_hook(world, "r2", "shared")
+    assert [t.run_id for t in world.claim_tasks(DEP, "w1", 10, 30.0)] == ["r2"]
+
+
+# -- streams -------------------------------------------------------------------------
+
+
+def test_streams_append_read_and_close(world: World) -> None:
+    assert world.read_chunks("s1", 0, 10) == ([], None)
+    assert world.append_chunks("s1", "r1", "default", ["a", "b"], False) == 2
+    assert world.append_chunks("s1", "r1", "default", ["c"], False) == 3
+    chunks, stream = world.read_chunks("s1", 0, 10)
+    assert [(c.index, c.data) for c in chunks] == [(0, "a"), (1, "b"), (2, "c")]
+    assert stream is not None and (stream.next_index, stream.closed) == (3, False)
+    assert [c.data for c in world.read_chunks("s1", 1, 1)[0]] == ["b"]
+    assert [c.data for c in world.read_chunks("s1", -2, 10)[0]] == ["b", "c"]
+    assert [c.data for c in world.read_chunks("s1", -9, 10)[0]] == ["a", "b", "c"]
+    assert world.append_chunks("s1", "r1", "default", [], True) == 3
+    chunks, stream = world.read_chunks("s1", 3, 10)
+    assert chunks == [] and stream is not None and stream.closed and stream.closed_at
+    with pytest.raises(ValueError, match="s1"):
+        world.append_chunks("s1", "r1", "default", ["d"], False)
+    world.append_chunks("s2", "r2", "logs", ["x"], True)
+    assert [s.stream_id for s in world.list_streams()] == ["s1", "s2"]
+    (only,) = world.list_streams(run_id="r2")
+    assert (only.namespace, only.run_id, only.closed) == ("logs", "r2", True)
+
+
+def test_concurrent_writers_of_one_stream_lose_no_chunk(world: World, other_world: World) -> None:
+    def write(target: World, name: str) -> None:
+        for i in range(20):
+            target.append_chunks("s1", "r1", "default", [f"{name}{i}"], False)
+
+    threads = [
+        threading.Thread(target=write, args=(world, "a")),
+        threading.Thread(target=write, args=(other_world, "b")),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    chunks, stream = world.read_chunks("s1", 0, 100)
+    assert [c.index for c in chunks] == list(range(40))
+    assert sorted(c.data for c in chunks) == sorted(
+        [f"a{i}" for i in range(20)] + [f"b{i}" for i in range(20)]
+    )
+    assert stream is not None and stream.next_index == 40
+
+
+def test_a_chunk_from_another_instance_wakes_readers(world: World, other_world: World) -> None:
+    world.wait_for_change(0.05)  # start listening
+    woke: list[float] = []
+
+    def wait() -> None:
+        start = time.monotonic()
+        world.wait_for_change(10.0)
+        woke.append(time.monotonic() - start)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.1)
+    other_world.append_chunks("s1", "r1", "default", ["hello"], False)
+    waiter.join(timeout=15)
+    assert woke and woke[0] < 2.0

@@ -1,0 +1,223 @@
+"""Real worker processes on PostgreSQL: kill -9 under load, and a server restart under load.
+
+This module is also the app its worker processes serve (``tether worker
+tests.integration.test_postgres_faults``): its workflow appends to a marks
+file so that the tests can count how often each step really ran.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import tether
+from tests.apps.basic import mark
+from tests.conformance.backends import admin, close_worlds, fresh_schema
+from tests.integration.processes import WorkerProcess, read_marks, wait_for
+from tether import api, step, workflow
+
+APP = "tests.integration.test_postgres_faults"
+
+
+@step
+def checkpoint(path: str, key: str, index: int, seconds: float) -> int:
+    time.sleep(seconds)
+    mark(path, f"{key}:{index}")
+    return index
+
+
+@workflow
+async def three_with_sleep(path: str, key: str, seconds: float) -> int:
+    await checkpoint(path, key, 0, seconds)
+    await tether.sleep(0.3)
+    await checkpoint(path, key, 1, seconds)
+    await checkpoint(path, key, 2, seconds)
+    return 3
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL schema, configured as this process's World."""
+    with fresh_schema() as url:
+        api.configure(url)
+        try:
+            yield url
+        finally:
+            api.configure(None)
+            close_worlds(url)
+
+
+class Fleet:
+    """Worker processes of this module's app, each with its deployment id."""
+
+    def __init__(self, url: str, tmp_path: Path, lease_seconds: float = 2.0) -> None:
+        self.url, self.tmp_path, self.lease_seconds = url, tmp_path, lease_seconds
+        self.procs: list[tuple[str, WorkerProcess]] = []
+        self.killed: set[int] = set()
+
+    def start(self, deployment: str) -> WorkerProcess:
+        log = self.tmp_path / f"{deployment}-{len(self.procs)}.log"
+        proc = WorkerProcess(
+            self.url,
+            [APP],
+            log,
+            env={"TETHER_DEPLOYMENT_ID": deployment},
+            lease_seconds=self.lease_seconds,
+        )
+        self.procs.append((deployment, proc))
+        return proc
+
+    def live(self) -> list[tuple[str, WorkerProcess]]:
+        return [(d, p) for d, p in self.procs if p.proc.poll() is None]
+
+    def kill_one(self, rng: random.Random) -> str:
+        deployment, proc = rng.choice(self.live())
+        proc.kill()
+        self.killed.add(proc.pid)
+        return deployment
+
+    def stop_all(self) -> None:
+        for _, proc in self.live():
+            proc.stop()
+
+
+@pytest.fixture
+def fleet(pg_url: str, tmp_path: Path) -> Iterator[Fleet]:
+    f = Fleet(pg_url, tmp_path)
+    yield f
+    f.stop_all()
+
+
+def start_runs(n: int, marks: Path, per_second: float, seconds: float) -> list[tether.Run]:
+    """Start ``n`` runs over both deployments at a steady pace, from this thread."""
+    runs: list[tether.Run] = []
+    began = time.monotonic()
+    for i in range(n):
+        deployment = "dep-a" if i % 2 == 0 else "dep-b"
+        runs.append(
+            tether.start(three_with_sleep, [str(marks), f"r{i}", seconds], deployment_id=deployment)
+        )
+        time.sleep(max(0.0, began + (i + 1) / per_second - time.monotonic()))
+    return runs
+
+
+def assert_each_completion_recorded_once(url: str, runs: list[tether.Run]) -> None:
+    schema = url.rsplit("schema=", 1)[1]
+    with admin() as conn:
+        rows = conn.execute(
+            f"SELECT run_id, correlation_id, COUNT(*) FROM {schema}.events"
+            " WHERE type = 'step_completed' GROUP BY run_id, correlation_id"
+        ).fetchall()
+        gaps = conn.execute(
+            f"SELECT run_id FROM {schema}.events GROUP BY run_id"
+            " HAVING MAX(seq) <> COUNT(*) OR MIN(seq) <> 1"
+        ).fetchall()
+    duplicated = [row for row in rows if row[2] != 1]
+    assert duplicated == [], f"step completions recorded twice: {duplicated[:5]}"
+    assert len(rows) == 3 * len(runs)
+    assert gaps == [], f"event logs with gaps: {gaps[:5]}"
+
+
+def assert_marks(marks: Path, n: int, killed: set[int]) -> None:
+    """Every step ran; a step ran again only if a killed worker ran it before."""
+    seen: dict[str, list[int]] = collections.defaultdict(list)
+    for label, pid in read_marks(marks):
+        seen[label].append(pid)
+    assert set(seen) == {f"r{i}:{j}" for i in range(n) for j in range(3)}
+    for label, pids in seen.items():
+        assert all(pid in killed for pid in pids[:-1]), f"{label} ran again: {pids}"
+
+
+def test_slow_kill_9_random_workers_under_load(fleet: Fleet, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    for deployment in ("dep-a", "dep-a", "dep-b", "dep-b"):
+        fleet.start(deployment)
+    n = 500
+    started: list[tether.Run] = []
+    starter = threading.Thread(
+        target=lambda: started.extend(start_runs(n, marks, per_second=60, seconds=0.01))
+    )
+    starter.start()
+    rng = random.Random(5)
+    kills = 0
+    began = time.monotonic()
+    while time.monotonic() - began < 10:
+        tick = time.monotonic()
+        fleet.start(fleet.kill_one(rng))  # a replacement of the same deployment
+        kills += 1
+        time.sleep(max(0.0, tick + 1.0 - time.monotonic()))
+    starter.join(timeout=60)
+    assert len(started) == n
+    for run in started:
+        assert run.result(timeout=60) == 3
+    assert kills >= 8
+    assert_each_completion_recorded_once(fleet.url, started)
+    assert_marks(marks, n, fleet.killed)
+    served = {pid for _, pid in read_marks(marks)}
+    assert len(served) >= 4, "the work should have been spread over the workers"
+
+
+def _cluster() -> tuple[str, str] | None:
+    """(version, name) of the local cluster that pg_ctlcluster controls, if there is one."""
+    if shutil.which("pg_ctlcluster") is None or not os.path.isdir("/etc/postgresql"):
+        return None
+    versions = sorted(os.listdir("/etc/postgresql"))
+    return (versions[-1], "main") if versions else None
+
+
+def _pg_ctl(action: str) -> None:
+    cluster = _cluster()
+    assert cluster is not None
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, action],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def _server_ready() -> bool:
+    try:
+        with admin() as conn:
+            conn.execute("SELECT 1")
+    except Exception:
+        return False
+    return True
+
+
+def test_slow_server_restart_under_load(fleet: Fleet, tmp_path: Path) -> None:
+    if _cluster() is None:
+        pytest.skip("no local cluster to restart (pg_ctlcluster and /etc/postgresql needed)")
+    marks = tmp_path / "marks"
+    fleet.lease_seconds = 15.0  # no lease runs out while the server is away: no step runs twice
+    fleet.start("dep-a")
+    fleet.start("dep-b")
+    n = 240
+    started: list[tether.Run] = []
+    starter = threading.Thread(
+        target=lambda: started.extend(start_runs(n, marks, per_second=60, seconds=0.01))
+    )
+    starter.start()
+    time.sleep(1.5)  # runs in every state: starting, sleeping, running steps
+    try:
+        _pg_ctl("stop")
+        time.sleep(1.0)
+    finally:
+        _pg_ctl("start")
+    wait_for(_server_ready, 30, "the server to accept connections again")
+    starter.join(timeout=60)
+    assert len(started) == n
+    for run in started:
+        assert run.result(timeout=60) == 3
+    assert all(proc.proc.poll() is None for _, proc in fleet.procs), "a worker died"
+    assert_each_completion_recorded_once(fleet.url, started)
+    assert_marks(marks, n, killed=set())

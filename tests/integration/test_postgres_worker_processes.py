@@ -1,0 +1,18 @@
+"""The worker-process scenarios of ``test_worker_processes.py``, on PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conformance.backends import postgres_world_url, rerun_on_postgres
+from tests.integration import test_worker_processes
+
+rerun_on_postgres(test_worker_processes, globals())
+
+
+@pytest.fixture
+def world_url() -> Iterator[str]:
+    """A fresh PostgreSQL schema instead of the default SQLite file."""
+    yield from postgres_world_url()
