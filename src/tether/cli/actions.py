@@ -145,7 +145,7 @@ def _runs(count: int) -> str:
 # -- rerun ----------------------------------------------------------------------------
 
 
-@click.command()
+@click.command(short_help="Rerun runs with the same inputs.")
 @click.argument("run_ids", nargs=-1, required=True, metavar="RUN_ID...")
 @click.option("--latest", is_flag=True, help="Rerun on the newest deployment (the usual fix).")
 @click.option("--deployment", metavar="ID", help="Rerun on this deployment.")
@@ -181,7 +181,7 @@ def rerun(run_ids: tuple[str, ...], latest: bool, deployment: str | None) -> Non
 # -- start ----------------------------------------------------------------------------
 
 
-@click.command()
+@click.command(short_help="Start a workflow by its full name.")
 @click.argument("name")
 @click.argument("args", nargs=-1)
 @click.option("--latest", is_flag=True, help="Start on the newest deployment (the default).")

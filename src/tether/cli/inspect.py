@@ -24,7 +24,7 @@ T = TypeVar("T")
 _RERUN_SCAN = 5000
 
 
-@click.group()
+@click.group(short_help="Look at runs, steps, events, sleeps, hooks, streams.")
 def inspect() -> None:
     """Look at runs, steps, events, sleeps, hooks, streams, deployments (--json for scripts)."""
 
@@ -32,7 +32,7 @@ def inspect() -> None:
 # -- runs -------------------------------------------------------------------------
 
 
-@inspect.command()
+@inspect.command(short_help="List runs, or show one in detail.")
 @click.argument("run_id", required=False)
 @click.option("--status", help="pending, running, completed, failed or cancelled.")
 @click.option(
@@ -236,7 +236,7 @@ def steps(
     sort: str,
     with_data: bool,
 ) -> None:
-    """List the steps of a run, in the order the workflow asked for them."""
+    """List a run's steps, in the order the workflow asked for them."""
     chosen = _which_run("steps", run_id, run_id_option, cursor)
     params.check_status(status, params.STEP_STATUSES)
     world = backend.world()
@@ -267,7 +267,7 @@ def events(
     sort: str,
     with_data: bool,
 ) -> None:
-    """List a run's event log (the truth every view is derived from)."""
+    """List a run's event log, the truth every view is derived from."""
     chosen = _which_run("events", run_id, run_id_option, cursor)
     world = backend.world()
     backend.require_run(world, chosen)
@@ -296,7 +296,10 @@ def sleeps(
     cursor: str | None,
     sort: str,
 ) -> None:
-    """List a run's durable sleeps (wake one early with: tether sleeps wake RUN_ID)."""
+    """List a run's durable sleeps.
+
+    Wake them early with: tether sleeps wake RUN_ID.
+    """
     chosen = _which_run("sleeps", run_id, run_id_option, cursor)
     params.check_status(status, params.SLEEP_STATUSES)
     world = backend.world()
@@ -315,7 +318,7 @@ def sleeps(
 # -- deployments ----------------------------------------------------------------------
 
 
-@inspect.command("deployments")
+@inspect.command("deployments", short_help="Deployments, stranded ones flagged.")
 @click.argument("deployment_id", required=False)
 @deploy.deployment_listing_options
 @params.listing_options(sort_default="desc", with_data=False)
@@ -345,7 +348,10 @@ def hooks(
     cursor: str | None,
     sort: str,
 ) -> None:
-    """List hooks (of one run, or of all runs); resume one with: tether hooks resume TOKEN JSON."""
+    """List hooks and their tokens, of one run or all runs.
+
+    Resume one with: tether hooks resume TOKEN JSON.
+    """
     chosen = _optional_run(run_id, run_id_option, cursor)
     params.check_status(status, params.HOOK_STATUSES)
     world = backend.world()
@@ -374,7 +380,10 @@ def streams(
     sort: str,
     with_data: bool,
 ) -> None:
-    """List streams (of one run, or of all runs); --with-data shows each one's last chunk."""
+    """List streams, of one run or all runs.
+
+    --with-data shows each one's last chunk.
+    """
     chosen = _optional_run(run_id, run_id_option, cursor)
     world = backend.world()
     if chosen is not None:

@@ -16,7 +16,7 @@ from tether.cli.errors import CliError
 from tether.runtime.worker import Worker
 
 
-@click.command()
+@click.command(short_help="Serve the workflows and steps of MODULES.")
 @click.argument("modules", nargs=-1, required=True)
 @click.option("--concurrency", default=512, show_default=True, help="Tasks run at once.")
 @click.option(
