@@ -11,7 +11,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-WORKLOADS: tuple[str, ...] = ("W1", "W2", "W3", "W5", "W6")
+WORKLOADS: tuple[str, ...] = ("W1", "W2", "W3", "W5", "W6", "W2P")
+#: Workloads only tether runs: W2P starts tether worker processes.
+TETHER_ONLY: frozenset[str] = frozenset({"W2P"})
 
 Metrics = dict[str, float | int | str]
 
@@ -44,7 +46,14 @@ QUICK = Counts(
 # In-child time budget of each workload, in seconds: every wait inside a workload is bounded by
 # what is left of it. run.py kills the child a little after this (startup and shutdown slack), so
 # even an engine that hangs in every workload cannot keep the bench busy for more than ~9 minutes.
-BUDGET_S: dict[str, float] = {"W1": 60.0, "W2": 120.0, "W3": 30.0, "W5": 60.0, "W6": 90.0}
+BUDGET_S: dict[str, float] = {
+    "W1": 60.0,
+    "W2": 120.0,
+    "W3": 30.0,
+    "W5": 60.0,
+    "W6": 90.0,
+    "W2P": 120.0,
+}
 
 
 class Deadline:

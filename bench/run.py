@@ -1,8 +1,10 @@
 """Run every workload for tether and DBOS, each in its own process, and write RESULTS.md.
 
-Every (engine, workload) pair runs in a fresh interpreter (`run.py --child ENGINE --workload W`)
-with a fresh temporary directory for its SQLite file; the child prints one JSON object on its last
-stdout line, `{"ok": true, "metrics": {...}}` or `{"ok": false, "error": "..."}`.
+Every (backend, engine, workload) runs in a fresh interpreter (`run.py --child ENGINE --workload
+W`) with a fresh temporary directory for its SQLite file, or a fresh PostgreSQL database created
+for it (and dropped afterwards) on the server `$TETHER_BENCH_POSTGRES_URL` names (default: the
+local one); the child prints one JSON object on its last stdout line, `{"ok": true, "metrics":
+{...}}` or `{"ok": false, "error": "..."}`.
 """
 
 from __future__ import annotations
@@ -19,17 +21,24 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from common import BUDGET_S, FULL, QUICK, WORKLOADS, Counts, Deadline, Metrics
+from common import BUDGET_S, FULL, QUICK, TETHER_ONLY, WORKLOADS, Counts, Deadline, Metrics
 
 HERE = Path(__file__).resolve().parent
 ENGINES: tuple[str, ...] = ("tether", "dbos")
 LABEL = {"tether": "tether", "dbos": "DBOS"}
+BACKENDS: tuple[str, ...] = ("sqlite", "postgres")
+BACKEND_LABEL = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
+POSTGRES_URL = os.environ.get(
+    "TETHER_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 # Slack on top of a workload's in-child budget for interpreter start, setup and shutdown.
 CHILD_SLACK_S = 30.0
 # How long a child waits for its engine to shut down after reporting, before it exits anyway.
@@ -53,14 +62,17 @@ def shutdown_hung() -> None:
     os._exit(SHUTDOWN_HUNG_EXIT)
 
 
-def child_main(engine: str, workload: str, db_dir: Path, quick: bool) -> None:
+def child_main(
+    engine: str, workload: str, db_dir: Path, quick: bool, world_url: str | None
+) -> None:
     """Run one workload of one engine in this process, report it, and exit."""
     counts = QUICK if quick else FULL
     reported: dict[str, Any] | None = None
     try:
         module = importlib.import_module(f"workloads_{engine}")
         run_workload: Callable[[Counts, Deadline], Metrics] = module.WORKLOADS[workload]
-        with module.session(db_dir):
+        os.environ["TETHER_BENCH_LOG_DIR"] = str(db_dir)
+        with module.session(db_dir, world_url, workload):
             try:
                 metrics = run_workload(counts, Deadline(BUDGET_S[workload]))
                 reported = {"ok": True, "metrics": metrics}
@@ -119,13 +131,36 @@ def tail(text: str, lines: int = 8) -> str:
     return "\n".join("    " + line for line in text.strip().splitlines()[-lines:])
 
 
-def run_child(engine: str, workload: str, quick: bool) -> Outcome:
-    """Run one workload of one engine in a fresh interpreter and temp dir."""
+@contextmanager
+def fresh_database(backend: str, engine: str, workload: str) -> Iterator[str | None]:
+    """A new PostgreSQL database's URL for one child (dropped afterwards); None for SQLite."""
+    if backend != "postgres":
+        yield None
+        return
+    import psycopg
+
+    name = f"bench_{engine}_{workload.lower()}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        base, _, _ = POSTGRES_URL.rpartition("/")
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def run_child(engine: str, workload: str, quick: bool, backend: str = "sqlite") -> Outcome:
+    """Run one workload of one engine in a fresh interpreter and temp dir (or database)."""
     timeout = BUDGET_S[workload] + CHILD_SLACK_S
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix=f"tether-bench-{engine}-{workload}-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix=f"tether-bench-{engine}-{workload}-") as tmp,
+        fresh_database(backend, engine, workload) as world_url,
+    ):
         cmd = [sys.executable, str(HERE / "run.py"), "--child", engine]
         cmd += ["--workload", workload, "--db-dir", tmp] + (["--quick"] if quick else [])
+        cmd += ["--world-url", world_url] if world_url else []
         try:
             proc = subprocess.run(
                 cmd, cwd=HERE, capture_output=True, text=True, timeout=timeout, check=False
@@ -169,6 +204,7 @@ def headline(workload: str, metrics: Metrics) -> str:
         "W3": ("p50_ms", "p95_ms"),
         "W5": ("total_s",),
         "W6": ("first_ms_per_step", "last_ms_per_step", "last_over_first"),
+        "W2P": ("wf_per_s_1", "wf_per_s_4", "speedup_4_over_1"),
     }[workload]
     return ", ".join(f"{k}={metrics.get(k)}" for k in keys)
 
@@ -287,6 +323,14 @@ TABLES: dict[str, tuple[str, list[Row]]] = {
             Row("total_s", "total s"),
         ],
     ),
+    "W2P": (
+        "W2P throughput of W2 served by tether worker processes (this process only starts runs)",
+        [
+            Row("wf_per_s_1", "workflows/s, 1 worker process", compared=False),
+            Row("wf_per_s_4", "workflows/s, 4 worker processes", compared=False),
+            Row("speedup_4_over_1", "4 processes / 1", compared=False),
+        ],
+    ),
 }
 
 
@@ -310,6 +354,22 @@ class Target:
     higher_is_better: bool = False
     unit: str = ""
 
+
+#: The targets on PostgreSQL (issue 5); SQLite's are TARGETS.
+POSTGRES_TARGETS: list[Target] = [
+    Target("W1", "p50_ms", "W1 p50 latency ≥4x faster than DBOS", 4.0, vs_dbos=True),
+    Target("W2", "wf_per_s", "W2 throughput ≥8x DBOS", 8.0, True, higher_is_better=True),
+    Target("W3", "p95_ms", "W3 p95 timer lateness ≤ 20 ms", 20.0, vs_dbos=False, unit=" ms"),
+    Target(
+        "W2P",
+        "speedup_4_over_1",
+        "W2 with 4 worker processes ≥1.6x one",
+        1.6,
+        False,
+        higher_is_better=True,
+        unit="x",
+    ),
+]
 
 TARGETS: list[Target] = [
     Target("W1", "p50_ms", "W1 p50 latency ≥5x faster than DBOS", 5.0, vs_dbos=True),
@@ -338,7 +398,8 @@ def judge(target: Target, results: dict[str, dict[str, Outcome]]) -> tuple[str, 
     if not isinstance(t, int | float):
         return "-", "FAIL (missing metric)"
     if not target.vs_dbos:
-        return f"{t:g}{target.unit}", "PASS" if t <= target.threshold else "FAIL"
+        ok = t >= target.threshold if target.higher_is_better else t <= target.threshold
+        return f"{t:g}{target.unit}", "PASS" if ok else "FAIL"
     if not dbos.ok:
         return "-", "NOT RUN (DBOS)" if not dbos.ran else "n/a (DBOS failed)"
     d = dbos.metrics.get(target.key)
@@ -348,14 +409,18 @@ def judge(target: Target, results: dict[str, dict[str, Outcome]]) -> tuple[str, 
     return f"{ratio:.1f}x", "PASS" if ratio >= target.threshold else "FAIL"
 
 
+Results = dict[str, dict[str, dict[str, Outcome]]]
+
+
 def render(
-    results: dict[str, dict[str, Outcome]],
+    results: Results,
+    backends: list[str],
     counts: Counts,
     quick: bool,
     argv: list[str],
     wall: float,
 ) -> str:
-    """The whole RESULTS.md."""
+    """The whole RESULTS.md: the machine, then targets and tables per backend."""
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = [
         "# tether vs DBOS benchmark",
@@ -364,56 +429,65 @@ def render(
         f"({'QUICK smoke-test counts, not comparable' if quick else 'full counts'}; "
         f"`{' '.join(['run.py', *argv])}`, {wall:.0f} s wall).",
         "",
-        "Each engine and workload ran in its own fresh Python process with a fresh temporary "
-        "directory holding an on-disk SQLite database. DBOS ran with its defaults apart from "
-        "`system_database_url` (SQLite); tether with `tether.configure(world=sqlite:///...)` "
-        "and an in-process `tether.Worker()`.",
+        "Each engine and workload ran in its own fresh Python process. On SQLite it got a fresh "
+        "temporary directory holding an on-disk database; on PostgreSQL a fresh database on the "
+        "same local server (created for the run, dropped after). DBOS ran with its defaults "
+        "apart from `system_database_url`; tether with `tether.configure(world=...)` and an "
+        "in-process `tether.Worker()` (W2P: `tether worker` processes instead).",
         "",
         "| machine | |",
         "| --- | --- |",
         *[f"| {k} | {v} |" for k, v in machine_info()],
         "",
-        "## Targets (tether)",
-        "",
-        "| target | measured | verdict |",
-        "| --- | --- | --- |",
-        *[
-            f"| {t.label.format(**vars(counts))} | {' | '.join(judge(t, results))} |"
-            for t in TARGETS
-        ],
-        "",
     ]
     failures: list[str] = []
-    for workload in WORKLOADS:
-        title, rows = TABLES[workload]
-        outcomes = results[workload]
-        tether, dbos = outcomes["tether"], outcomes["dbos"]
+    for backend in backends:
+        label = BACKEND_LABEL[backend]
+        by_workload = results[backend]
+        targets = POSTGRES_TARGETS if backend == "postgres" else TARGETS
         out += [
-            f"## {title.format(**vars(counts))}",
+            f"## Targets on {label} (tether)",
             "",
-            "| metric | tether | DBOS | tether vs DBOS |",
-            "| --- | --- | --- | --- |",
+            "| target | measured | verdict |",
+            "| --- | --- | --- |",
+            *[
+                f"| {t.label.format(**vars(counts))} | {' | '.join(judge(t, by_workload))} |"
+                for t in targets
+                if by_workload[t.workload]["tether"].ran
+            ],
+            "",
         ]
-        for row in rows:
-            ratio = "-"
-            t, d = tether.metrics.get(row.key), dbos.metrics.get(row.key)
-            if row.compared and isinstance(t, int | float) and isinstance(d, int | float):
-                ratio = compare(float(t), float(d), row.higher_is_better, row.words)
-            out.append(
-                f"| {row.label} | {cell(tether, row.key)} | {cell(dbos, row.key)} | {ratio} |"
-            )
-        out.append(
-            f"| process wall s | {fmt(tether.seconds) if tether.ran else '-'} "
-            f"| {fmt(dbos.seconds) if dbos.ran else '-'} | - |"
-        )
-        out.append("")
-        for engine, outcome in outcomes.items():
-            if outcome.error is not None:
-                failures.append(f"- {workload} {LABEL[engine]}: `{outcome.error}`")
-            if outcome.warning is not None:
-                failures.append(
-                    f"- {workload} {LABEL[engine]} (warning, results kept): {outcome.warning}"
+        for workload in WORKLOADS:
+            title, rows = TABLES[workload]
+            outcomes = by_workload[workload]
+            tether, dbos = outcomes["tether"], outcomes["dbos"]
+            if not tether.ran and not dbos.ran:
+                continue
+            out += [
+                f"## {label}: {title.format(**vars(counts))}",
+                "",
+                "| metric | tether | DBOS | tether vs DBOS |",
+                "| --- | --- | --- | --- |",
+            ]
+            for row in rows:
+                ratio = "-"
+                t, d = tether.metrics.get(row.key), dbos.metrics.get(row.key)
+                if row.compared and isinstance(t, int | float) and isinstance(d, int | float):
+                    ratio = compare(float(t), float(d), row.higher_is_better, row.words)
+                out.append(
+                    f"| {row.label} | {cell(tether, row.key)} | {cell(dbos, row.key)} | {ratio} |"
                 )
+            out.append(
+                f"| process wall s | {fmt(tether.seconds) if tether.ran else '-'} "
+                f"| {fmt(dbos.seconds) if dbos.ran else '-'} | - |"
+            )
+            out.append("")
+            for engine, outcome in outcomes.items():
+                where = f"{label} {workload} {LABEL[engine]}"
+                if outcome.error is not None:
+                    failures.append(f"- {where}: `{outcome.error}`")
+                if outcome.warning is not None:
+                    failures.append(f"- {where} (warning, results kept): {outcome.warning}")
     if failures:
         out += ["## Failures and warnings", "", *failures, ""]
     out += ["## How each workload is measured", "", *NOTES, ""]
@@ -432,6 +506,9 @@ NOTES: list[str] = [
     "total = parent start to parent result.",
     "- W6: every step returns time.time(); per-step time = gap between consecutive steps, "
     "averaged over the first and the last window.",
+    "- W2P (tether only): W2 with this process only starting runs (a pure client) and 1, then "
+    "4, `tether worker` processes serving them; the speed-up is the 4-process rate over the "
+    "1-process rate.",
     "- Ratios: 'tether Nx faster' is DBOS time / tether time (or tether rate / DBOS rate).",
 ]
 
@@ -439,6 +516,12 @@ NOTES: list[str] = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=ENGINES, help="run one engine only")
+    parser.add_argument(
+        "--backend",
+        choices=[*BACKENDS, "both"],
+        default="sqlite",
+        help="database both engines run on (default: sqlite; W2P runs on postgres only)",
+    )
     parser.add_argument("--quick", action="store_true", help="smaller counts, for smoke tests")
     parser.add_argument(
         "--out",
@@ -451,41 +534,49 @@ def main() -> None:
     parser.add_argument("--child", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--workload", choices=WORKLOADS, help=argparse.SUPPRESS)
     parser.add_argument("--db-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--world-url", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
         if not args.workload or not args.db_dir:
             parser.error("--child needs --workload and --db-dir")
-        child_main(args.child, args.workload, args.db_dir, args.quick)
+        child_main(args.child, args.workload, args.db_dir, args.quick, args.world_url)
 
     selected = [w.strip().upper() for w in args.workloads.split(",") if w.strip()]
     unknown = [w for w in selected if w not in WORKLOADS]
     if unknown:
         parser.error(f"unknown workloads: {', '.join(unknown)}")
     engines = [args.only] if args.only else list(ENGINES)
+    backends = list(BACKENDS) if args.backend == "both" else [args.backend]
     counts = QUICK if args.quick else FULL
-    results = {w: {e: Outcome() for e in ENGINES} for w in WORKLOADS}
+    results: Results = {
+        b: {w: {e: Outcome() for e in ENGINES} for w in WORKLOADS} for b in BACKENDS
+    }
 
     start = time.monotonic()
-    for workload in (w for w in WORKLOADS if w in selected):
-        for engine in engines:
-            print(
-                f"[{time.monotonic() - start:6.1f}s] {workload} {LABEL[engine]:6} ...", flush=True
-            )
-            outcome = run_child(engine, workload, args.quick)
-            results[workload][engine] = outcome
-            status = headline(workload, outcome.metrics) if outcome.ok else outcome.error
-            if outcome.warning:
-                status = f"{status} (warning: {outcome.warning})"
-            print(
-                f"[{time.monotonic() - start:6.1f}s] {workload} {LABEL[engine]:6} "
-                f"{'ok' if outcome.ok else 'FAILED'} in {outcome.seconds:.1f}s: {status}",
-                flush=True,
-            )
+    for backend in backends:
+        for workload in (w for w in WORKLOADS if w in selected):
+            if workload == "W2P" and backend != "postgres":
+                continue  # worker processes on one machine: measured where they scale out
+            for engine in engines:
+                if workload in TETHER_ONLY and engine != "tether":
+                    continue
+                what = f"{BACKEND_LABEL[backend]:10} {workload:3} {LABEL[engine]:6}"
+                print(f"[{time.monotonic() - start:6.1f}s] {what} ...", flush=True)
+                outcome = run_child(engine, workload, args.quick, backend)
+                results[backend][workload][engine] = outcome
+                status = headline(workload, outcome.metrics) if outcome.ok else outcome.error
+                if outcome.warning:
+                    status = f"{status} (warning: {outcome.warning})"
+                print(
+                    f"[{time.monotonic() - start:6.1f}s] {what} "
+                    f"{'ok' if outcome.ok else 'FAILED'} in {outcome.seconds:.1f}s: {status}",
+                    flush=True,
+                )
 
     wall = time.monotonic() - start
     out = HERE / (args.out or ("RESULTS-quick.md" if args.quick else "RESULTS.md"))
-    out.write_text(render(results, counts, args.quick, sys.argv[1:], wall))
+    out.write_text(render(results, backends, counts, args.quick, sys.argv[1:], wall))
     print(f"wrote {out} ({wall:.0f} s)")
 
 

@@ -1,8 +1,9 @@
-"""DBOS side of the workloads: DBOS defaults, except for an on-disk SQLite system database.
+"""DBOS side of the workloads: DBOS defaults, except for the system database (SQLite or Postgres).
 
 DBOS 3.4.0 takes SQLite through the system database URL of its config dict:
 `DBOS(config={"name": ..., "system_database_url": "sqlite:////abs/path.sqlite"})`, then
-`DBOS.launch()`. Everything else (executor threads, polling intervals, pool size) is left as is.
+`DBOS.launch()`; on PostgreSQL the URL is `postgresql://...` instead. Everything else
+(executor threads, polling intervals, pool size) is left as is.
 Only imported by run.py's child process for engine "dbos".
 """
 
@@ -98,11 +99,11 @@ def expect(got: object, want: object, what: str) -> None:
 
 
 @contextmanager
-def session(db_dir: Path) -> Iterator[None]:
-    """A launched DBOS whose system database is `db_dir/dbos.sqlite`."""
+def session(db_dir: Path, world_url: str | None = None, workload: str = "") -> Iterator[None]:
+    """A launched DBOS whose system database is `world_url` (default `db_dir/dbos.sqlite`)."""
     config: DBOSConfig = {
         "name": "tether-bench",
-        "system_database_url": f"sqlite:///{(db_dir / 'dbos.sqlite').resolve()}",
+        "system_database_url": world_url or f"sqlite:///{(db_dir / 'dbos.sqlite').resolve()}",
     }
     DBOS(config=config)
     DBOS.launch()

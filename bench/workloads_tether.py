@@ -1,4 +1,4 @@
-"""tether side of the workloads: an on-disk SQLite world and an in-process worker.
+"""tether side of the workloads: a SQLite or PostgreSQL world and an in-process worker.
 
 tether names workflows by module + qualname, so every workflow and step is defined at module level
 here, and run.py imports this file as the module `workloads_tether` (never runs it as __main__).
@@ -7,9 +7,12 @@ Only imported by run.py's child process for engine "tether".
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import tether
@@ -99,11 +102,22 @@ def expect(got: object, want: object, what: str) -> None:
         raise RuntimeError(f"{what}: expected {want!r}, got {got!r}")
 
 
+#: Deployment of the client and of the worker processes of W2P (they must agree).
+BENCH_DEPLOYMENT = "bench"
+HERE = Path(__file__).resolve().parent
+
+
 @contextmanager
-def session(db_dir: Path) -> Iterator[None]:
-    """A configured tether with its world at `db_dir/tether.db` and an in-process worker."""
-    tether.configure(world=f"sqlite:///{(db_dir / 'tether.db').resolve()}")
-    with tether.Worker():
+def session(db_dir: Path, world_url: str | None = None, workload: str = "") -> Iterator[None]:
+    """A configured tether on `world_url` (default: SQLite at `db_dir/tether.db`).
+
+    Every workload but W2P gets an in-process worker; W2P starts worker processes itself.
+    """
+    os.environ["TETHER_DEPLOYMENT_ID"] = BENCH_DEPLOYMENT
+    tether.configure(world=world_url or f"sqlite:///{(db_dir / 'tether.db').resolve()}")
+    with ExitStack() as stack:
+        if workload != "W2P":
+            stack.enter_context(tether.Worker())
         yield
 
 
@@ -140,6 +154,59 @@ def w2_throughput(counts: Counts, deadline: Deadline) -> Metrics:
     }
 
 
+@contextmanager
+def worker_processes(count: int, log_dir: Path) -> Iterator[None]:
+    """`count` `tether worker workloads_tether` processes, each with its own asyncio loop."""
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = [open(log_dir / f"worker-{i}.log", "wb") for i in range(count)]  # noqa: SIM115
+    try:
+        for log in logs:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "tether", "worker", "workloads_tether"],
+                    cwd=HERE,
+                    env={
+                        **os.environ,
+                        "PYTHONPATH": str(HERE),
+                        "TETHER_WORLD": tether.api.world_url(),
+                    },
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        for i, proc in enumerate(procs):
+            while b" ready: deployment " not in (log_dir / f"worker-{i}.log").read_bytes():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"worker process {i} exited early")
+                time.sleep(0.05)
+        yield
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for log in logs:
+            log.close()
+
+
+def w2_processes(counts: Counts, deadline: Deadline) -> Metrics:
+    """W2 served by 1, then 4 worker processes; this process only starts runs and waits."""
+    log_dir = Path(os.environ.get("TETHER_BENCH_LOG_DIR", "."))
+    rates: dict[int, float] = {}
+    for workers in (1, 4):
+        with worker_processes(workers, log_dir):
+            rates[workers] = float(w2_throughput(counts, deadline)["wf_per_s"])
+    return {
+        "n": counts.w2_workflows,
+        "wf_per_s_1": rates[1],
+        "wf_per_s_4": rates[4],
+        "speedup_4_over_1": round(rates[4] / rates[1], 2),
+    }
+
+
 def w3_timers(counts: Counts, deadline: Deadline) -> Metrics:
     """Many concurrent durable sleeps; lateness = woke up - (before sleeping + duration)."""
     seconds = counts.w3_sleep_s
@@ -173,6 +240,7 @@ def w6_long_chain(counts: Counts, deadline: Deadline) -> Metrics:
 WORKLOADS: dict[str, Callable[[Counts, Deadline], Metrics]] = {
     "W1": w1_latency,
     "W2": w2_throughput,
+    "W2P": w2_processes,
     "W3": w3_timers,
     "W5": w5_fan_out,
     "W6": w6_long_chain,
