@@ -581,9 +581,6 @@ def test_wait_for_change_wakes_on_another_instances_commit(
 def test_listeners_hear_other_instances_and_skip_their_own_loop(
     world: World, other_world: World, world_url: str
 ) -> None:
-    if world_url.startswith("sqlite:"):
-        # Its data_version watcher cannot tell its own writer's commits from others'.
-        pytest.xfail("SqliteWorld wakes skip_own_loop listeners on their own commits too")
 
     async def scenario() -> tuple[int, int, int]:
         heard = asyncio.Event()
@@ -707,10 +704,6 @@ def test_a_token_held_by_an_active_hook_is_a_conflict(world: World) -> None:
 
 
 def test_a_hook_conflict_makes_the_run_due_at_once(world: World, world_url: str) -> None:
-    if world_url.startswith("sqlite:"):
-        # Its _commit_activation calls _schedule_workflow after _append, which deletes the
-        # workflow task _append queued for the conflict: the run waits for another wake-up.
-        pytest.xfail("SqliteWorld drops the task a hook conflict queued in commit_activation")
     with_hook(world, "r1", "shared")
     with_hook(world, "r2", "shared")
     assert [t.run_id for t in world.claim_tasks(DEP, "w1", 10, 30.0)] == ["r2"]

@@ -436,16 +436,22 @@ class SqliteWorld(World):
                 self._watcher.start()
 
     def _watch(self) -> None:
-        """Notice commits of other processes: ``data_version`` moves when they commit."""
-        conn = self._connect()
-        last = conn.execute("PRAGMA data_version").fetchone()[0]
+        """Notice commits of other processes (and other World instances).
+
+        ``data_version`` of a connection moves when another connection
+        commits; read on the writer's own connection, this process's commits
+        (already announced by ``_notify``) do not move it.
+        """
+        last = self._writer.data_version()
         while not self._closed:
             time.sleep(_WATCH_INTERVAL)
-            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            try:
+                version = self._writer.data_version()
+            except sqlite3.ProgrammingError:
+                return  # closed meanwhile
             if version != last:
                 last = version
                 self._notify(None)
-        conn.close()
 
 
 class _Writer:
@@ -492,6 +498,11 @@ class _Writer:
         self._thread.join(timeout=5)
         with self._lock:
             self._conn.close()
+
+    def data_version(self) -> int:
+        """The writer connection's ``PRAGMA data_version``: it moves when others commit."""
+        with self._lock:
+            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
 
     def _run(self) -> None:
         stopping = False
@@ -605,9 +616,11 @@ def _create_run(conn: sqlite3.Connection, run: NewRun, activation: Activation | 
         (run.run_id, run.workflow_name, run.input, json.dumps(attrs), now),
     )
     if activation is not None:
-        _append(conn, run.run_id, run.deployment_id, activation.events, activation)
+        again = _append(conn, run.run_id, run.deployment_id, activation.events, activation)
         if any(e.type == "wait_created" for e in activation.events):
             _schedule_workflow(conn, run.run_id, run.deployment_id)
+        if again:
+            _queue_workflow(conn, run.run_id, run.deployment_id, time.time())
     else:
         _queue_workflow(conn, run.run_id, run.deployment_id, now)
     return RunRecord(
@@ -685,8 +698,10 @@ def _commit_activation(conn: sqlite3.Connection, activation: Activation) -> bool
         if status not in TERMINAL_STATUSES:
             _queue_workflow(conn, activation.run_id, deployment_id, time.time(), force=True)
         return False
-    _append(conn, activation.run_id, deployment_id, activation.events, activation)
+    again = _append(conn, activation.run_id, deployment_id, activation.events, activation)
     _schedule_workflow(conn, activation.run_id, deployment_id)
+    if again:
+        _queue_workflow(conn, activation.run_id, deployment_id, time.time())
     return True
 
 
@@ -710,9 +725,11 @@ def _finish_step(
     ):
         # The activation's first event is this outcome, fed to the cached run. The
         # run's workflow task only changes if a sleep began or ended.
-        _append(conn, outcome.run_id, deployment_id, activation.events, activation)
+        again = _append(conn, outcome.run_id, deployment_id, activation.events, activation)
         if any(e.type in ("wait_created", "wait_completed") for e in activation.events):
             _schedule_workflow(conn, outcome.run_id, deployment_id)
+        if again:
+            _queue_workflow(conn, outcome.run_id, deployment_id, time.time())
         return True
     now = time.time()
     event_type = {"completed": "step_completed", "failed": "step_failed"}.get(
@@ -920,10 +937,15 @@ def _append(
     deployment_id: str,
     events: Sequence[EventRecord],
     activation: Activation | None,
-) -> None:
-    """Insert events and derive the views from them, in the caller's transaction."""
+) -> bool:
+    """Insert events and derive the views from them, in the caller's transaction.
+
+    Returns whether the run must be activated again at once: a hook it
+    created lost its token to another hook (``hook_disposed`` was appended).
+    The caller queues that after it has scheduled the run's workflow task.
+    """
     if not events:
-        return
+        return False
     _insert_events(conn, run_id, events)
     started_at: float | None = None
     previous: EventRecord | None = None
@@ -952,9 +974,7 @@ def _append(
             created_at=event.created_at,
         )
         _insert_events(conn, run_id, [disposed])
-    if conflicts:
-        last_seq += len(conflicts)
-        _queue_workflow(conn, run_id, deployment_id, time.time())
+    last_seq += len(conflicts)
     if started_at is None:
         conn.execute("UPDATE runs SET last_seq = ? WHERE run_id = ?", (last_seq, run_id))
     else:
@@ -964,6 +984,7 @@ def _append(
             " WHERE run_id = ?",
             (last_seq, started_at, run_id),
         )
+    return bool(conflicts)
 
 
 def _insert_events(conn: sqlite3.Connection, run_id: str, events: Sequence[EventRecord]) -> None:
