@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -15,13 +14,19 @@ from tether.api import iter_runs
 from tether.cli import backend, deploy, params, render, views
 from tether.cli.backend import backend_option
 from tether.cli.errors import UsageProblem
-from tether.worlds.base import RunFilter, RunRecord, World
+from tether.worlds.base import (
+    HOOK_STATUSES,
+    STEP_STATUSES,
+    WAIT_STATUSES,
+    RunFilter,
+    RunRecord,
+    World,
+)
 from tether.worlds.schema import decode_cursor, encode_cursor
 
 T = TypeVar("T")
 
 #: How many later runs of the same workflow the detail view scans for reruns.
-_RERUN_SCAN = 5000
 
 
 @click.group(short_help="Look at runs, steps, events, sleeps, hooks, streams.")
@@ -107,17 +112,7 @@ def _show_run(world: World, record: RunRecord, *, as_json: bool) -> None:
     streams = world.list_streams(record.run_id)
     children = list(iter_runs(world, RunFilter(parent_run_id=record.run_id, descending=False)))
     parent = world.get_run(record.parent_run_id) if record.parent_run_id else None
-    # Runs filter by no rerun_of: scan the same workflow's later runs, a bounded number.
-    later = RunFilter(
-        workflow_name=record.workflow_name,
-        descending=False,
-        cursor=encode_cursor(record.created_at, record.run_id),
-    )
-    reruns = [
-        r
-        for r in itertools.islice(iter_runs(world, later), _RERUN_SCAN)
-        if r.rerun_of == record.run_id
-    ]
+    reruns = list(iter_runs(world, RunFilter(rerun_of=record.run_id, descending=False)))
     if as_json:
         detail = views.run_json(record, with_data=True)
         detail["steps"] = [views.step_json(s, with_data=True) for s in steps]
@@ -223,7 +218,7 @@ def _page(
 
 @inspect.command()
 @_run_scoped
-@click.option("--status", help=", ".join(params.STEP_STATUSES) + ".")
+@click.option("--status", help=", ".join(STEP_STATUSES) + ".")
 @params.listing_options(sort_default="asc")
 @backend_option
 def steps(
@@ -238,7 +233,7 @@ def steps(
 ) -> None:
     """List a run's steps, in the order the workflow asked for them."""
     chosen = _which_run("steps", run_id, run_id_option, cursor)
-    params.check_status(status, params.STEP_STATUSES)
+    params.check_status(status, STEP_STATUSES)
     world = backend.world()
     backend.require_run(world, chosen)
     found = [s for s in world.list_steps(chosen) if status is None or s.status == status]
@@ -284,7 +279,7 @@ def events(
 
 @inspect.command()
 @_run_scoped
-@click.option("--status", help=", ".join(params.SLEEP_STATUSES) + ".")
+@click.option("--status", help=", ".join(WAIT_STATUSES) + ".")
 @params.listing_options(sort_default="asc", with_data=False)
 @backend_option
 def sleeps(
@@ -301,7 +296,7 @@ def sleeps(
     Wake them early with: tether sleeps wake RUN_ID.
     """
     chosen = _which_run("sleeps", run_id, run_id_option, cursor)
-    params.check_status(status, params.SLEEP_STATUSES)
+    params.check_status(status, WAIT_STATUSES)
     world = backend.world()
     backend.require_run(world, chosen)
     found = [w for w in world.list_waits(chosen) if status is None or w.status == status]
@@ -336,7 +331,7 @@ def inspect_deployments(deployment_id: str | None, **options: Any) -> None:
 
 @inspect.command()
 @_run_scoped
-@click.option("--status", help=", ".join(params.HOOK_STATUSES) + ".")
+@click.option("--status", help=", ".join(HOOK_STATUSES) + ".")
 @params.listing_options(sort_default="asc", with_data=False)
 @backend_option
 def hooks(
@@ -353,7 +348,7 @@ def hooks(
     Resume one with: tether hooks resume TOKEN JSON.
     """
     chosen = _optional_run(run_id, run_id_option, cursor)
-    params.check_status(status, params.HOOK_STATUSES)
+    params.check_status(status, HOOK_STATUSES)
     world = backend.world()
     if chosen is not None:
         backend.require_run(world, chosen)

@@ -16,17 +16,6 @@ from tether.worlds.base import RUN_STATUSES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Statuses of the steps, sleeps and hooks views (the runs view uses RUN_STATUSES).
-STEP_STATUSES: tuple[str, ...] = (
-    "pending",
-    "running",
-    "retrying",
-    "completed",
-    "failed",
-    "cancelled",
-)
-SLEEP_STATUSES: tuple[str, ...] = ("waiting", "completed", "cancelled")
-HOOK_STATUSES: tuple[str, ...] = ("active", "disposed", "conflict")
 #: Runs that can still be cancelled.
 UNFINISHED = ("pending", "running")
 

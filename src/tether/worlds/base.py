@@ -22,6 +22,17 @@ from typing import Any, Literal
 RunStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
 RUN_STATUSES: tuple[str, ...] = ("pending", "running", "completed", "failed", "cancelled")
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+#: Statuses of the steps, sleeps (waits) and hooks views.
+STEP_STATUSES: tuple[str, ...] = (
+    "pending",
+    "running",
+    "retrying",
+    "completed",
+    "failed",
+    "cancelled",
+)
+WAIT_STATUSES: tuple[str, ...] = ("waiting", "completed", "cancelled")
+HOOK_STATUSES: tuple[str, ...] = ("active", "disposed", "conflict")
 
 EVENT_TYPES: tuple[str, ...] = (
     "run_created",
@@ -176,6 +187,7 @@ class RunFilter:
     workflow_name: str | None = None
     deployment_id: str | None = None
     parent_run_id: str | None = None
+    rerun_of: str | None = None
     limit: int = 100
     #: Opaque position from a previous page (``created_at`` and ``run_id`` of its last row).
     cursor: str | None = None

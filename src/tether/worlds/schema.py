@@ -37,6 +37,7 @@ def run_query(select: str, filters: RunFilter, *, placeholder: str) -> tuple[str
         ("workflow_name", filters.workflow_name),
         ("deployment_id", filters.deployment_id),
         ("parent_run_id", filters.parent_run_id),
+        ("rerun_of", filters.rerun_of),
     ):
         if value is not None:
             where.append(f"{column} = {placeholder}")
