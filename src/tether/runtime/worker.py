@@ -48,6 +48,8 @@ T = TypeVar("T")
 #: Tasks claimed per round: a worker leaves the rest to its peers.
 CLAIM_BATCH = 64
 BACKOFF_BASE = 1.0
+#: How long a run whose handling failed waits before any worker takes it again.
+RETRY_RUN_AFTER = 1.0
 BACKOFF_MAX = 60.0
 
 #: Workers running in this process, by (world url, deployment id): ``start()`` hands them runs.
@@ -274,9 +276,17 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         assert self._wake is not None and self._stopping is not None
+        failures = 0
         while not self._stopping.is_set():
             self._wake.clear()
-            delay = await self._claim_round()
+            try:
+                delay = await self._claim_round()
+                failures = 0
+            except Exception:
+                # The World is unreachable or failing: keep the worker, retry with backoff.
+                failures += 1
+                delay = min(0.25 * 2**failures, 5.0)
+                log.exception("claiming work failed; retrying in %.1f s", delay)
             if self._stopping.is_set():
                 break
             waits = [asyncio.ensure_future(self._wake.wait())]
@@ -289,7 +299,7 @@ class Worker:
         """Claim what is due; return how long to sleep before the next due task."""
         free = min(self.concurrency - len(self._inflight), CLAIM_BATCH)
         now = time.time()
-        if free > 0 and self.world.has_due(self.deployment_id, now):
+        if free > 0 and await self.world.has_due_async(self.deployment_id, now):
             tasks = await self.world.claim_tasks_async(
                 self.deployment_id,
                 self.worker_id,
@@ -298,23 +308,23 @@ class Worker:
             )
             for task in tasks:
                 if task.kind == "workflow":
-                    self._spawn(self._activate(task.run_id))
+                    self._spawn(self._activate(task.run_id), task.run_id)
                 else:
                     job = _StepJob(
                         task.run_id, task.step_id, task.step_name, task.input, task.attempt
                     )
-                    self._spawn(self._run_step(job))
+                    self._spawn(self._run_step(job), task.run_id)
             if len(tasks) == free:
                 return 0.0
         if free <= 0:
             return 0.05  # full: look again when some work has finished
-        due = self.world.next_due(self.deployment_id)
+        due = await self.world.next_due_async(self.deployment_id)
         if due is None:
             return 1.0  # a slow safety net; commits and timers wake us sooner
         return min(max(due - time.time(), 0.0), 1.0)
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Any, run_id: str | None = None) -> None:
+        task = asyncio.ensure_future(coro if run_id is None else self._guarded(coro, run_id))
         self._inflight.add(task)
         task.add_done_callback(self._finished)
 
@@ -334,11 +344,13 @@ class Worker:
     async def _activate(self, run_id: str) -> None:
         async with self._run_lock(run_id):
             instance = self._cache.pop(run_id, None)
-            events = self.world.list_events(run_id, instance.last_seq if instance else 0)
+            events = await self.world.list_events_async(
+                run_id, instance.last_seq if instance else 0
+            )
             if instance is not None and any(e.type in ACTIVATION_EVENTS for e in events):
                 instance.close()  # another worker advanced the run: replay it from the log
                 instance = None
-                events = self.world.list_events(run_id, 0)
+                events = await self.world.list_events_async(run_id, 0)
             if any(e.type in TERMINAL_EVENTS for e in events):
                 if instance is not None:
                     instance.close()
@@ -368,7 +380,7 @@ class Worker:
                 self._wake_up()  # the world re-queued the run
 
     async def _new_instance(self, run_id: str) -> RunInstance | None:
-        run = self.world.get_run(run_id)
+        run = await self.world.get_run_async(run_id)
         if run is None:
             return None
         definition = registry.WORKFLOWS.get(run.workflow_name)
@@ -415,7 +427,29 @@ class Worker:
         if self._draining():
             return
         for job in jobs:
-            self._spawn(self._run_step(job))
+            self._spawn(self._run_step(job), job.run_id)
+
+    async def _guarded(self, work: Any, run_id: str) -> None:
+        """Run a task of one run; if it fails unexpectedly, hand the run back to the World.
+
+        Errors of user code never get here (they become step or run
+        outcomes): this is for a World that failed mid-way or a bug. The
+        run is dropped from the cache and its leases given back, due a
+        moment later, so that it is replayed from its log instead of staying
+        leased (and renewed by heartbeats) forever.
+        """
+        try:
+            await work
+        except Exception:
+            log.exception("run %s failed in this worker; replaying it from its log", run_id)
+            instance = self._cache.pop(run_id, None)
+            if instance is not None:
+                instance.close()
+            try:
+                await self._io(self.world.release_run, run_id, self.worker_id, RETRY_RUN_AFTER)
+            except Exception:
+                log.exception("could not give back the tasks of run %s", run_id)
+            self._wake_up()
 
     def _draining(self) -> bool:
         return self._stopping is not None and self._stopping.is_set()

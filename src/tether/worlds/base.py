@@ -404,6 +404,14 @@ class World(abc.ABC):
     def release_leases(self, worker_id: str) -> None:
         """Give back every task ``worker_id`` holds, due now (a clean shutdown)."""
 
+    @abc.abstractmethod
+    def release_run(self, run_id: str, worker_id: str, delay: float) -> None:
+        """Give back the run's tasks ``worker_id`` holds, due in ``delay`` seconds.
+
+        A worker that failed to handle a run calls this so that the run is
+        replayed from its log (by any worker) instead of staying leased.
+        """
+
     # -- deployments ----------------------------------------------------------
 
     @abc.abstractmethod
@@ -435,7 +443,24 @@ class World(abc.ABC):
 
     # -- the worker's hot path, awaited on its event loop ----------------------
     # Defaults run the blocking method on a thread; a backend that can commit
-    # on the caller's loop (grouping what the loop asked for) overrides them.
+    # on the caller's loop (grouping what the loop asked for), or whose reads
+    # are local and fast, overrides them.
+
+    async def get_run_async(self, run_id: str) -> RunRecord | None:
+        """``get_run`` for a worker's event loop."""
+        return await asyncio.to_thread(self.get_run, run_id)
+
+    async def list_events_async(self, run_id: str, after_seq: int = 0) -> list[EventRecord]:
+        """``list_events`` for a worker's event loop."""
+        return await asyncio.to_thread(self.list_events, run_id, after_seq)
+
+    async def has_due_async(self, deployment_id: str, now: float) -> bool:
+        """``has_due`` for a worker's event loop."""
+        return await asyncio.to_thread(self.has_due, deployment_id, now)
+
+    async def next_due_async(self, deployment_id: str) -> float | None:
+        """``next_due`` for a worker's event loop."""
+        return await asyncio.to_thread(self.next_due, deployment_id)
 
     async def create_run_async(
         self, run: NewRun, activation: Activation | None = None

@@ -335,6 +335,17 @@ class PostgresWorld(World):
     def release_leases(self, worker_id: str) -> None:
         self._write(lambda tx: _release_leases(tx, worker_id))
 
+    def release_run(self, run_id: str, worker_id: str, delay: float) -> None:
+        def release(tx: _Tx) -> None:
+            tx.cur.execute(
+                "UPDATE tasks SET lease_owner = NULL, available_at = %s"
+                " WHERE run_id = %s AND lease_owner = %s",
+                (time.time() + delay, run_id, worker_id),
+            )
+            tx.notify = True
+
+        self._write(release)
+
     # -- deployments ----------------------------------------------------------
 
     def register_worker(self, worker: WorkerInfo, manifest: dict[str, Any]) -> None:

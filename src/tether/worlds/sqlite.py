@@ -257,6 +257,29 @@ class SqliteWorld(World):
     def release_leases(self, worker_id: str) -> None:
         self._write(lambda conn: _release_leases(conn, worker_id))
 
+    def release_run(self, run_id: str, worker_id: str, delay: float) -> None:
+        self._write(
+            lambda conn: conn.execute(
+                "UPDATE tasks SET lease_owner = NULL, available_at = ?"
+                " WHERE run_id = ? AND lease_owner = ?",
+                (time.time() + delay, run_id, worker_id),
+            )
+        )
+
+    # Reads of a local file take microseconds: the worker does them inline.
+
+    async def get_run_async(self, run_id: str) -> RunRecord | None:
+        return self.get_run(run_id)
+
+    async def list_events_async(self, run_id: str, after_seq: int = 0) -> list[EventRecord]:
+        return self.list_events(run_id, after_seq)
+
+    async def has_due_async(self, deployment_id: str, now: float) -> bool:
+        return self.has_due(deployment_id, now)
+
+    async def next_due_async(self, deployment_id: str) -> float | None:
+        return self.next_due(deployment_id)
+
     # -- deployments ----------------------------------------------------------
 
     def register_worker(self, worker: WorkerInfo, manifest: dict[str, Any]) -> None:
