@@ -84,15 +84,21 @@ def close_worlds(url: str) -> None:
         world.close()
 
 
+@contextmanager
+def configured(url: str) -> Iterator[str]:
+    """``url`` as this process's World for the block; its connections closed afterwards."""
+    api.configure(url)
+    try:
+        yield url
+    finally:
+        api.configure(None)
+        close_worlds(url)
+
+
 def postgres_world_url() -> Iterator[str]:
     """Body of a ``world_url`` fixture: a fresh schema, configured as this process's World."""
-    with fresh_schema() as url:
-        api.configure(url)
-        try:
-            yield url
-        finally:
-            api.configure(None)
-            close_worlds(url)
+    with fresh_schema() as url, configured(url):
+        yield url
 
 
 def rerun_on_postgres(module: ModuleType, namespace: dict[str, Any], *fixtures: str) -> None:

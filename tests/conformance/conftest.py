@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conformance.backends import close_worlds, fresh_schema
-from tether import api
+from tests.conformance.backends import configured, fresh_schema
 from tether.worlds import open_world
 from tether.worlds.base import World
 
@@ -22,12 +21,7 @@ def world_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
             url = f"sqlite:///{tmp_path}/tether.db"
         else:
             url = stack.enter_context(fresh_schema())
-        api.configure(url)
-        try:
-            yield url
-        finally:
-            api.configure(None)
-            close_worlds(url)
+        yield stack.enter_context(configured(url))
 
 
 @pytest.fixture

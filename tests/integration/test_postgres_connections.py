@@ -12,11 +12,11 @@ import tether
 from tests.conformance.backends import (
     POSTGRES_URL,
     admin,
-    close_worlds,
     fresh_schema,
+    postgres_world_url,
     require_postgres,
 )
-from tether import api, step, workflow
+from tether import step, workflow
 from tether.worlds import open_world
 from tether.worlds.postgres import PostgresWorld, WorldUnavailableError, parse_url, redact
 from tether.worlds.schema import migrations
@@ -102,13 +102,8 @@ async def bumps(x: int) -> int:
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    with fresh_schema() as url:
-        api.configure(url)
-        try:
-            yield url
-        finally:
-            api.configure(None)
-            close_worlds(url)
+    """A fresh PostgreSQL schema, configured as this process's World."""
+    yield from postgres_world_url()
 
 
 def test_killed_connections_are_replaced_and_nothing_is_written_twice(pg_url: str) -> None:

@@ -25,7 +25,7 @@ import pytest
 
 import tether
 from tests.apps.basic import mark
-from tests.conformance.backends import admin, close_worlds, fresh_schema
+from tests.conformance.backends import admin, close_worlds, postgres_world_url
 from tests.integration.processes import WorkerProcess, read_marks
 from tether import api, step, workflow
 
@@ -51,13 +51,7 @@ async def three_with_sleep(path: str, key: str, seconds: float) -> int:
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL schema, configured as this process's World."""
-    with fresh_schema() as url:
-        api.configure(url)
-        try:
-            yield url
-        finally:
-            api.configure(None)
-            close_worlds(url)
+    yield from postgres_world_url()
 
 
 class Fleet:
