@@ -50,6 +50,8 @@ CLAIM_BATCH = 64
 BACKOFF_BASE = 1.0
 #: How long a run whose handling failed waits before any worker takes it again.
 RETRY_RUN_AFTER = 1.0
+#: How often a step's outcome is offered to a failing World before the step is re-run.
+RECORD_ATTEMPTS = 5
 BACKOFF_MAX = 60.0
 
 #: Workers running in this process, by (world url, deployment id): ``start()`` hands them runs.
@@ -316,7 +318,7 @@ class Worker:
                     job = _StepJob(
                         task.run_id, task.step_id, task.step_name, task.input, task.attempt
                     )
-                    self._spawn(self._run_step(job), task.run_id)
+                    self._spawn(self._run_step(job))
             if len(tasks) == free:
                 return 0.0
         if free <= 0:
@@ -450,29 +452,37 @@ class Worker:
         if self._draining():
             return
         for job in jobs:
-            self._spawn(self._run_step(job), job.run_id)
+            self._spawn(self._run_step(job))
 
     async def _guarded(self, work: Any, run_id: str) -> None:
-        """Run a task of one run; if it fails unexpectedly, hand the run back to the World.
+        """Run an activation; if it fails unexpectedly, hand the run back to the World.
 
         Errors of user code never get here (they become step or run
         outcomes): this is for a World that failed mid-way or a bug. The
-        run is dropped from the cache and its leases given back, due a
-        moment later, so that it is replayed from its log instead of staying
-        leased (and renewed by heartbeats) forever.
+        run is dropped from the cache and its workflow task given back, due
+        a moment later, so that the run is replayed from its log instead of
+        its task staying leased (and renewed by heartbeats) forever.
         """
         try:
             await work
         except Exception:
             log.exception("run %s failed in this worker; replaying it from its log", run_id)
-            instance = self._cache.pop(run_id, None)
-            if instance is not None:
-                instance.close()
-            try:
-                await self._io(self.world.release_run, run_id, self.worker_id, RETRY_RUN_AFTER)
-            except Exception:
-                log.exception("could not give back the tasks of run %s", run_id)
-            self._wake_up()
+            self._evict(run_id)
+            await self._give_back(run_id, "")
+
+    def _evict(self, run_id: str) -> None:
+        instance = self._cache.pop(run_id, None)
+        if instance is not None:
+            instance.close()
+
+    async def _give_back(self, run_id: str, step_id: str) -> None:
+        try:
+            await self._io(
+                self.world.release_task, run_id, step_id, self.worker_id, RETRY_RUN_AFTER
+            )
+        except Exception:
+            log.exception("could not give back task %r of run %s", step_id, run_id)
+        self._wake_up()
 
     def _draining(self) -> bool:
         return self._stopping is not None and self._stopping.is_set()
@@ -493,10 +503,20 @@ class Worker:
             else:
                 outcome = await self._attempt(job, definition)
             if outcome.status == "retrying":
-                await self.world.finish_step_async(outcome, None)
-                self._wake_up()  # the retry is a task due later
+                try:
+                    await self._record(outcome)  # the retry is a task due later
+                except Exception:
+                    log.exception("could not record step %s of run %s", job.step_id, job.run_id)
+                    await self._give_back(job.run_id, job.step_id)
                 return
-            following = await self._deliver(outcome)
+            try:
+                following = await self._deliver(outcome)
+            except Exception:
+                # The outcome could not be recorded: the step runs again (at least once).
+                log.exception("could not record step %s of run %s", job.step_id, job.run_id)
+                self._evict(job.run_id)
+                await self._give_back(job.run_id, job.step_id)
+                return
             job = following[0] if following and not self._draining() else None
             self._run_steps(following[1:])
 
@@ -548,8 +568,7 @@ class Worker:
         async with self._run_lock(outcome.run_id):
             instance = self._cache.pop(outcome.run_id, None)
             if instance is None:
-                await self.world.finish_step_async(outcome, None)
-                self._wake_up()  # the run was queued for a workflow task
+                await self._record(outcome)
                 return []
             kind = "step_completed" if outcome.status == "completed" else "step_failed"
             answer = EventRecord(
@@ -566,10 +585,35 @@ class Worker:
             activation = Activation(
                 outcome.run_id, expected, new_events, self.worker_id, self.lease_seconds
             )
-            applied = await self.world.finish_step_async(outcome, activation)
+            try:
+                applied = await self.world.finish_step_async(outcome, activation)
+            except Exception:
+                log.warning(
+                    "recording step %s of run %s failed; retrying",
+                    outcome.step_id,
+                    outcome.run_id,
+                    exc_info=True,
+                )
+                instance.close()
+                await self._record(outcome)
+                return []
             if not applied:
                 self._wake_up()
             return self._after_commit(instance, new_events, applied)
+
+    async def _record(self, outcome: StepOutcome) -> None:
+        """Record an outcome alone (the run is queued for a workflow task), retrying a
+        World that fails for a moment: the outcome is in memory, re-running the step
+        is the last resort."""
+        for attempt in range(RECORD_ATTEMPTS):
+            try:
+                await self.world.finish_step_async(outcome, None)
+                break
+            except Exception:
+                if attempt == RECORD_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.05 * 2**attempt)
+        self._wake_up()  # the run was queued for a workflow task
 
     # -- plumbing ------------------------------------------------------------------
 

@@ -405,11 +405,13 @@ class World(abc.ABC):
         """Give back every task ``worker_id`` holds, due now (a clean shutdown)."""
 
     @abc.abstractmethod
-    def release_run(self, run_id: str, worker_id: str, delay: float) -> None:
-        """Give back the run's tasks ``worker_id`` holds, due in ``delay`` seconds.
+    def release_task(self, run_id: str, step_id: str, worker_id: str, delay: float) -> None:
+        """Give back one task ``worker_id`` holds, due in ``delay`` seconds.
 
-        A worker that failed to handle a run calls this so that the run is
-        replayed from its log (by any worker) instead of staying leased.
+        ``step_id`` names a step's task; ``""`` the run's workflow task. A
+        worker that failed to handle it calls this, so that any worker
+        takes it again (a workflow task replays the run from its log)
+        instead of it staying leased, renewed by heartbeats, forever.
         """
 
     # -- deployments ----------------------------------------------------------

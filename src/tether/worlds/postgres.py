@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import queue
+import random
 import re
 import threading
 import time
@@ -78,7 +79,7 @@ _BACKOFF_MAX = 1.0
 #: How often the listener looks up from its connection to see whether the World closed.
 _LISTEN_TICK = 0.25
 #: Retries of a batch the server aborted to break a deadlock (it wrote nothing).
-_ROLLBACK_RETRIES = 5
+_ROLLBACK_RETRIES = 10
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 #: Query parameters tether reads itself; every other one goes to libpq.
 _OWN_PARAMS = ("schema", "pool_max", "reconnect_timeout")
@@ -335,12 +336,12 @@ class PostgresWorld(World):
     def release_leases(self, worker_id: str) -> None:
         self._write(lambda tx: _release_leases(tx, worker_id))
 
-    def release_run(self, run_id: str, worker_id: str, delay: float) -> None:
+    def release_task(self, run_id: str, step_id: str, worker_id: str, delay: float) -> None:
         def release(tx: _Tx) -> None:
             tx.cur.execute(
                 "UPDATE tasks SET lease_owner = NULL, available_at = %s"
-                " WHERE run_id = %s AND lease_owner = %s",
-                (time.time() + delay, run_id, worker_id),
+                " WHERE run_id = %s AND step_id = %s AND lease_owner = %s",
+                (time.time() + delay, run_id, step_id, worker_id),
             )
             tx.notify = True
 
@@ -710,7 +711,10 @@ class _Writer:
                         isinstance(exc, psycopg.errors.TransactionRollback)
                         and rollbacks < _ROLLBACK_RETRIES
                     ):
-                        rollbacks += 1  # a deadlock victim: nothing was written, run it again
+                        # A deadlock victim: nothing was written, run it again, a little
+                        # later each time so that the two sides stop meeting.
+                        rollbacks += 1
+                        time.sleep(random.uniform(0, 0.002 * rollbacks))
                         continue
                     raise
                 conn.close()

@@ -257,12 +257,12 @@ class SqliteWorld(World):
     def release_leases(self, worker_id: str) -> None:
         self._write(lambda conn: _release_leases(conn, worker_id))
 
-    def release_run(self, run_id: str, worker_id: str, delay: float) -> None:
+    def release_task(self, run_id: str, step_id: str, worker_id: str, delay: float) -> None:
         self._write(
             lambda conn: conn.execute(
                 "UPDATE tasks SET lease_owner = NULL, available_at = ?"
-                " WHERE run_id = ? AND lease_owner = ?",
-                (time.time() + delay, run_id, worker_id),
+                " WHERE run_id = ? AND step_id = ? AND lease_owner = ?",
+                (time.time() + delay, run_id, step_id, worker_id),
             )
         )
 
