@@ -346,24 +346,12 @@ class Worker:
 
     # -- workflow activations --------------------------------------------------
 
-    async def _activate(self, run_id: str, *, timer: bool = False) -> None:
-        """Advance a run: replay or continue it, apply due sleeps, commit what it asks for.
-
-        ``timer``: woken by this worker's own timer for a cached run. The log
-        is not read: if anything was appended since, the commit's
-        expected-seq check refuses it and the World queues the run for a
-        normal activation.
-        """
+    async def _activate(self, run_id: str) -> None:
+        """Advance a run: replay or continue it, apply due sleeps, commit what it asks for."""
         async with self._run_lock(run_id):
             instance = self._cache.pop(run_id, None)
-            if timer and instance is None:
-                return  # evicted meanwhile: its queued task brings it back
-            events = (
-                []
-                if timer
-                else await self.world.list_events_async(
-                    run_id, instance.last_seq if instance else 0
-                )
+            events = await self.world.list_events_async(
+                run_id, instance.last_seq if instance else 0
             )
             if instance is not None and any(e.type in ACTIVATION_EVENTS for e in events):
                 instance.close()  # another worker advanced the run: replay it from the log
@@ -431,20 +419,13 @@ class Worker:
         if len(self._cache) > self.cache_size:
             _, evicted = self._cache.popitem(last=False)
             evicted.close()
-        for event in new_events:
-            if event.type == "wait_created" and self._loop is not None:
-                # Wake the cached run ourselves, without a claim or a read.
-                delay = float((event.attrs or {})["resume_at"]) - time.time()
-                self._loop.call_later(max(delay, 0.0), self._timer_fired, instance.run_id)
+        if any(e.type == "wait_created" for e in new_events):
+            self._wake_up()  # recompute the next timer
         return [
             _StepJob(instance.run_id, e.correlation_id or "", e.name or "", e.payload or "", 1)
             for e in new_events
             if e.type == "step_created"
         ]
-
-    def _timer_fired(self, run_id: str) -> None:
-        if run_id in self._cache and not self._draining():
-            self._spawn(self._activate(run_id, timer=True), run_id)
 
     def _run_steps(self, jobs: list[_StepJob]) -> None:
         # A draining worker starts nothing new: it gives the leases back on exit
