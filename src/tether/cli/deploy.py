@@ -67,13 +67,14 @@ def list_deployments(
     start = params.offset_cursor(cursor)
     page = ordered[start : start + limit]
     next_cursor = str(start + limit) if start + limit < len(ordered) else None
-    if as_json:
-        render.emit_json([views.deployment_json(d) for d in page])
-    elif page:
-        render.out().print(views.deployments_table(page))
-    else:
-        render.err().print("no deployments: no worker has registered one yet")
-    render.next_page(next_cursor)
+    render.listing(
+        page,
+        next_cursor,
+        as_json=as_json,
+        to_json=views.deployment_json,
+        table=views.deployments_table,
+        empty="no deployments: no worker has registered one yet",
+    )
     # Warn about every stranded deployment, on this page or not: runs that
     # wait silently are the thing an operator must not miss.
     for status in (d for d in found if d.stranded):

@@ -84,13 +84,14 @@ def runs(
     more = len(page) > limit
     page = page[:limit]
     next_cursor = encode_cursor(page[-1].created_at, page[-1].run_id) if more else None
-    if as_json:
-        render.emit_json([views.run_json(r, with_data=with_data) for r in page])
-    elif page:
-        render.out().print(views.runs_table(page, with_data=with_data))
-    else:
-        render.err().print("no runs match")
-    render.next_page(next_cursor)
+    render.listing(
+        page,
+        next_cursor,
+        as_json=as_json,
+        to_json=lambda r: views.run_json(r, with_data=with_data),
+        table=lambda rows: views.runs_table(rows, with_data=with_data),
+        empty="no runs match",
+    )
 
 
 def _matches(record: RunRecord, filters: RunFilter) -> bool:
@@ -238,13 +239,14 @@ def steps(
     backend.require_run(world, chosen)
     found = [s for s in world.list_steps(chosen) if status is None or s.status == status]
     page, next_cursor = _page(found, cursor, limit, sort)
-    if as_json:
-        render.emit_json([views.step_json(s, with_data=with_data) for s in page])
-    elif page:
-        render.out().print(views.steps_table(page, with_data=with_data))
-    else:
-        render.err().print(f"run {chosen} has no steps" + (f" {status}" if status else ""))
-    render.next_page(next_cursor)
+    render.listing(
+        page,
+        next_cursor,
+        as_json=as_json,
+        to_json=lambda s: views.step_json(s, with_data=with_data),
+        table=lambda rows: views.steps_table(rows, with_data=with_data),
+        empty=f"run {chosen} has no steps" + (f" {status}" if status else ""),
+    )
 
 
 @inspect.command()
@@ -268,13 +270,14 @@ def events(
     backend.require_run(world, chosen)
     found = [e for e in world.list_events(chosen) if event_type in (None, e.type)]
     page, next_cursor = _page(found, cursor, limit, sort)
-    if as_json:
-        render.emit_json([views.event_json(e, with_data=with_data) for e in page])
-    elif page:
-        render.out().print(views.events_table(page, with_data=with_data))
-    else:
-        render.err().print(f"run {chosen} has no such events")
-    render.next_page(next_cursor)
+    render.listing(
+        page,
+        next_cursor,
+        as_json=as_json,
+        to_json=lambda e: views.event_json(e, with_data=with_data),
+        table=lambda rows: views.events_table(rows, with_data=with_data),
+        empty=f"run {chosen} has no such events",
+    )
 
 
 @inspect.command()
@@ -301,13 +304,14 @@ def sleeps(
     backend.require_run(world, chosen)
     found = [w for w in world.list_waits(chosen) if status is None or w.status == status]
     page, next_cursor = _page(found, cursor, limit, sort)
-    if as_json:
-        render.emit_json([views.sleep_json(w) for w in page])
-    elif page:
-        render.out().print(views.sleeps_table(page))
-    else:
-        render.err().print(f"run {chosen} has no sleeps" + (f" {status}" if status else ""))
-    render.next_page(next_cursor)
+    render.listing(
+        page,
+        next_cursor,
+        as_json=as_json,
+        to_json=views.sleep_json,
+        table=views.sleeps_table,
+        empty=f"run {chosen} has no sleeps" + (f" {status}" if status else ""),
+    )
 
 
 # -- deployments ----------------------------------------------------------------------
@@ -353,13 +357,14 @@ def hooks(
     if chosen is not None:
         backend.require_run(world, chosen)
     page, next_cursor = _page(world.list_hooks(chosen, status), cursor, limit, sort)
-    if as_json:
-        render.emit_json([views.hook_json(h) for h in page])
-    elif page:
-        render.out().print(views.hooks_table(page))
-    else:
-        render.err().print("no hooks match")
-    render.next_page(next_cursor)
+    render.listing(
+        page,
+        next_cursor,
+        as_json=as_json,
+        to_json=views.hook_json,
+        table=views.hooks_table,
+        empty="no hooks match",
+    )
 
 
 @inspect.command()
@@ -388,15 +393,14 @@ def streams(
         s.stream_id: _last_chunk(world, s.stream_id) if with_data and s.next_index else None
         for s in page
     }
-    if as_json:
-        render.emit_json(
-            [views.stream_json(s, last[s.stream_id], with_data=with_data) for s in page]
-        )
-    elif page:
-        render.out().print(views.streams_table(page, last if with_data else None))
-    else:
-        render.err().print("no streams match")
-    render.next_page(next_cursor)
+    render.listing(
+        page,
+        next_cursor,
+        as_json=as_json,
+        to_json=lambda s: views.stream_json(s, last[s.stream_id], with_data=with_data),
+        table=lambda rows: views.streams_table(rows, last if with_data else None),
+        empty="no streams match",
+    )
 
 
 def _optional_run(run_id: str | None, run_id_option: str | None, cursor: str | None) -> str | None:

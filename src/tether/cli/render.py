@@ -15,11 +15,11 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import click
@@ -30,6 +30,8 @@ from rich.text import Text
 
 from tether import serde
 from tether.registry import parse_workflow_name
+
+T = TypeVar("T")
 
 #: Bulk actions over at least this many runs show a progress bar.
 PROGRESS_FROM = 50
@@ -107,6 +109,25 @@ def progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
     with Progress(*columns, console=err(), transient=True) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+def listing(
+    page: Sequence[T],
+    next_cursor: str | None,
+    *,
+    as_json: bool,
+    to_json: Callable[[T], Any],
+    table: Callable[[Sequence[T]], Any],
+    empty: str,
+) -> None:
+    """Print one page of a listing (JSON, a table, or why it is empty), then the next-page hint."""
+    if as_json:
+        emit_json([to_json(item) for item in page])
+    elif page:
+        out().print(table(page))
+    else:
+        err().print(empty)
+    next_page(next_cursor)
 
 
 def next_page(cursor: str | None) -> None:
