@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import threading
 import time
@@ -118,27 +117,16 @@ class Run:
 
     async def result_async(self, timeout: float | None = None) -> Any:
         """``result()`` for async code: waits without blocking the event loop."""
-        loop = asyncio.get_running_loop()
-        changed = asyncio.Event()
-
-        def notify() -> None:
-            loop.call_soon_threadsafe(changed.set)
-
-        remove = self._world.add_listener(notify)
         deadline = None if timeout is None else time.monotonic() + timeout
-        try:
+        async with self._world.changes() as changed:
             while True:
-                changed.clear()
                 record = self._record()
                 if record.status in TERMINAL_STATUSES:
                     return _outcome(record)
                 remaining = 1.0 if deadline is None else deadline - time.monotonic()
                 if remaining <= 0:
                     raise _timeout(record, timeout)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), min(remaining, 1.0))
-        finally:
-            remove()
+                await changed(min(remaining, 1.0))
 
     def cancel(self) -> bool:
         """Cancel the run; returns ``False`` if it had already ended."""

@@ -124,17 +124,9 @@ class Readable:
                 self._world.wait_for_change(1.0)
 
     async def __aiter__(self) -> AsyncIterator[Any]:
-        loop = asyncio.get_running_loop()
-        changed = asyncio.Event()
-
-        def notify() -> None:
-            loop.call_soon_threadsafe(changed.set)
-
-        remove = self._world.add_listener(notify)
-        try:
+        async with self._world.changes() as changed:
             position = self.start_index
             while True:
-                changed.clear()
                 chunks, ended = await asyncio.to_thread(self._page, position)
                 for chunk in chunks:
                     yield serde.loads(chunk.data)
@@ -142,10 +134,7 @@ class Readable:
                 if ended:
                     return
                 if not chunks:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(changed.wait(), 1.0)
-        finally:
-            remove()
+                    await changed(1.0)
 
     def _page(self, position: int) -> tuple[list[Any], bool]:
         """The next chunks, and whether the stream has ended after them."""

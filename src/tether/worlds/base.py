@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -500,6 +501,31 @@ class World(abc.ABC):
         ``*_async`` calls from that same loop do not call it: a worker knows
         what its own writes did. Returns a function that removes the listener.
         """
+
+    @contextlib.asynccontextmanager
+    async def changes(self) -> AsyncIterator[Callable[[float], Awaitable[None]]]:
+        """For async code: ``async with world.changes() as changed: await changed(1.0)``.
+
+        ``changed(timeout)`` returns when the world may have changed since the
+        previous call (or since the block began), or after ``timeout``
+        seconds; no change between two calls is missed.
+        """
+        loop = asyncio.get_running_loop()
+        event = asyncio.Event()
+
+        def notify() -> None:
+            loop.call_soon_threadsafe(event.set)
+
+        async def changed(timeout: float) -> None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout)
+            event.clear()
+
+        remove = self.add_listener(notify)
+        try:
+            yield changed
+        finally:
+            remove()
 
     @abc.abstractmethod
     def wait_for_change(self, timeout: float) -> None:
