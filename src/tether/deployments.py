@@ -8,6 +8,7 @@ workflow and step name with its parameters and a fingerprint of its code.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import os
@@ -32,6 +33,12 @@ def current_deployment_id() -> str:
     explicit = os.environ.get("TETHER_DEPLOYMENT_ID")
     if explicit:
         return explicit
+    return _fingerprint(len(registry.WORKFLOWS), len(registry.STEPS))
+
+
+@functools.lru_cache(maxsize=8)
+def _fingerprint(workflows: int, steps: int) -> str:
+    """The fingerprint of the registered code; cached while the registry's size stays."""
     modules = sorted(
         {d.fn.__module__ for d in registry.WORKFLOWS.values()}
         | {d.fn.__module__ for d in registry.STEPS.values()}
