@@ -583,9 +583,11 @@ class Worker:
             return self._after_commit(instance, new_events, applied)
 
     async def _record(self, outcome: StepOutcome) -> None:
-        """Record an outcome alone (the run is queued for a workflow task), retrying a
-        World that fails for a moment: the outcome is in memory, re-running the step
-        is the last resort."""
+        """Record an outcome alone, retrying a World that fails for a moment.
+
+        The run is queued for a workflow task. The outcome is only in memory:
+        re-running the step is the last resort.
+        """
         for attempt in range(RECORD_ATTEMPTS):
             try:
                 await self.world.finish_step_async(outcome, None)
