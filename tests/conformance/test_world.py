@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -559,9 +560,8 @@ def test_list_deployments_counts_in_flight_runs_and_live_workers(world: World) -
 # -- wake-ups -------------------------------------------------------------------------
 
 
-def test_wait_for_change_wakes_on_another_instances_commit(
-    world: World, other_world: World
-) -> None:
+def seconds_to_wake(world: World, change: Callable[[], object]) -> float:
+    """How long ``world.wait_for_change`` blocked while another thread made ``change``."""
     world.wait_for_change(0.05)  # start listening
     woke: list[float] = []
 
@@ -573,9 +573,16 @@ def test_wait_for_change_wakes_on_another_instances_commit(
     waiter = threading.Thread(target=wait)
     waiter.start()
     time.sleep(0.1)
-    other_world.create_run(new_run("r1"))
+    change()
     waiter.join(timeout=15)
-    assert woke and woke[0] < 2.0
+    assert woke, "wait_for_change did not return"
+    return woke[0]
+
+
+def test_wait_for_change_wakes_on_another_instances_commit(
+    world: World, other_world: World
+) -> None:
+    assert seconds_to_wake(world, lambda: other_world.create_run(new_run("r1"))) < 2.0
 
 
 def test_listeners_hear_other_instances_and_skip_their_own_loop(
@@ -755,17 +762,7 @@ def test_concurrent_writers_of_one_stream_lose_no_chunk(world: World, other_worl
 
 
 def test_a_chunk_from_another_instance_wakes_readers(world: World, other_world: World) -> None:
-    world.wait_for_change(0.05)  # start listening
-    woke: list[float] = []
+    def write() -> None:
+        other_world.append_chunks("s1", "r1", "default", ["hello"], False)
 
-    def wait() -> None:
-        start = time.monotonic()
-        world.wait_for_change(10.0)
-        woke.append(time.monotonic() - start)
-
-    waiter = threading.Thread(target=wait)
-    waiter.start()
-    time.sleep(0.1)
-    other_world.append_chunks("s1", "r1", "default", ["hello"], False)
-    waiter.join(timeout=15)
-    assert woke and woke[0] < 2.0
+    assert seconds_to_wake(world, write) < 2.0
