@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
@@ -98,11 +97,11 @@ class SqliteWorld(World):
 
     def get_run(self, run_id: str) -> RunRecord | None:
         row = self._read().execute(_RUN_SELECT + " WHERE run_id = ?", (run_id,)).fetchone()
-        return _run_record(row) if row else None
+        return RunRecord(*row) if row else None
 
     def list_runs(self, filters: RunFilter) -> list[RunRecord]:
         sql, params = schema.run_query(_RUN_SELECT, filters, placeholder="?")
-        return [_run_record(row) for row in self._read().execute(sql, params)]
+        return [RunRecord(*row) for row in self._read().execute(sql, params)]
 
     def list_events(self, run_id: str, after_seq: int = 0) -> list[EventRecord]:
         rows = self._read().execute(
@@ -1209,15 +1208,6 @@ def _queue_workflow(
     )
 
 
-def _run_record(row: Iterable[Any]) -> RunRecord:
-    return RunRecord(*row)
-
-
 def _event_record(row: tuple[Any, ...]) -> EventRecord:
     attrs = json.loads(row[6]) if row[6] else None
     return EventRecord(row[0], row[1], row[2], row[3], row[4], row[5], attrs, row[7])
-
-
-def default_path_exists(url: str) -> bool:
-    """Whether the database file of a SQLite URL exists already."""
-    return os.path.exists(path_from_url(url)[0])
