@@ -971,6 +971,7 @@ def _append(
     _insert_events(conn, run_id, events)
     started_at: float | None = None
     previous: EventRecord | None = None
+    conflicts: list[EventRecord] = []
     for event in events:
         if event.type == "run_started":
             started_at = event.created_at  # folded into the last_seq update below
@@ -981,10 +982,11 @@ def _append(
             and previous.type == "step_created"
             and previous.correlation_id == event.correlation_id
         ):
-            _apply(conn, deployment_id, event, activation, started=_started_with(event, events))
+            started = _started_with(event, events)
+            if _apply(conn, deployment_id, event, activation, started=started):
+                conflicts.append(event)
         previous = event
     last_seq = events[-1].seq
-    conflicts = [e for e in events if e.type == "hook_created" and _hook_conflicts(conn, e)]
     for i, event in enumerate(conflicts, start=1):
         # Answer the request at once: the workflow's hook raises HookConflictError.
         disposed = EventRecord(
@@ -1029,15 +1031,6 @@ def _insert_events(conn: sqlite3.Connection, run_id: str, events: Sequence[Event
     )
 
 
-def _hook_conflicts(conn: sqlite3.Connection, event: EventRecord) -> bool:
-    """Whether the hook ``_apply`` just recorded lost its token to another active hook."""
-    row = conn.execute(
-        "SELECT status FROM hooks WHERE run_id = ? AND hook_id = ?",
-        (event.run_id, event.correlation_id),
-    ).fetchone()
-    return row is not None and row[0] == "conflict"
-
-
 def _started_with(event: EventRecord, events: Sequence[EventRecord]) -> EventRecord | None:
     """The ``step_started`` right after a ``step_created`` in the same commit, if any."""
     if event.type != "step_created":
@@ -1060,8 +1053,11 @@ def _apply(
     activation: Activation | None,
     *,
     started: EventRecord | None = None,
-) -> None:
-    """Update the views for one event (``run_started`` is folded in by ``_append``)."""
+) -> bool:
+    """Update the views for one event (``run_started`` is folded in by ``_append``).
+
+    Returns whether a hook it created lost its token to another active hook.
+    """
     t, run_id, at = e.type, e.run_id, e.created_at
     if t in ("run_completed", "run_failed", "run_cancelled"):
         status = t.removeprefix("run_")
@@ -1161,6 +1157,7 @@ def _apply(
                 at,
             ),
         )
+        return taken is not None
     elif t == "hook_disposed":
         conn.execute(
             "UPDATE hooks SET status = CASE status WHEN 'active' THEN 'disposed' ELSE status END,"
@@ -1179,6 +1176,7 @@ def _apply(
             " WHERE run_id = ? AND wait_id = ?",
             (at, run_id, e.correlation_id),
         )
+    return False
 
 
 def _schedule_workflow(conn: sqlite3.Connection, run_id: str, deployment_id: str) -> None:
