@@ -184,8 +184,9 @@ def test_commit_activation_on_an_ended_run_is_refused_without_requeue(world: Wor
 def test_run_completion_ends_the_run(world: World) -> None:
     world.create_run(new_run("r1"))
     (task,) = world.claim_tasks(DEP, "w1", 10, 30.0)
+    assert (task.kind, task.run_id) == ("workflow", "r1")
     end = [ev("r1", 2, "run_started"), ev("r1", 3, "run_completed", payload='"done"')]
-    assert world.commit_activation(Activation("r1", 1, end, "w1", 30.0, task.task_id))
+    assert world.commit_activation(Activation("r1", 1, end, "w1", 30.0))
     run = world.get_run("r1")
     assert run is not None
     assert (run.status, run.output, run.last_seq) == ("completed", '"done"', 3)
@@ -420,8 +421,9 @@ def test_a_sleep_schedules_the_workflow_task_at_its_end(world: World) -> None:
     time.sleep(max(resume_at - time.time(), 0) + 0.05)
     assert world.has_due(DEP, time.time())
     (task,) = world.claim_tasks(DEP, "w1", 10, 30.0)
+    assert (task.kind, task.run_id) == ("workflow", "r1")
     done = [ev("r1", 4, "wait_completed", "0")]
-    assert world.commit_activation(Activation("r1", 3, done, "w1", 30.0, task.task_id))
+    assert world.commit_activation(Activation("r1", 3, done, "w1", 30.0))
     (wait,) = world.list_waits("r1")
     assert wait.status == "completed" and wait.completed_at is not None
     assert world.next_due(DEP) is None

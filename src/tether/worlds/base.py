@@ -163,8 +163,6 @@ class Activation:
     events: list[EventRecord]
     worker_id: str
     lease_seconds: float
-    #: The workflow task this activation consumes, if it was claimed from the queue.
-    task_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
