@@ -112,7 +112,7 @@ class RunInstance:
                     )
                 )
         self._new.clear()
-        end = self._end_event(0)
+        end = self._end_event()
         if end is not None:
             for hook_id in list(self.hooks):
                 seq += 1
@@ -309,33 +309,34 @@ class RunInstance:
         self.pending[request.correlation_id or ""] = future
         return future
 
-    def _end_event(self, seq: int) -> EventRecord | None:
+    def _end_event(self) -> EventRecord | None:
+        """``run_completed`` or ``run_failed`` once the code is done (``advance`` numbers it)."""
         if not self.done or self.ended:
             return None
         self.ended = True
         at = self.loop.clock
         if self.failure is not None:
             return EventRecord(
-                self.run_id, seq, "run_failed", payload=error_payload(self.failure), created_at=at
+                self.run_id, 0, "run_failed", payload=error_payload(self.failure), created_at=at
             )
         assert self._main is not None
         if self._main.cancelled():
             error = RuntimeError("the workflow's main task was cancelled")
             return EventRecord(
-                self.run_id, seq, "run_failed", payload=error_payload(error), created_at=at
+                self.run_id, 0, "run_failed", payload=error_payload(error), created_at=at
             )
         exc = self._main.exception()
         if exc is not None:
             return EventRecord(
-                self.run_id, seq, "run_failed", payload=error_payload(exc), created_at=at
+                self.run_id, 0, "run_failed", payload=error_payload(exc), created_at=at
             )
         try:
             output = serde.dumps(self._main.result(), where=f"return value of {self.workflow_name}")
         except SerializationError as error:
             return EventRecord(
-                self.run_id, seq, "run_failed", payload=error_payload(error), created_at=at
+                self.run_id, 0, "run_failed", payload=error_payload(error), created_at=at
             )
-        return EventRecord(self.run_id, seq, "run_completed", payload=output, created_at=at)
+        return EventRecord(self.run_id, 0, "run_completed", payload=output, created_at=at)
 
 
 def error_payload(exc: BaseException) -> str:
