@@ -147,16 +147,16 @@ class Readable:
 
     def _writers_active(self) -> bool:
         """Whether the stream's run, or any run started from it, can still write."""
-        frontier, seen = [self.run_id], set()
+        root = self._world.get_run(self.run_id)
+        if root is not None and root.status not in TERMINAL_STATUSES:
+            return True
+        frontier = [self.run_id]  # parent links form a tree: each run is visited once
         while frontier:
-            run_id = frontier.pop()
-            seen.add(run_id)
-            run = self._world.get_run(run_id)
-            if run is not None and run.status not in TERMINAL_STATUSES:
-                return True
-            for child in self._world.list_runs(RunFilter(parent_run_id=run_id, limit=1000)):
-                if child.run_id not in seen:
-                    frontier.append(child.run_id)
+            filters = RunFilter(parent_run_id=frontier.pop(), limit=1000)
+            for child in self._world.list_runs(filters):
+                if child.status not in TERMINAL_STATUSES:
+                    return True
+                frontier.append(child.run_id)
         return False
 
 

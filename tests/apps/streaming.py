@@ -30,3 +30,21 @@ async def ticker(gate: str, count: int) -> int:
 @workflow
 async def writes_in_workflow() -> None:
     tether.get_writable().write("not from a step")
+
+
+@step
+def note(stream: StreamHandle, text: str) -> None:
+    stream.write(text)
+
+
+@step
+def hand_over(stream: StreamHandle) -> str:
+    return tether.start(never_closes, [stream, False]).run_id
+
+
+@workflow
+async def never_closes(stream: StreamHandle | None = None, first: bool = True) -> str | None:
+    """Writes to a stream it never closes, once in this run and once in a continuation."""
+    handle = stream if stream is not None else tether.get_writable()
+    await note(handle, "first run" if first else "continuation")
+    return await hand_over(handle) if first else None

@@ -174,6 +174,20 @@ def test_stream_through_three_continuations_reads_as_one(worker: tether.Worker) 
     ]
 
 
+def test_unclosed_stream_ends_when_its_runs_have_ended(worker: tether.Worker) -> None:
+    run = tether.start(streaming.never_closes)
+    assert list(run.readable) == ["first run", "continuation"]
+    continuation = tether.get_run(run.result(timeout=10))
+    assert continuation.result(timeout=10) is None
+    assert continuation.parent_run_id == run.run_id
+    assert list(tether.start(writes_nothing).readable) == []  # never wrote at all
+
+
+@workflow
+async def writes_nothing() -> None:
+    return None
+
+
 def test_readable_async_iteration(worker: tether.Worker) -> None:
     async def read() -> list[Any]:
         state = {"export_id": "e2", "page": 1, "pages": 2}
