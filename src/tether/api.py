@@ -106,14 +106,15 @@ class Run:
                 "use `await run.result_async()` in an async step"
             )
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            record = self._record()
-            if record.status in TERMINAL_STATUSES:
-                return _outcome(record)
-            remaining = 1.0 if deadline is None else deadline - time.monotonic()
-            if remaining <= 0:
-                raise _timeout(record, timeout)
-            self._world.wait_for_change(min(remaining, 1.0))
+        with self._world.watch() as changed:
+            while True:
+                record = self._record()
+                if record.status in TERMINAL_STATUSES:
+                    return _outcome(record)
+                remaining = 1.0 if deadline is None else deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _timeout(record, timeout)
+                changed(min(remaining, 1.0))
 
     async def result_async(self, timeout: float | None = None) -> Any:
         """``result()`` for async code: waits without blocking the event loop."""

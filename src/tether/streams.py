@@ -112,16 +112,17 @@ class Readable:
         self.start_index = start_index
 
     def __iter__(self) -> Iterator[Any]:
-        position = self.start_index
-        while True:
-            chunks, ended = self._page(position)
-            for chunk in chunks:
-                yield serde.loads(chunk.data)
-                position = chunk.index + 1
-            if ended:
-                return
-            if not chunks:
-                self._world.wait_for_change(1.0)
+        with self._world.watch() as changed:
+            position = self.start_index
+            while True:
+                chunks, ended = self._page(position)
+                for chunk in chunks:
+                    yield serde.loads(chunk.data)
+                    position = chunk.index + 1
+                if ended:
+                    return
+                if not chunks:
+                    changed(1.0)
 
     async def __aiter__(self) -> AsyncIterator[Any]:
         async with self._world.changes() as changed:

@@ -98,10 +98,11 @@ def test_failure_raises_run_failed(worker: tether.Worker) -> None:
 
 def wait_until(predicate: Callable[[], object], what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        tether.api.resolve_world().wait_for_change(0.05)
+    with tether.api.resolve_world().watch() as changed:
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            changed(0.05)
 
 
 def test_cancel_a_sleeping_run_and_rerun_it(worker: tether.Worker) -> None:

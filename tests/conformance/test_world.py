@@ -563,28 +563,50 @@ def test_list_deployments_counts_in_flight_runs_and_live_workers(world: World) -
 
 
 def seconds_to_wake(world: World, change: Callable[[], object]) -> float:
-    """How long ``world.wait_for_change`` blocked while another thread made ``change``."""
-    world.wait_for_change(0.05)  # start listening
+    """How long ``world.watch()``'s wait blocked while another thread made ``change``."""
     woke: list[float] = []
 
     def wait() -> None:
-        start = time.monotonic()
-        world.wait_for_change(10.0)
-        woke.append(time.monotonic() - start)
+        with world.watch() as changed:
+            changed(0.2)  # let the listener connect, and forget what that saw
+            start = time.monotonic()
+            changed(10.0)
+            woke.append(time.monotonic() - start)
 
     waiter = threading.Thread(target=wait)
     waiter.start()
-    time.sleep(0.1)
+    time.sleep(0.4)
     change()
     waiter.join(timeout=15)
-    assert woke, "wait_for_change did not return"
+    assert woke, "the watch did not return"
     return woke[0]
 
 
-def test_wait_for_change_wakes_on_another_instances_commit(
+def test_watch_wakes_on_another_instances_commit(world: World, other_world: World) -> None:
+    assert seconds_to_wake(world, lambda: other_world.create_run(new_run("r1"))) < 2.0
+
+
+def test_watch_does_not_miss_a_change_made_between_two_waits(
     world: World, other_world: World
 ) -> None:
-    assert seconds_to_wake(world, lambda: other_world.create_run(new_run("r1"))) < 2.0
+    with world.watch() as changed:
+        changed(0.2)  # let the listener connect, and forget what that saw
+        other_world.create_run(new_run("r1"))  # before the next wait begins
+        start = time.monotonic()
+        changed(10.0)
+        assert time.monotonic() - start < 2.0
+
+
+def test_work_only_listener_hears_work_made_due_elsewhere(world: World, other_world: World) -> None:
+    heard = threading.Event()
+    remove = world.add_listener(heard.set, work_only=True)
+    try:
+        time.sleep(0.2)  # let the listener connect
+        heard.clear()
+        other_world.create_run(new_run("r1"))  # queues a workflow task: work for any worker
+        assert heard.wait(5.0)
+    finally:
+        remove()
 
 
 def test_listeners_hear_other_instances_and_skip_their_own_loop(

@@ -186,7 +186,9 @@ class Worker:
                 os.getpid(),
             )
             await self._io(self.world.register_worker, info, deployments.build_manifest())
-            remove_listener = self.world.add_listener(self._wake_threadsafe, skip_own_loop=True)
+            remove_listener = self.world.add_listener(
+                self._wake_threadsafe, skip_own_loop=True, work_only=True
+            )
             key = (self.world.url, self.deployment_id)
             with _local_lock:
                 _local_workers.setdefault(key, self)

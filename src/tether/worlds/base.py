@@ -16,7 +16,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -491,14 +492,36 @@ class World(abc.ABC):
 
     @abc.abstractmethod
     def add_listener(
-        self, callback: Callable[[], None], *, skip_own_loop: bool = False
+        self, callback: Callable[[], None], *, skip_own_loop: bool = False, work_only: bool = False
     ) -> Callable[[], None]:
         """Call ``callback`` (from any thread) whenever the world may have changed.
 
         With ``skip_own_loop`` (called on an event loop), commits made by
         ``*_async`` calls from that same loop do not call it: a worker knows
-        what its own writes did. Returns a function that removes the listener.
+        what its own writes did. With ``work_only``, commits that made no
+        work due (a run ended, a chunk was written) may not call it either,
+        if the World can tell. Returns a function that removes the listener.
         """
+
+    @contextlib.contextmanager
+    def watch(self) -> Iterator[Callable[[float], None]]:
+        """For blocking code: ``with world.watch() as changed: changed(1.0)``.
+
+        ``changed(timeout)`` returns when the world may have changed since the
+        previous call (or since the block began), or after ``timeout``
+        seconds; no change between two calls is missed.
+        """
+        event = threading.Event()
+
+        def changed(timeout: float) -> None:
+            event.wait(timeout)
+            event.clear()
+
+        remove = self.add_listener(event.set)
+        try:
+            yield changed
+        finally:
+            remove()
 
     @contextlib.asynccontextmanager
     async def changes(self) -> AsyncIterator[Callable[[float], Awaitable[None]]]:
@@ -524,10 +547,6 @@ class World(abc.ABC):
             yield changed
         finally:
             remove()
-
-    @abc.abstractmethod
-    def wait_for_change(self, timeout: float) -> None:
-        """Block until the world may have changed or ``timeout`` seconds pass."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -80,6 +80,10 @@ _BACKOFF_MAX = 1.0
 _LISTEN_TICK = 0.25
 #: Retries of a batch the server aborted to break a deadlock (it wrote nothing).
 _ROLLBACK_RETRIES = 10
+#: How soon a claim tries again for a task whose run another transaction had locked.
+_BUSY_RUN_RETRY = 0.005
+#: The SQLSTATE ``tether_expect_seq`` raises when a run is not where its caller expected.
+_STALE = "TT001"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 #: Query parameters tether reads itself; every other one goes to libpq.
 _OWN_PARAMS = ("schema", "pool_max", "reconnect_timeout")
@@ -153,8 +157,12 @@ class PostgresWorld(World):
             raise ValueError(
                 f"invalid pool_max or reconnect_timeout in {self.shown_url!r}: expected numbers"
             ) from None
-        self._listeners: list[tuple[Callable[[], None], asyncio.AbstractEventLoop | None]] = []
-        self._changed = threading.Condition()
+        self._listeners: list[
+            tuple[Callable[[], None], asyncio.AbstractEventLoop | None, bool]
+        ] = []
+        #: The deployment of each worker registered through this World: its commits
+        #: may take the writer's fast path (see ``_expect_seq``).
+        self._deployments: dict[str, str] = {}
         self._closed = False
         self._token = uuid.uuid4().hex[:12]
         self._schema = self._migrate(options.get("schema"))
@@ -307,18 +315,24 @@ class PostgresWorld(World):
         return bool(rows)
 
     def commit_activation(self, activation: Activation) -> bool:
-        return self._write(lambda tx: _commit_activation(tx, activation))
+        deployment_id = self._deployments.get(activation.worker_id)
+        return self._write(lambda tx: _commit_activation(tx, activation, deployment_id))
 
     async def commit_activation_async(self, activation: Activation) -> bool:
-        return await self._write_async(lambda tx: _commit_activation(tx, activation))
+        deployment_id = self._deployments.get(activation.worker_id)
+        return await self._write_async(lambda tx: _commit_activation(tx, activation, deployment_id))
 
     def finish_step(self, outcome: StepOutcome, activation: Activation | None = None) -> bool:
-        return self._write(lambda tx: _finish_step(tx, outcome, activation))
+        deployment_id = self._deployments.get(outcome.worker_id)
+        return self._write(lambda tx: _finish_step(tx, outcome, activation, deployment_id))
 
     async def finish_step_async(
         self, outcome: StepOutcome, activation: Activation | None = None
     ) -> bool:
-        return await self._write_async(lambda tx: _finish_step(tx, outcome, activation))
+        deployment_id = self._deployments.get(outcome.worker_id)
+        return await self._write_async(
+            lambda tx: _finish_step(tx, outcome, activation, deployment_id)
+        )
 
     def heartbeat(self, worker_id: str, lease_seconds: float) -> None:
         def beat(tx: _Tx) -> None:
@@ -343,7 +357,7 @@ class PostgresWorld(World):
                 " WHERE run_id = %s AND step_id = %s AND lease_owner = %s",
                 (time.time() + delay, run_id, step_id, worker_id),
             )
-            tx.notify = True
+            tx.work = True
 
         self._write(release)
 
@@ -351,6 +365,7 @@ class PostgresWorld(World):
 
     def register_worker(self, worker: WorkerInfo, manifest: dict[str, Any]) -> None:
         self._write(lambda tx: _register_worker(tx, worker, manifest))
+        self._deployments[worker.worker_id] = worker.deployment_id
 
     def unregister_worker(self, worker_id: str) -> None:
         def unregister(tx: _Tx) -> None:
@@ -418,9 +433,9 @@ class PostgresWorld(World):
     # -- wake-ups ---------------------------------------------------------
 
     def add_listener(
-        self, callback: Callable[[], None], *, skip_own_loop: bool = False
+        self, callback: Callable[[], None], *, skip_own_loop: bool = False, work_only: bool = False
     ) -> Callable[[], None]:
-        entry = (callback, asyncio.get_running_loop() if skip_own_loop else None)
+        entry = (callback, asyncio.get_running_loop() if skip_own_loop else None, work_only)
         self._listeners.append(entry)
         self._start_listener()
 
@@ -429,11 +444,6 @@ class PostgresWorld(World):
                 self._listeners.remove(entry)
 
         return remove
-
-    def wait_for_change(self, timeout: float) -> None:
-        self._start_listener()
-        with self._changed:
-            self._changed.wait(timeout)
 
     def close(self) -> None:
         if self._closed:
@@ -537,12 +547,10 @@ class PostgresWorld(World):
             time.sleep(delay)
             delay = min(delay * 2, _BACKOFF_MAX)
 
-    def _notify(self, origins: set[asyncio.AbstractEventLoop | None]) -> None:
-        """Wake local waiters; listeners on a loop skip commits only that loop made."""
-        with self._changed:
-            self._changed.notify_all()
-        for callback, own_loop in list(self._listeners):
-            if own_loop is None or origins != {own_loop}:
+    def _notify(self, origins: set[asyncio.AbstractEventLoop | None], *, work: bool) -> None:
+        """Wake local listeners; those on a loop skip commits only that loop made."""
+        for callback, own_loop, work_only in list(self._listeners):
+            if (work or not work_only) and (own_loop is None or origins != {own_loop}):
                 callback()
 
     def _start_listener(self) -> None:
@@ -567,35 +575,54 @@ class PostgresWorld(World):
             try:
                 with conn:
                     conn.execute(f"LISTEN {CHANNEL}")
-                    self._notify({None})  # we may have missed commits while not listening
+                    # We may have missed commits while not listening.
+                    self._notify({None}, work=True)
                     while not self._closed:
-                        heard = False
+                        heard = ""
                         for note in conn.notifies(timeout=_LISTEN_TICK, stop_after=1):
-                            heard = heard or self._relevant(note.payload)
+                            heard = self._heard(note.payload)
                         if heard:
                             # Take everything already delivered, then wake everyone once.
-                            for _ in conn.notifies(timeout=0):
-                                pass
-                            self._notify({None})
+                            for note in conn.notifies(timeout=0):
+                                heard = max(heard, self._heard(note.payload))
+                            self._notify({None}, work=heard == "w")
             except psycopg.Error:
                 if not self._closed:
                     log.warning("listener lost its connection to %s; reconnecting", self.shown_url)
 
-    def _relevant(self, payload: str) -> bool:
-        schema_name, _, sender = payload.partition("|")
-        return schema_name == self._schema and sender != self._token
+    def _heard(self, payload: str) -> str:
+        """The signal of another World's commit on our schema (``_Tx.signal``), else ``""``."""
+        schema_name, _, rest = payload.partition("|")
+        sender, _, signal = rest.partition("|")
+        if schema_name != self._schema or sender == self._token:
+            return ""
+        return signal or "w"
 
 
 class _Tx:
-    """What an operation gets: the batch's cursors and whether the batch must NOTIFY."""
+    """What an operation gets: the batch's cursors, its path, and what it must NOTIFY."""
 
-    __slots__ = ("aux", "cur", "notify")
+    __slots__ = ("aux", "careful", "cur", "notify", "work")
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, careful: bool) -> None:
         self.cur: Cursor = conn.cursor()
         #: A second cursor, for a read sent in the same round trip as one on ``cur``.
         self.aux: Cursor = conn.cursor()
+        #: Read the state an operation depends on before writing (no fast path).
+        self.careful = careful
+        #: Readers elsewhere may be waiting for this commit (a result, a chunk).
         self.notify = False
+        #: The commit made work due for any worker (a task queued or released).
+        self.work = False
+
+    @property
+    def signal(self) -> str:
+        """What the commit announces: ``"w"`` (work is due), ``"r"`` (readers only) or ``""``."""
+        return "w" if self.work else "r" if self.notify else ""
+
+
+class _StaleError(Exception):
+    """A fast-path check failed: the batch must run again on the careful path."""
 
 
 class _Item:
@@ -658,32 +685,59 @@ class _Writer:
                     stopping = True
                     break
                 batch.append(more)
-            outcomes = self._execute([i.op for i in batch])
-            self._world._notify({i.origin for i in batch})
+            outcomes, signal = self._execute([i.op for i in batch])
+            if signal:
+                # Only commits someone else may wait for (a run ended, a task is due
+                # for any worker, a chunk was written) wake this process's listeners.
+                self._world._notify({i.origin for i in batch}, work=signal == "w")
             for entry, (result, error) in zip(batch, outcomes, strict=True):
                 if error is None:
                     entry.future.set_result(result)
                 else:
                     entry.future.set_exception(error)
 
-    def _execute(self, ops: list[Callable[[_Tx], Any]]) -> list[tuple[Any, BaseException | None]]:
-        """Commit ``ops`` in one transaction; if that fails, commit each alone."""
-        try:
-            return [(result, None) for result in self._commit(ops)]
-        except Exception as exc:
-            if len(ops) == 1 or isinstance(exc, WorldUnavailableError):
-                return [(None, exc)] * len(ops)
+    def _execute(
+        self, ops: list[Callable[[_Tx], Any]]
+    ) -> tuple[list[tuple[Any, BaseException | None]], str]:
+        """Commit ``ops`` in one transaction; if that fails, commit each alone.
+
+        The batch first runs on the fast path, where operations check what
+        they depend on inside the statement stream; if a check fails, it runs
+        again on the careful path, where they read it first.
+        Returns each operation's outcome and what the commits announced
+        (``_Tx.signal``).
+        """
+        for careful in (False, True):
+            try:
+                results, signal = self._commit(ops, careful)
+                return [(result, None) for result in results], signal
+            except _StaleError:
+                continue
+            except Exception as exc:
+                if len(ops) == 1 or isinstance(exc, WorldUnavailableError):
+                    return [(None, exc)] * len(ops), ""
+                break
         outcomes: list[tuple[Any, BaseException | None]] = []
+        signal = ""
         for op in ops:
             try:
-                (result,) = self._commit([op])
+                (result,), announced = self._commit([op], True)
             except Exception as alone:
                 outcomes.append((None, alone))
             else:
                 outcomes.append((result, None))
-        return outcomes
+                signal = max(signal, announced)  # "w" > "r" > ""
+        return outcomes, signal
 
-    def _commit(self, ops: list[Callable[[_Tx], Any]]) -> list[Any]:
+    def _commit(self, ops: list[Callable[[_Tx], Any]], careful: bool) -> tuple[list[Any], str]:
+        """Run ``ops`` in one transaction; returns their results and what to announce.
+
+        The connection is in autocommit mode and the transaction is spelled
+        out, so that ``BEGIN`` and the statements travel in one round trip
+        and ``COMMIT`` in a second one. The transaction id, asked for after
+        the statements, is only assigned if they wrote something: a batch
+        that wrote nothing (an empty claim) commits without a log flush.
+        """
         lost_since: float | None = None
         rollbacks = 0
         while True:
@@ -693,20 +747,26 @@ class _Writer:
             results: list[Any] = []
             try:
                 with conn.pipeline():
-                    xact = conn.cursor()
-                    xact.execute("SELECT pg_current_xact_id()::text")
-                    tx = _Tx(conn)
+                    conn.cursor().execute("BEGIN")
+                    tx = _Tx(conn, careful)
                     results = [op(tx) for op in ops]
-                    if tx.notify:
-                        tx.cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self._world._payload))
+                    if tx.signal:
+                        tx.cur.execute(
+                            "SELECT pg_notify(%s, %s)",
+                            (CHANNEL, f"{self._world._payload}|{tx.signal}"),
+                        )
+                    xact = conn.cursor()
+                    xact.execute("SELECT pg_current_xact_id_if_assigned()::text")
                     row = xact.fetchone()
                     xid = row[0] if row else None
                     commit_sent = True
-                    conn.commit()
-                return results
+                    xact.execute("COMMIT")
+                return results, tx.signal
             except psycopg.Error as exc:
                 if not _lost(conn, exc):
                     _rollback(conn)
+                    if exc.sqlstate == _STALE:
+                        raise _StaleError(str(exc)) from exc
                     if (
                         isinstance(exc, psycopg.errors.TransactionRollback)
                         and rollbacks < _ROLLBACK_RETRIES
@@ -729,7 +789,7 @@ class _Writer:
                         "committed" if committed else "not committed: running it again",
                     )
                     if committed:
-                        return results
+                        return results, "w"  # announce everything: cheap, and rare
             except BaseException:
                 if not (conn.broken or conn.closed):
                     _rollback(conn)
@@ -743,7 +803,7 @@ class _Writer:
         started = lost_since if lost_since is not None else time.monotonic()
         while True:
             try:
-                self._conn = self._world._connect()
+                self._conn = self._world._connect(autocommit=True)
                 if lost_since is not None:
                     log.warning("writer reconnected to %s", self._world.shown_url)
                 return self._conn
@@ -760,7 +820,6 @@ class _Writer:
             conn = self._connection(lost_since)
             try:
                 row = conn.execute("SELECT pg_xact_status(%s::xid8)", (xid,)).fetchone()
-                conn.rollback()
             except psycopg.Error as exc:
                 if not _lost(conn, exc):
                     raise
@@ -832,9 +891,14 @@ def _create_run(tx: _Tx, run: NewRun, activation: Activation | None) -> RunRecor
         (run.run_id, run.workflow_name, run.input, json.dumps(attrs), now),
     )
     if activation is not None:
-        conflicted = _append(tx, run.run_id, run.deployment_id, activation.events, activation)
-        if any(e.type == "wait_created" for e in activation.events):
-            _schedule_workflow(tx, run.run_id, run.deployment_id, now=conflicted)
+        _append(
+            tx,
+            run.run_id,
+            run.deployment_id,
+            activation.events,
+            activation,
+            schedule=any(e.type == "wait_created" for e in activation.events),
+        )
     else:
         _queue_workflow(tx, run.run_id, run.deployment_id, now)
     return RunRecord(
@@ -859,7 +923,7 @@ def _release_leases(tx: _Tx, worker_id: str) -> None:
         "UPDATE tasks SET lease_owner = NULL, available_at = %s WHERE lease_owner = %s",
         (time.time(), worker_id),
     )
-    tx.notify = True
+    tx.work = True
 
 
 _DEPLOYMENT_SELECT = "SELECT deployment_id, environment, manifest, created_at FROM deployments"
@@ -904,21 +968,66 @@ def _run_state(tx: _Tx, run_id: str) -> tuple[str, int, str] | None:
     return (row[0], row[1], row[2]) if row else None
 
 
-def _commit_activation(tx: _Tx, activation: Activation) -> bool:
+def _commit_activation(tx: _Tx, activation: Activation, deployment_id: str | None) -> bool:
+    """Append an activation's events if the run is still where it was computed from.
+
+    ``deployment_id`` is the deployment of the activation's worker, when
+    this World registered it: then the fast path sends the check with the
+    writes (``tether_append`` raises if it fails) instead of reading first.
+    """
+    run_id = activation.run_id
+    if not tx.careful and deployment_id is not None:
+        _append(
+            tx,
+            run_id,
+            deployment_id,
+            activation.events,
+            activation,
+            expected_seq=activation.expected_seq,
+            schedule=True,
+        )
+        return True
     state = _run_state(tx, activation.run_id)
     if state is None:
         return False
     status, last_seq, deployment_id = state
     if status in TERMINAL_STATUSES or last_seq != activation.expected_seq:
         if status not in TERMINAL_STATUSES:
-            _queue_workflow(tx, activation.run_id, deployment_id, time.time(), force=True)
+            _queue_workflow(tx, run_id, deployment_id, time.time(), force=True)
         return False
-    conflicted = _append(tx, activation.run_id, deployment_id, activation.events, activation)
-    _schedule_workflow(tx, activation.run_id, deployment_id, now=conflicted)
+    _append(tx, run_id, deployment_id, activation.events, activation, schedule=True)
     return True
 
 
-def _finish_step(tx: _Tx, outcome: StepOutcome, activation: Activation | None) -> bool:
+def _finish_step(
+    tx: _Tx, outcome: StepOutcome, activation: Activation | None, deployment_id: str | None
+) -> bool:
+    """Record a step attempt's end, with the activation it led to when there is one.
+
+    ``deployment_id`` as for ``_commit_activation``: it allows the fast path.
+    """
+    # The run's workflow task only changes if a sleep began or ended.
+    schedule = activation is not None and any(
+        e.type in ("wait_created", "wait_completed") for e in activation.events
+    )
+    if (
+        activation is not None
+        and outcome.status != "retrying"
+        and not tx.careful
+        and deployment_id is not None
+    ):
+        # The step's outcome is the activation's first event (see below). The run being
+        # at the expected seq also means no other attempt recorded the step meanwhile.
+        _append(
+            tx,
+            outcome.run_id,
+            deployment_id,
+            activation.events,
+            activation,
+            expected_seq=activation.expected_seq,
+            schedule=schedule,
+        )
+        return True
     # Lock the run, then read the step in a statement of its own: it starts after the
     # lock is granted, so it sees what the previous holder committed (one round trip).
     tx.cur.execute(_LOCK_RUN, (outcome.run_id,))
@@ -938,11 +1047,8 @@ def _finish_step(tx: _Tx, outcome: StepOutcome, activation: Activation | None) -
         and outcome.status != "retrying"
         and activation.expected_seq == last_seq
     ):
-        # The activation's first event is this outcome, fed to the cached run. The
-        # run's workflow task only changes if a sleep began or ended.
-        conflicted = _append(tx, outcome.run_id, deployment_id, activation.events, activation)
-        if any(e.type in ("wait_created", "wait_completed") for e in activation.events):
-            _schedule_workflow(tx, outcome.run_id, deployment_id, now=conflicted)
+        # The activation's first event is this outcome, fed to the cached run.
+        _append(tx, outcome.run_id, deployment_id, activation.events, activation, schedule=schedule)
         return True
     now = time.time()
     event_type = {"completed": "step_completed", "failed": "step_failed"}.get(
@@ -981,12 +1087,15 @@ def _claim_tasks(
     if not rows:
         return []
     steps = [(run_id, step_id) for _, kind, run_id, step_id in rows if kind == "step"]
-    # Lock the runs (in one order, against deadlocks) before appending step_started;
-    # the steps are read by a later statement, after the locks are granted.
+    # Lock the runs before appending step_started; the steps are read by a later
+    # statement, after the locks are granted. Everyone else locks a run before its
+    # tasks, so a claim, holding tasks, must not wait for a run: SKIP LOCKED, and
+    # the tasks of a run busy elsewhere are handed back, due again in a moment.
+    run_ids = sorted({row[2] for row in rows})
     tx.cur.execute(
         "SELECT run_id, status, last_seq FROM runs WHERE run_id = ANY(%s) ORDER BY run_id"
-        " FOR UPDATE",
-        (sorted({row[2] for row in rows}),),
+        " FOR UPDATE SKIP LOCKED",
+        (run_ids,),
     )
     tx.aux.execute(
         "SELECT s.run_id, s.step_id, s.step_name, s.status, s.attempt, s.input FROM steps s"
@@ -996,10 +1105,22 @@ def _claim_tasks(
     )
     runs = {row[0]: (row[1], row[2]) for row in tx.cur.fetchall()}
     step_rows = {(row[0], row[1]): row[2:] for row in tx.aux.fetchall()}
+    busy: set[str] = set()
+    if len(runs) < len(run_ids):
+        # Missing: locked by another transaction, or gone (then the task is dropped).
+        tx.cur.execute(
+            "SELECT run_id FROM runs WHERE run_id = ANY(%s)",
+            ([r for r in run_ids if r not in runs],),
+        )
+        busy = {row[0] for row in tx.cur.fetchall()}
     tasks: list[Task] = []
     dropped: list[int] = []
+    handed_back: list[int] = []
     for task_id, kind, run_id, step_id in rows:
         state = runs.get(run_id)
+        if run_id in busy:
+            handed_back.append(task_id)
+            continue
         if state is None or state[0] in TERMINAL_STATUSES:
             dropped.append(task_id)
             continue
@@ -1026,6 +1147,11 @@ def _claim_tasks(
         tasks.append(dataclasses.replace(task, attempt=attempt + 1))
     if dropped:
         tx.cur.execute("DELETE FROM tasks WHERE task_id = ANY(%s)", (dropped,))
+    if handed_back:
+        tx.cur.execute(
+            "UPDATE tasks SET lease_owner = NULL, available_at = %s WHERE task_id = ANY(%s)",
+            (now + _BUSY_RUN_RETRY, handed_back),
+        )
     return tasks
 
 
@@ -1172,256 +1298,63 @@ def _wake_sleeps(tx: _Tx, run_id: str) -> int:
     return len(waiting)
 
 
+#: Event types whose commit someone may wait for: a run's result, a retry due for any worker.
+_ENDING = frozenset({"run_completed", "run_failed", "run_cancelled"})
+_WORKING = frozenset({"step_retrying"})
+
+
 def _append(
     tx: _Tx,
     run_id: str,
     deployment_id: str,
     events: Sequence[EventRecord],
     activation: Activation | None,
-) -> bool:
+    *,
+    expected_seq: int | None = None,
+    schedule: bool = False,
+) -> None:
     """Insert events and derive the views from them, in the caller's transaction.
 
-    Returns whether a hook lost its token to another active hook: that is
-    answered at once (``hook_disposed``) and the run queued for a workflow task.
+    One statement: ``tether_append`` (migration 0005) does the work on the
+    server. With ``expected_seq`` it first checks that the run is still there
+    (the fast path); with ``schedule`` the run's workflow task becomes its
+    earliest pending sleep afterwards. A hook that lost its token to another
+    active hook is answered at once and the run queued for a workflow task.
     """
-    if not events:
-        return False
-    _insert_events(tx, run_id, events)
-    started_at: float | None = None
-    previous: EventRecord | None = None
-    conflicts: list[EventRecord] = []
-    for event in events:
-        if event.type == "run_started":
-            started_at = event.created_at  # folded into the last_seq update below
-        elif not (
-            # A step claimed in the commit that created it: inserted as running.
-            event.type == "step_started"
-            and previous is not None
-            and previous.type == "step_created"
-            and previous.correlation_id == event.correlation_id
-        ):
-            started = _started_with(event, events)
-            conflicted = _apply(tx, deployment_id, event, activation, started=started)
-            if conflicted:
-                conflicts.append(event)
-        previous = event
-    last_seq = events[-1].seq
-    for i, event in enumerate(conflicts, start=1):
-        # Answer the request at once: the workflow's hook raises HookConflictError.
-        disposed = EventRecord(
-            run_id,
-            last_seq + i,
-            "hook_disposed",
-            event.correlation_id,
-            attrs={"reason": "conflict", "token": (event.attrs or {}).get("token")},
-            created_at=event.created_at,
-        )
-        _insert_events(tx, run_id, [disposed])
-    if conflicts:
-        last_seq += len(conflicts)
-        _queue_workflow(tx, run_id, deployment_id, time.time())
-    if started_at is None:
-        tx.cur.execute("UPDATE runs SET last_seq = %s WHERE run_id = %s", (last_seq, run_id))
-    else:
-        tx.cur.execute(
-            "UPDATE runs SET last_seq = %s, started_at = %s,"
-            " status = CASE status WHEN 'pending' THEN 'running' ELSE status END"
-            " WHERE run_id = %s",
-            (last_seq, started_at, run_id),
-        )
-    return bool(conflicts)
-
-
-def _insert_events(tx: _Tx, run_id: str, events: Sequence[EventRecord]) -> None:
-    tx.cur.executemany(
-        "INSERT INTO events (run_id, seq, type, correlation_id, name, payload, attrs, created_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-        [
-            (
-                run_id,
-                e.seq,
-                e.type,
-                e.correlation_id,
-                e.name,
-                e.payload,
-                json.dumps(e.attrs) if e.attrs else None,
-                e.created_at,
-            )
-            for e in events
-        ],
-    )
-
-
-def _started_with(event: EventRecord, events: Sequence[EventRecord]) -> EventRecord | None:
-    """The ``step_started`` right after a ``step_created`` in the same commit, if any."""
-    if event.type != "step_created":
-        return None
-    index = events.index(event)
-    following = events[index + 1] if index + 1 < len(events) else None
-    if (
-        following is not None
-        and following.type == "step_started"
-        and following.correlation_id == event.correlation_id
+    if any(
+        e.type in _WORKING
+        or e.type == "hook_created"  # a token conflict queues the run
+        or (e.type == "step_created" and activation is None)  # due at once, for any worker
+        for e in events
     ):
-        return following
-    return None
-
-
-def _apply(
-    tx: _Tx,
-    deployment_id: str,
-    e: EventRecord,
-    activation: Activation | None,
-    *,
-    started: EventRecord | None = None,
-) -> bool:
-    """Update the views for one event (``run_started`` is folded in by ``_append``).
-
-    Returns whether the event is a hook whose token another active hook holds.
-    """
-    t, run_id, at, cur = e.type, e.run_id, e.created_at, tx.cur
-    if t in ("run_completed", "run_failed", "run_cancelled"):
-        status = t.removeprefix("run_")
-        column = "output" if t == "run_completed" else "error"
-        cur.execute(
-            f"UPDATE runs SET status = %s, {column} = %s, completed_at = %s WHERE run_id = %s",
-            (status, e.payload, at, run_id),
-        )
-        cur.execute("DELETE FROM tasks WHERE run_id = %s", (run_id,))
-        cur.execute(
-            "UPDATE steps SET status = 'cancelled' WHERE run_id = %s"
-            " AND status IN ('pending', 'running', 'retrying')",
-            (run_id,),
-        )
-        cur.execute(
-            "UPDATE waits SET status = 'cancelled' WHERE run_id = %s AND status = 'waiting'",
-            (run_id,),
-        )
-        cur.execute(
-            "UPDATE hooks SET status = 'disposed', disposed_at = %s"
-            " WHERE run_id = %s AND status = 'active'",
-            (at, run_id),
-        )
-        tx.notify = True  # someone may be waiting for the result
-    elif t == "step_created":
-        cur.execute(
-            "INSERT INTO steps (run_id, step_id, step_name, status, attempt, input, created_at,"
-            " started_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                run_id,
-                e.correlation_id,
-                e.name,
-                "pending" if started is None else "running",
-                0 if started is None else (started.attrs or {}).get("attempt", 1),
-                e.payload or "",
-                at,
-                None if started is None else started.created_at,
-            ),
-        )
-        cur.execute(
-            "INSERT INTO tasks (kind, run_id, step_id, deployment_id, available_at, lease_owner)"
-            " VALUES ('step', %s, %s, %s, %s, %s)",
-            (
-                run_id,
-                e.correlation_id,
-                deployment_id,
-                at + (activation.lease_seconds if activation else 0.0),
-                activation.worker_id if activation else None,
-            ),
-        )
-        if activation is None:
-            tx.notify = True  # due now, for any worker
-    elif t == "step_started":
-        attempt = (e.attrs or {}).get("attempt", 1)
-        cur.execute(
-            "UPDATE steps SET status = 'running', attempt = %s, started_at = %s"
-            " WHERE run_id = %s AND step_id = %s",
-            (attempt, at, run_id, e.correlation_id),
-        )
-    elif t in ("step_completed", "step_failed"):
-        status = t.removeprefix("step_")
-        column = "output" if t == "step_completed" else "error"
-        cur.execute(
-            f"UPDATE steps SET status = %s, {column} = %s, completed_at = %s"
-            " WHERE run_id = %s AND step_id = %s",
-            (status, e.payload, at, run_id, e.correlation_id),
-        )
-        cur.execute(
-            "DELETE FROM tasks WHERE run_id = %s AND kind = 'step' AND step_id = %s",
-            (run_id, e.correlation_id),
-        )
-    elif t == "step_retrying":
-        retry_at = (e.attrs or {}).get("retry_at", at)
-        cur.execute(
-            "UPDATE steps SET status = 'retrying', error = %s, retry_at = %s"
-            " WHERE run_id = %s AND step_id = %s",
-            (e.payload, retry_at, run_id, e.correlation_id),
-        )
-        cur.execute(
-            "UPDATE tasks SET available_at = %s, lease_owner = NULL"
-            " WHERE run_id = %s AND kind = 'step' AND step_id = %s",
-            (retry_at, run_id, e.correlation_id),
-        )
+        tx.work = True
+    elif any(e.type in _ENDING for e in events):
         tx.notify = True
-    elif t == "hook_created":
-        attrs = e.attrs or {}
-        values = (
-            run_id,
-            e.correlation_id,
-            attrs["token"],
-            bool(attrs.get("webhook")),
-            json.dumps(attrs.get("metadata")) if attrs.get("metadata") is not None else None,
-            at,
-        )
-        # The unique index on active tokens decides, even against a concurrent commit.
-        cur.execute(
-            "INSERT INTO hooks (run_id, hook_id, token, status, webhook, metadata, created_at)"
-            " VALUES (%s, %s, %s, 'active', %s, %s, %s)"
-            " ON CONFLICT (token) WHERE status = 'active' DO NOTHING RETURNING 1",
-            values,
-        )
-        if cur.fetchone() is None:
-            cur.execute(
-                "INSERT INTO hooks (run_id, hook_id, token, status, webhook, metadata,"
-                " created_at) VALUES (%s, %s, %s, 'conflict', %s, %s, %s)",
-                values,
-            )
-            return True
-    elif t == "hook_disposed":
-        cur.execute(
-            "UPDATE hooks SET status = CASE status WHEN 'active' THEN 'disposed' ELSE status END,"
-            " disposed_at = %s WHERE run_id = %s AND hook_id = %s",
-            (at, run_id, e.correlation_id),
-        )
-    elif t == "wait_created":
-        cur.execute(
-            "INSERT INTO waits (run_id, wait_id, status, resume_at, created_at)"
-            " VALUES (%s, %s, 'waiting', %s, %s)",
-            (run_id, e.correlation_id, (e.attrs or {})["resume_at"], at),
-        )
-    elif t == "wait_completed":
-        cur.execute(
-            "UPDATE waits SET status = 'completed', completed_at = %s"
-            " WHERE run_id = %s AND wait_id = %s",
-            (at, run_id, e.correlation_id),
-        )
-    return False
-
-
-def _schedule_workflow(tx: _Tx, run_id: str, deployment_id: str, *, now: bool = False) -> None:
-    """After an activation: the run's next workflow task is its earliest pending sleep.
-
-    With ``now`` (the activation's events already need an answer) it is due at once.
-    """
-    tx.cur.execute("DELETE FROM tasks WHERE run_id = %s AND kind = 'workflow'", (run_id,))
-    if now:
-        _queue_workflow(tx, run_id, deployment_id, time.time())
-        return
     tx.cur.execute(
-        "INSERT INTO tasks (kind, run_id, deployment_id, available_at)"
-        " SELECT 'workflow', %s, %s, MIN(resume_at) FROM waits"
-        " WHERE run_id = %s AND status = 'waiting' HAVING MIN(resume_at) IS NOT NULL",
-        (run_id, deployment_id, run_id),
+        "SELECT tether_append(%s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            run_id,
+            deployment_id,
+            expected_seq,
+            json.dumps(
+                [
+                    [
+                        e.seq,
+                        e.type,
+                        e.correlation_id,
+                        e.name,
+                        e.payload,
+                        e.attrs or None,
+                        e.created_at,
+                    ]
+                    for e in events
+                ]
+            ),
+            activation.worker_id if activation else None,
+            activation.lease_seconds if activation else 0.0,
+            schedule,
+            time.time(),
+        ),
     )
 
 
@@ -1440,7 +1373,7 @@ def _queue_workflow(
         + ("" if force else " WHERE tasks.lease_owner IS NULL"),
         (run_id, deployment_id, at),
     )
-    tx.notify = True
+    tx.work = True
 
 
 def _event_record(row: Row) -> EventRecord:

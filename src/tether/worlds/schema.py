@@ -12,7 +12,7 @@ def migrations(backend: str) -> list[tuple[int, list[str]]]:
     """Return ``(version, statements)`` for each migration file of ``backend``, in order.
 
     Files are ``worlds/migrations/<backend>/NNNN_name.sql``; statements are
-    separated by a semicolon at the end of a line.
+    separated by a semicolon at the end of a line (outside ``$$`` quotes).
     """
     folder = resources.files("tether.worlds") / "migrations" / backend
     found: list[tuple[int, list[str]]] = []
@@ -23,9 +23,25 @@ def migrations(backend: str) -> list[tuple[int, list[str]]]:
         text = "\n".join(
             line for line in entry.read_text().splitlines() if not line.lstrip().startswith("--")
         )
-        statements = [s.strip() for s in text.split(";\n") if s.strip()]
-        found.append((version, [s.rstrip(";") for s in statements]))
+        found.append((version, split_statements(text)))
     return sorted(found)
+
+
+def split_statements(text: str) -> list[str]:
+    """Split SQL at semicolons that end a line, leaving ``$$``-quoted bodies whole."""
+    statements: list[str] = []
+    current: list[str] = []
+    for i, part in enumerate(text.split("$$")):
+        if i % 2:
+            current.append(f"$${part}$$")
+            continue
+        first, *rest = part.split(";\n")
+        current.append(first)
+        for piece in rest:
+            statements.append("".join(current))
+            current = [piece]
+    statements.append("".join(current))
+    return [s.strip().rstrip(";") for s in statements if s.strip()]
 
 
 def run_query(select: str, filters: RunFilter, *, placeholder: str) -> tuple[str, list[Any]]:

@@ -78,7 +78,6 @@ class SqliteWorld(World):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._listeners: list[tuple[Callable[[], None], asyncio.AbstractEventLoop | None]] = []
-        self._changed = threading.Condition()
         self._closed = False
         self._migrate()
         self._writer = _Writer(self._connect, self._notify)
@@ -358,8 +357,9 @@ class SqliteWorld(World):
     # -- wake-ups ---------------------------------------------------------
 
     def add_listener(
-        self, callback: Callable[[], None], *, skip_own_loop: bool = False
+        self, callback: Callable[[], None], *, skip_own_loop: bool = False, work_only: bool = False
     ) -> Callable[[], None]:
+        # SQLite cannot tell what another process's commit did: work_only changes nothing.
         entry = (callback, asyncio.get_running_loop() if skip_own_loop else None)
         self._listeners.append(entry)
         self._start_watcher()
@@ -369,11 +369,6 @@ class SqliteWorld(World):
                 self._listeners.remove(entry)
 
         return remove
-
-    def wait_for_change(self, timeout: float) -> None:
-        self._start_watcher()
-        with self._changed:
-            self._changed.wait(timeout)
 
     def close(self) -> None:
         if self._closed:
@@ -443,8 +438,6 @@ class SqliteWorld(World):
             conn.close()
 
     def _notify(self, origin: asyncio.AbstractEventLoop | None = None) -> None:
-        with self._changed:
-            self._changed.notify_all()
         for callback, own_loop in list(self._listeners):
             if own_loop is None or own_loop is not origin:
                 callback()
