@@ -82,7 +82,7 @@ _LISTEN_TICK = 0.25
 _ROLLBACK_RETRIES = 10
 #: How soon a claim tries again for a task whose run another transaction had locked.
 _BUSY_RUN_RETRY = 0.005
-#: The SQLSTATE ``tether_expect_seq`` raises when a run is not where its caller expected.
+#: The SQLSTATE ``tether_append`` raises when a run is not where its caller expected.
 _STALE = "TT001"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 #: Query parameters tether reads itself; every other one goes to libpq.
@@ -161,7 +161,7 @@ class PostgresWorld(World):
             tuple[Callable[[], None], asyncio.AbstractEventLoop | None, bool]
         ] = []
         #: The deployment of each worker registered through this World: its commits
-        #: may take the writer's fast path (see ``_expect_seq``).
+        #: may take the writer's fast path (see ``_commit_activation``).
         self._deployments: dict[str, str] = {}
         self._closed = False
         self._token = uuid.uuid4().hex[:12]
