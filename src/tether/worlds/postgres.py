@@ -1091,17 +1091,22 @@ def _claim_tasks(
     # statement, after the locks are granted. Everyone else locks a run before its
     # tasks, so a claim, holding tasks, must not wait for a run: SKIP LOCKED, and
     # the tasks of a run busy elsewhere are handed back, due again in a moment.
+    # Statements that take an array are planned for each execution (prepare=False):
+    # a prepared statement's generic plan, made while the table was small, would
+    # scan the whole table for ever after.
     run_ids = sorted({row[2] for row in rows})
     tx.cur.execute(
         "SELECT run_id, status, last_seq FROM runs WHERE run_id = ANY(%s) ORDER BY run_id"
         " FOR UPDATE SKIP LOCKED",
         (run_ids,),
+        prepare=False,
     )
     tx.aux.execute(
         "SELECT s.run_id, s.step_id, s.step_name, s.status, s.attempt, s.input FROM steps s"
         " JOIN unnest(%s::text[], %s::text[]) AS k(run_id, step_id)"
         " ON s.run_id = k.run_id AND s.step_id = k.step_id",
         ([r for r, _ in steps], [s for _, s in steps]),
+        prepare=False,
     )
     runs = {row[0]: (row[1], row[2]) for row in tx.cur.fetchall()}
     step_rows = {(row[0], row[1]): row[2:] for row in tx.aux.fetchall()}
@@ -1111,6 +1116,7 @@ def _claim_tasks(
         tx.cur.execute(
             "SELECT run_id FROM runs WHERE run_id = ANY(%s)",
             ([r for r in run_ids if r not in runs],),
+            prepare=False,
         )
         busy = {row[0] for row in tx.cur.fetchall()}
     tasks: list[Task] = []
@@ -1146,11 +1152,12 @@ def _claim_tasks(
         task = Task(task_id, "step", run_id, deployment_id, step_id, step_name, step_input)
         tasks.append(dataclasses.replace(task, attempt=attempt + 1))
     if dropped:
-        tx.cur.execute("DELETE FROM tasks WHERE task_id = ANY(%s)", (dropped,))
+        tx.cur.execute("DELETE FROM tasks WHERE task_id = ANY(%s)", (dropped,), prepare=False)
     if handed_back:
         tx.cur.execute(
             "UPDATE tasks SET lease_owner = NULL, available_at = %s WHERE task_id = ANY(%s)",
             (now + _BUSY_RUN_RETRY, handed_back),
+            prepare=False,
         )
     return tasks
 
@@ -1163,6 +1170,7 @@ def _cancel_runs(tx: _Tx, run_ids: list[str]) -> CancelResult:
         "SELECT run_id, status, last_seq, deployment_id FROM runs WHERE run_id = ANY(%s)"
         " ORDER BY run_id FOR UPDATE",
         (sorted(set(run_ids)),),
+        prepare=False,
     )
     states = {row[0]: row[1:] for row in tx.cur.fetchall()}
     now = time.time()
@@ -1315,7 +1323,7 @@ def _append(
 ) -> None:
     """Insert events and derive the views from them, in the caller's transaction.
 
-    One statement: ``tether_append`` (migration 0005) does the work on the
+    One statement: ``tether_append`` (migrations 0005, 0006) does the work on the
     server. With ``expected_seq`` it first checks that the run is still there
     (the fast path); with ``schedule`` the run's workflow task becomes its
     earliest pending sleep afterwards. A hook that lost its token to another
