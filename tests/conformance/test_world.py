@@ -319,6 +319,23 @@ def test_claims_take_due_tasks_of_their_deployment_only(world: World) -> None:
     assert world.next_due(DEP) == pytest.approx(time.time() + 30.0, abs=2.0)
 
 
+def test_a_claim_round_claims_and_says_when_to_look_again(world: World) -> None:
+    async def claim(limit: int) -> tuple[list[str], float | None]:
+        tasks, due = await world.claim_due_async(DEP, "w1", limit, 30.0)
+        return [t.run_id for t in tasks], due
+
+    assert asyncio.run(claim(10)) == ([], None)  # nothing at all: no due time
+    for i in range(3):
+        world.create_run(new_run(f"r{i}", created_at=time.time() - 10 + i))
+    got, due = asyncio.run(claim(2))
+    assert got == ["r0", "r1"] and due == pytest.approx(time.time(), abs=2.0)  # more is due
+    got, due = asyncio.run(claim(10))
+    assert got == ["r2"]
+    # All leased now: the next due time is the first lease's expiry.
+    assert due == pytest.approx(time.time() + 30.0, abs=2.0)
+    assert asyncio.run(claim(10))[0] == []
+
+
 def test_claims_respect_the_limit_and_go_oldest_first(world: World) -> None:
     for i in range(5):
         world.create_run(new_run(f"r{i}", created_at=time.time() - 10 + i))
@@ -604,6 +621,25 @@ def test_work_only_listener_hears_work_made_due_elsewhere(world: World, other_wo
         time.sleep(0.2)  # let the listener connect
         heard.clear()
         other_world.create_run(new_run("r1"))  # queues a workflow task: work for any worker
+        assert heard.wait(5.0)
+    finally:
+        remove()
+
+
+def test_a_deployments_listener_hears_its_work_and_may_skip_others(
+    world: World, other_world: World, world_url: str
+) -> None:
+    heard = threading.Event()
+    remove = world.add_listener(heard.set, work_only=True, deployment_id=DEP)
+    try:
+        time.sleep(0.2)  # let the listener connect
+        heard.clear()
+        other_world.create_run(new_run("b1", "dep-b"))  # work for another deployment
+        if world_url.startswith("postgresql"):
+            # PostgreSQL's notifications name the deployments: nobody else wakes.
+            assert not heard.wait(1.0)
+        heard.clear()
+        other_world.create_run(new_run("a1"))
         assert heard.wait(5.0)
     finally:
         remove()

@@ -50,6 +50,10 @@ CLAIM_BATCH = 64
 BACKOFF_BASE = 1.0
 #: How long a run whose handling failed waits before any worker takes it again.
 RETRY_RUN_AFTER = 1.0
+#: After claim rounds that found nothing (peers were first), a wake-up claims no sooner
+#: than this long after the last round, doubling per empty round up to PACE_MAX (seconds).
+PACE_BASE = 0.001
+PACE_MAX = 0.05
 #: How often a step's outcome is offered to a failing World before the step is re-run.
 RECORD_ATTEMPTS = 5
 BACKOFF_MAX = 60.0
@@ -187,7 +191,10 @@ class Worker:
             )
             await self._io(self.world.register_worker, info, deployments.build_manifest())
             remove_listener = self.world.add_listener(
-                self._wake_threadsafe, skip_own_loop=True, work_only=True
+                self._wake_threadsafe,
+                skip_own_loop=True,
+                work_only=True,
+                deployment_id=self.deployment_id,
             )
             key = (self.world.url, self.deployment_id)
             with _local_lock:
@@ -284,11 +291,13 @@ class Worker:
     async def _claim_loop(self) -> None:
         assert self._wake is not None and self._stopping is not None
         failures = 0
+        empty = 0  # claim rounds in a row that found nothing
         while not self._stopping.is_set():
             self._wake.clear()
             try:
-                delay = await self._claim_round()
+                claimed, delay = await self._claim_round()
                 failures = 0
+                empty = 0 if claimed else empty + 1
             except Exception:
                 # The World is unreachable or failing: keep the worker, retry with backoff.
                 failures += 1
@@ -296,39 +305,48 @@ class Worker:
                 log.exception("claiming work failed; retrying in %.1f s", delay)
             if self._stopping.is_set():
                 break
-            waits = [asyncio.ensure_future(self._wake.wait())]
-            waits.append(asyncio.ensure_future(self._stopping.wait()))
-            _, pending = await asyncio.wait(waits, timeout=delay, return_when="FIRST_COMPLETED")
-            for waiter in pending:
-                waiter.cancel()
+            round_end = time.monotonic()
+            if not await self._sleep(delay, wake=True) and empty:
+                # Woken, but the last rounds found nothing: peers claimed the work first.
+                # Leave them the next too for a moment, so that workers woken by every
+                # new task claim in turns, not as a herd: no more than one claim per
+                # pause here, which doubles per empty round in a row.
+                pause = min(PACE_BASE * 2 ** (empty - 1), PACE_MAX)
+                left = round_end + pause - time.monotonic()
+                if left > 0:
+                    await self._sleep(left, wake=False)
 
-    async def _claim_round(self) -> float:
-        """Claim what is due; return how long to sleep before the next due task."""
+    async def _sleep(self, seconds: float, *, wake: bool) -> bool:
+        """Wait ``seconds``, or less if stopping (or, with ``wake``, if woken).
+
+        Returns whether the full time passed.
+        """
+        assert self._wake is not None and self._stopping is not None
+        waits = [asyncio.ensure_future(self._stopping.wait())]
+        if wake:
+            waits.append(asyncio.ensure_future(self._wake.wait()))
+        done, pending = await asyncio.wait(waits, timeout=seconds, return_when="FIRST_COMPLETED")
+        for waiter in pending:
+            waiter.cancel()
+        return not done
+
+    async def _claim_round(self) -> tuple[bool, float]:
+        """Claim what is due; return whether anything was, and how long to sleep."""
         free = min(self.concurrency - len(self._inflight), CLAIM_BATCH)
-        now = time.time()
-        if free > 0 and await self.world.has_due_async(self.deployment_id, now):
-            tasks = await self.world.claim_tasks_async(
-                self.deployment_id,
-                self.worker_id,
-                free,
-                self.lease_seconds,
-            )
-            for task in tasks:
-                if task.kind == "workflow":
-                    self._spawn(self._activate(task.run_id), task.run_id)
-                else:
-                    job = _StepJob(
-                        task.run_id, task.step_id, task.step_name, task.input, task.attempt
-                    )
-                    self._spawn(self._run_step(job))
-            if len(tasks) == free:
-                return 0.0
         if free <= 0:
-            return 0.05  # full: look again when some work has finished
-        due = await self.world.next_due_async(self.deployment_id)
+            return True, 0.05  # full: look again when some work has finished
+        tasks, due = await self.world.claim_due_async(
+            self.deployment_id, self.worker_id, free, self.lease_seconds
+        )
+        for task in tasks:
+            if task.kind == "workflow":
+                self._spawn(self._activate(task.run_id), task.run_id)
+            else:
+                job = _StepJob(task.run_id, task.step_id, task.step_name, task.input, task.attempt)
+                self._spawn(self._run_step(job))
         if due is None:
-            return 1.0  # a slow safety net; commits and timers wake us sooner
-        return min(max(due - time.time(), 0.0), 1.0)
+            return bool(tasks), 1.0  # a slow safety net; commits and timers wake us sooner
+        return bool(tasks), min(max(due - time.time(), 0.0), 1.0)
 
     def _spawn(self, coro: Any, run_id: str | None = None) -> None:
         task = asyncio.ensure_future(coro if run_id is None else self._guarded(coro, run_id))

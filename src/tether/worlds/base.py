@@ -17,6 +17,7 @@ import abc
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -488,19 +489,44 @@ class World(abc.ABC):
             self.claim_tasks, deployment_id, worker_id, limit, lease_seconds
         )
 
+    async def claim_due_async(
+        self, deployment_id: str, worker_id: str, limit: int, lease_seconds: float
+    ) -> tuple[list[Task], float | None]:
+        """A worker's claim round: ``claim_tasks``, then when the next task falls due.
+
+        The second value is ``next_due`` after the claim (``None``: no task
+        at all), or now when the claim took ``limit`` tasks (more may be
+        due). This default asks ``has_due`` first, so a round that finds
+        nothing writes nothing; a backend that can claim and look ahead in
+        one round trip overrides it.
+        """
+        now = time.time()
+        tasks: list[Task] = []
+        if await self.has_due_async(deployment_id, now):
+            tasks = await self.claim_tasks_async(deployment_id, worker_id, limit, lease_seconds)
+        if len(tasks) >= limit:
+            return tasks, now
+        return tasks, await self.next_due_async(deployment_id)
+
     # -- wake-ups ---------------------------------------------------------
 
     @abc.abstractmethod
     def add_listener(
-        self, callback: Callable[[], None], *, skip_own_loop: bool = False, work_only: bool = False
+        self,
+        callback: Callable[[], None],
+        *,
+        skip_own_loop: bool = False,
+        work_only: bool = False,
+        deployment_id: str | None = None,
     ) -> Callable[[], None]:
         """Call ``callback`` (from any thread) whenever the world may have changed.
 
         With ``skip_own_loop`` (called on an event loop), commits made by
         ``*_async`` calls from that same loop do not call it: a worker knows
         what its own writes did. With ``work_only``, commits that made no
-        work due (a run ended, a chunk was written) may not call it either,
-        if the World can tell. Returns a function that removes the listener.
+        work due (a run ended, a chunk was written), or none for
+        ``deployment_id`` when given, may not call it either, if the World
+        can tell. Returns a function that removes the listener.
         """
 
     @contextlib.contextmanager

@@ -158,7 +158,7 @@ class PostgresWorld(World):
                 f"invalid pool_max or reconnect_timeout in {self.shown_url!r}: expected numbers"
             ) from None
         self._listeners: list[
-            tuple[Callable[[], None], asyncio.AbstractEventLoop | None, bool]
+            tuple[Callable[[], None], asyncio.AbstractEventLoop | None, bool, str | None]
         ] = []
         #: The deployment of each worker registered through this World: its commits
         #: may take the writer's fast path (see ``_commit_activation``).
@@ -301,10 +301,17 @@ class PostgresWorld(World):
             lambda tx: _claim_tasks(tx, deployment_id, worker_id, limit, lease_seconds)
         )
 
-    def next_due(self, deployment_id: str) -> float | None:
-        rows = self._fetch(
-            "SELECT MIN(available_at) FROM tasks WHERE deployment_id = %s", (deployment_id,)
+    async def claim_due_async(
+        self, deployment_id: str, worker_id: str, limit: int, lease_seconds: float
+    ) -> tuple[list[Task], float | None]:
+        # One transaction of the writer: no has_due read first (a claim that finds
+        # nothing writes nothing, so it costs no log flush) and no next_due after.
+        return await self._write_async(
+            lambda tx: _claim_due(tx, deployment_id, worker_id, limit, lease_seconds)
         )
+
+    def next_due(self, deployment_id: str) -> float | None:
+        rows = self._fetch(_NEXT_DUE, (deployment_id,))
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def has_due(self, deployment_id: str, now: float) -> bool:
@@ -357,7 +364,7 @@ class PostgresWorld(World):
                 " WHERE run_id = %s AND step_id = %s AND lease_owner = %s",
                 (time.time() + delay, run_id, step_id, worker_id),
             )
-            tx.work = True
+            tx.work.add("*")
 
         self._write(release)
 
@@ -433,9 +440,15 @@ class PostgresWorld(World):
     # -- wake-ups ---------------------------------------------------------
 
     def add_listener(
-        self, callback: Callable[[], None], *, skip_own_loop: bool = False, work_only: bool = False
+        self,
+        callback: Callable[[], None],
+        *,
+        skip_own_loop: bool = False,
+        work_only: bool = False,
+        deployment_id: str | None = None,
     ) -> Callable[[], None]:
-        entry = (callback, asyncio.get_running_loop() if skip_own_loop else None, work_only)
+        loop = asyncio.get_running_loop() if skip_own_loop else None
+        entry = (callback, loop, work_only, deployment_id)
         self._listeners.append(entry)
         self._start_listener()
 
@@ -547,10 +560,12 @@ class PostgresWorld(World):
             time.sleep(delay)
             delay = min(delay * 2, _BACKOFF_MAX)
 
-    def _notify(self, origins: set[asyncio.AbstractEventLoop | None], *, work: bool) -> None:
+    def _notify(self, origins: set[asyncio.AbstractEventLoop | None], signal: str) -> None:
         """Wake local listeners; those on a loop skip commits only that loop made."""
-        for callback, own_loop, work_only in list(self._listeners):
-            if (work or not work_only) and (own_loop is None or origins != {own_loop}):
+        for callback, own_loop, work_only, deployment_id in list(self._listeners):
+            if work_only and not _is_work_for(signal, deployment_id):
+                continue
+            if own_loop is None or origins != {own_loop}:
                 callback()
 
     def _start_listener(self) -> None:
@@ -576,7 +591,7 @@ class PostgresWorld(World):
                 with conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     # We may have missed commits while not listening.
-                    self._notify({None}, work=True)
+                    self._notify({None}, "w")
                     while not self._closed:
                         heard = ""
                         for note in conn.notifies(timeout=_LISTEN_TICK, stop_after=1):
@@ -584,8 +599,8 @@ class PostgresWorld(World):
                         if heard:
                             # Take everything already delivered, then wake everyone once.
                             for note in conn.notifies(timeout=0):
-                                heard = max(heard, self._heard(note.payload))
-                            self._notify({None}, work=heard == "w")
+                                heard = _merge_signals(heard, self._heard(note.payload))
+                            self._notify({None}, heard)
             except psycopg.Error:
                 if not self._closed:
                     log.warning("listener lost its connection to %s; reconnecting", self.shown_url)
@@ -597,6 +612,38 @@ class PostgresWorld(World):
         if schema_name != self._schema or sender == self._token:
             return ""
         return signal or "w"
+
+
+#: The longest list of deployments a work signal names; past it, it names none (all wake).
+_SIGNAL_MAX = 1000
+
+
+def _work_signal(deployments: set[str]) -> str:
+    """``"w:dep1,dep2"``: work became due for these deployments; ``"w"``: for any."""
+    names = ",".join(sorted(deployments))
+    if "*" in deployments or "," in "".join(deployments) or len(names) > _SIGNAL_MAX:
+        return "w"
+    return f"w:{names}"
+
+
+def _merge_signals(a: str, b: str) -> str:
+    """What two commits announce together."""
+    if a.startswith("w") and b.startswith("w"):
+        if a == "w" or b == "w":
+            return "w"
+        return _work_signal(set(a[2:].split(",")) | set(b[2:].split(",")))
+    for signal in ("w", "r"):
+        for side in (a, b):
+            if side.startswith(signal):
+                return side
+    return ""
+
+
+def _is_work_for(signal: str, deployment_id: str | None) -> bool:
+    """Whether a commit that announced ``signal`` made work due for ``deployment_id``."""
+    if not signal.startswith("w"):
+        return False
+    return signal == "w" or deployment_id is None or deployment_id in signal[2:].split(",")
 
 
 class _Tx:
@@ -612,13 +659,17 @@ class _Tx:
         self.careful = careful
         #: Readers elsewhere may be waiting for this commit (a result, a chunk).
         self.notify = False
-        #: The commit made work due for any worker (a task queued or released).
-        self.work = False
+        #: The deployments the commit made work due for (a task queued or released);
+        #: ``"*"``: some whose names the operation did not know.
+        self.work: set[str] = set()
 
     @property
     def signal(self) -> str:
-        """What the commit announces: ``"w"`` (work is due), ``"r"`` (readers only) or ``""``."""
-        return "w" if self.work else "r" if self.notify else ""
+        """What the commit announces: work due (``_work_signal``), ``"r"`` or ``""``.
+
+        ``"r"``: only readers care (a run ended, a chunk was written).
+        """
+        return _work_signal(self.work) if self.work else "r" if self.notify else ""
 
 
 class _StaleError(Exception):
@@ -689,7 +740,7 @@ class _Writer:
             if signal:
                 # Only commits someone else may wait for (a run ended, a task is due
                 # for any worker, a chunk was written) wake this process's listeners.
-                self._world._notify({i.origin for i in batch}, work=signal == "w")
+                self._world._notify({i.origin for i in batch}, signal)
             for entry, (result, error) in zip(batch, outcomes, strict=True):
                 if error is None:
                     entry.future.set_result(result)
@@ -726,7 +777,7 @@ class _Writer:
                 outcomes.append((None, alone))
             else:
                 outcomes.append((result, None))
-                signal = max(signal, announced)  # "w" > "r" > ""
+                signal = _merge_signals(signal, announced)
         return outcomes, signal
 
     def _commit(self, ops: list[Callable[[_Tx], Any]], careful: bool) -> tuple[list[Any], str]:
@@ -923,7 +974,7 @@ def _release_leases(tx: _Tx, worker_id: str) -> None:
         "UPDATE tasks SET lease_owner = NULL, available_at = %s WHERE lease_owner = %s",
         (time.time(), worker_id),
     )
-    tx.work = True
+    tx.work.add("*")
 
 
 _DEPLOYMENT_SELECT = "SELECT deployment_id, environment, manifest, created_at FROM deployments"
@@ -1072,9 +1123,44 @@ def _finish_step(
     return False
 
 
+_NEXT_DUE = "SELECT MIN(available_at) FROM tasks WHERE deployment_id = %s"
+
+
+def _claim_due(
+    tx: _Tx, deployment_id: str, worker_id: str, limit: int, lease: float
+) -> tuple[list[Task], float | None]:
+    """``claim_due_async``'s transaction: the claim, and the next due time read with it."""
+    ahead = tx.cur.connection.cursor()
+    tasks, handed_back = _claim(tx, deployment_id, worker_id, limit, lease, ahead)
+    now = time.time()
+    if len(tasks) >= limit:
+        return tasks, now
+    row = ahead.fetchone()  # arrived with the claim's rows: no round trip of its own
+    due = float(row[0]) if row and row[0] is not None else None
+    if handed_back:
+        due = min(due, now + _BUSY_RUN_RETRY) if due is not None else now + _BUSY_RUN_RETRY
+    return tasks, due
+
+
 def _claim_tasks(
     tx: _Tx, deployment_id: str, worker_id: str, limit: int, lease: float
 ) -> list[Task]:
+    return _claim(tx, deployment_id, worker_id, limit, lease, None)[0]
+
+
+def _claim(
+    tx: _Tx,
+    deployment_id: str,
+    worker_id: str,
+    limit: int,
+    lease: float,
+    ahead: Cursor | None,
+) -> tuple[list[Task], bool]:
+    """Lease due tasks; returns them and whether some were handed back (their run was busy).
+
+    ``ahead``, if given, is sent the deployment's next due time query in the
+    claim's round trip (it sees the leases just taken).
+    """
     now = time.time()
     tx.cur.execute(
         "WITH due AS (SELECT task_id FROM tasks WHERE deployment_id = %s AND available_at <= %s"
@@ -1083,9 +1169,11 @@ def _claim_tasks(
         " WHERE t.task_id = due.task_id RETURNING t.task_id, t.kind, t.run_id, t.step_id",
         (deployment_id, now, limit, worker_id, now + lease),
     )
+    if ahead is not None:
+        ahead.execute(_NEXT_DUE, (deployment_id,))  # same round trip as the claim
     rows = sorted(tx.cur.fetchall())
     if not rows:
-        return []
+        return [], False
     steps = [(run_id, step_id) for _, kind, run_id, step_id in rows if kind == "step"]
     # Lock the runs before appending step_started; the steps are read by a later
     # statement, after the locks are granted. Everyone else locks a run before its
@@ -1159,7 +1247,7 @@ def _claim_tasks(
             (now + _BUSY_RUN_RETRY, handed_back),
             prepare=False,
         )
-    return tasks
+    return tasks, bool(handed_back)
 
 
 def _cancel_runs(tx: _Tx, run_ids: list[str]) -> CancelResult:
@@ -1335,7 +1423,7 @@ def _append(
         or (e.type == "step_created" and activation is None)  # due at once, for any worker
         for e in events
     ):
-        tx.work = True
+        tx.work.add(deployment_id)
     elif any(e.type in _ENDING for e in events):
         tx.notify = True
     tx.cur.execute(
@@ -1381,7 +1469,7 @@ def _queue_workflow(
         + ("" if force else " WHERE tasks.lease_owner IS NULL"),
         (run_id, deployment_id, at),
     )
-    tx.work = True
+    tx.work.add(deployment_id)
 
 
 def _event_record(row: Row) -> EventRecord:

@@ -357,7 +357,12 @@ class SqliteWorld(World):
     # -- wake-ups ---------------------------------------------------------
 
     def add_listener(
-        self, callback: Callable[[], None], *, skip_own_loop: bool = False, work_only: bool = False
+        self,
+        callback: Callable[[], None],
+        *,
+        skip_own_loop: bool = False,
+        work_only: bool = False,
+        deployment_id: str | None = None,
     ) -> Callable[[], None]:
         # SQLite cannot tell what another process's commit did: work_only changes nothing.
         entry = (callback, asyncio.get_running_loop() if skip_own_loop else None)
