@@ -329,6 +329,9 @@ TABLES: dict[str, tuple[str, list[Row]]] = {
             Row("wf_per_s_1", "workflows/s, 1 worker process", compared=False),
             Row("wf_per_s_4", "workflows/s, 4 worker processes", compared=False),
             Row("speedup_4_over_1", "4 processes / 1", compared=False),
+            Row("cores_busy_1", "cores busy, 1 worker process (whole machine)", compared=False),
+            Row("cores_busy_4", "cores busy, 4 worker processes (whole machine)", compared=False),
+            Row("cores", "cores on the machine", compared=False),
         ],
     ),
 }
@@ -508,7 +511,9 @@ NOTES: list[str] = [
     "averaged over the first and the last window.",
     "- W2P (tether only): W2 with this process only starting runs (a pure client) and 1, then "
     "4, `tether worker` processes serving them; the speed-up is the 4-process rate over the "
-    "1-process rate.",
+    "1-process rate. 'Cores busy' is the whole machine's CPU time (client, workers, database "
+    "server) over the pass's wall time, from /proc/stat: when it nears the core count, more "
+    "workers cannot add throughput.",
     "- Ratios: 'tether Nx faster' is DBOS time / tether time (or tether rate / DBOS rate).",
 ]
 

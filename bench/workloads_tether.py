@@ -192,18 +192,35 @@ def worker_processes(count: int, log_dir: Path) -> Iterator[None]:
             log.close()
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds this machine has spent busy (all processes, all cores) since boot."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def w2_processes(counts: Counts, deadline: Deadline) -> Metrics:
-    """W2 served by 1, then 4 worker processes; this process only starts runs and waits."""
+    """W2 served by 1, then 4 worker processes; this process only starts runs and waits.
+
+    Also records how many of the machine's cores were busy during each pass (every
+    process: client, workers, database server), which bounds what more workers can add.
+    """
     log_dir = Path(os.environ.get("TETHER_BENCH_LOG_DIR", "."))
     rates: dict[int, float] = {}
+    busy: dict[int, float] = {}
     for workers in (1, 4):
         with worker_processes(workers, log_dir):
+            cpu0, t0 = busy_cpu_seconds(), time.perf_counter()
             rates[workers] = float(w2_throughput(counts, deadline)["wf_per_s"])
+            busy[workers] = (busy_cpu_seconds() - cpu0) / (time.perf_counter() - t0)
     return {
         "n": counts.w2_workflows,
         "wf_per_s_1": rates[1],
         "wf_per_s_4": rates[4],
         "speedup_4_over_1": round(rates[4] / rates[1], 2),
+        "cores_busy_1": round(busy[1], 2),
+        "cores_busy_4": round(busy[4], 2),
+        "cores": os.cpu_count() or 0,
     }
 
 
