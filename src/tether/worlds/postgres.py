@@ -1267,10 +1267,12 @@ def _cancel_runs(tx: _Tx, run_ids: list[str]) -> CancelResult:
         if state is None or state[0] in TERMINAL_STATUSES:
             continue
         states[run_id] = ("cancelled", *state[1:])  # a repeated id is cancelled once
+        # The status is tested here, not in the WHERE: there, a plan made on a young
+        # table could find the run's hooks by scanning every active one (its index).
         tx.cur.execute(
-            "SELECT hook_id FROM hooks WHERE run_id = %s AND status = 'active' ORDER BY created_at",
-            (run_id,),
+            "SELECT hook_id, status FROM hooks WHERE run_id = %s ORDER BY created_at", (run_id,)
         )
+        active = [hook_id for hook_id, status in tx.cur.fetchall() if status == "active"]
         events = [
             EventRecord(
                 run_id,
@@ -1280,7 +1282,7 @@ def _cancel_runs(tx: _Tx, run_ids: list[str]) -> CancelResult:
                 attrs={"reason": "run cancelled"},
                 created_at=now,
             )
-            for i, (hook_id,) in enumerate(tx.cur.fetchall(), start=1)
+            for i, hook_id in enumerate(active, start=1)
         ]
         events.append(
             EventRecord(run_id, state[1] + len(events) + 1, "run_cancelled", created_at=now)
