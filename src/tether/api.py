@@ -121,7 +121,7 @@ class Run:
         deadline = None if timeout is None else time.monotonic() + timeout
         async with self._world.changes() as changed:
             while True:
-                record = self._record()
+                record = self._found(await self._world.get_run_async(self.run_id))
                 if record.status in TERMINAL_STATUSES:
                     return _outcome(record)
                 remaining = 1.0 if deadline is None else deadline - time.monotonic()
@@ -154,7 +154,9 @@ class Run:
         return self._world.list_steps(self.run_id)
 
     def _record(self) -> RunRecord:
-        record = self._world.get_run(self.run_id)
+        return self._found(self._world.get_run(self.run_id))
+
+    def _found(self, record: RunRecord | None) -> RunRecord:
         if record is None:
             raise RunNotFoundError(f"run {self.run_id!r} not found in {self._world.url}")
         return record
