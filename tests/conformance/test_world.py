@@ -172,6 +172,21 @@ def test_commit_activation_refuses_a_stale_log_and_requeues_the_run(world: World
     assert (task.kind, task.run_id) == ("workflow", "r1")
 
 
+def test_an_activation_with_nothing_to_append_still_gives_back_its_task(world: World) -> None:
+    # A registered worker: on PostgreSQL its commits take the fast path.
+    world.register_worker(WorkerInfo("w1", DEP, "production", "host", 1), {})
+    with_hook(world, "r1", "tok-1")
+    world.resume_hook("tok-1", '"a"')  # seq 4; the run's workflow task is due
+    (task,) = world.claim_tasks(DEP, "w1", 10, 30.0)
+    assert (task.kind, task.run_id) == ("workflow", "r1")
+    # The workflow read the payload and waits for the next: nothing new to append.
+    assert world.commit_activation(Activation("r1", 4, [], "w1", 30.0))
+    assert world.next_due(DEP) is None  # the task is not left leased to w1
+    world.resume_hook("tok-1", '"b"')
+    (again,) = world.claim_tasks(DEP, "w2", 10, 30.0)
+    assert again.run_id == "r1"
+
+
 def test_commit_activation_on_an_ended_run_is_refused_without_requeue(world: World) -> None:
     world.create_run(new_run("r1"))
     world.cancel_runs(["r1"])

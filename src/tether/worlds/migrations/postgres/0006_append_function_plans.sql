@@ -6,6 +6,9 @@
 -- per call, and a run's end disposed its hooks through a scan of every active hook
 -- (hooks_active_token). Both now find their rows by primary key alone: the run by
 -- run_id, the hooks by run_id with the status tested in the SET list.
+-- And an activation with no events to append (it found nothing new to do)
+-- still reschedules its run: 0005 returned early and left the workflow task
+-- leased to the worker, which renewed the lease with every heartbeat.
 --
 -- What it does, as in 0005: append a run's events and derive the views from them, in one
 -- statement. The writer calls it once per operation instead of sending a
@@ -71,9 +74,6 @@ BEGIN
       INTO v_seq, v_type, v_correlation_id, v_name, v_payload, v_attrs_all, v_created_at
       FROM json_array_elements(p_events) WITH ORDINALITY AS x(e, k);
     v_n := coalesce(cardinality(v_seq), 0);
-    IF v_n = 0 THEN
-        RETURN;
-    END IF;
     INSERT INTO events (run_id, seq, type, correlation_id, name, payload, attrs, created_at)
     SELECT p_run_id, u.seq, u.type, u.cid, u.name, u.payload, u.attrs, u.at
       FROM unnest(v_seq, v_type, v_correlation_id, v_name, v_payload, v_attrs_all, v_created_at)
@@ -167,7 +167,9 @@ BEGIN
         END IF;
     END LOOP;
     v_last := v_last + v_conflicts;
-    IF v_started_at IS NULL THEN
+    IF v_n = 0 THEN
+        NULL;  -- nothing appended (an activation that found no progress): only schedule
+    ELSIF v_started_at IS NULL THEN
         UPDATE runs SET last_seq = v_last WHERE run_id = p_run_id;
     ELSE
         UPDATE runs SET last_seq = v_last, started_at = v_started_at,
