@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,25 @@ def test_approval_with_timeout_takes_both_branches(worker: tether.Worker) -> Non
     tether.resume_hook(_token(approved), "yes")
     assert approved.result(timeout=10) == {"approved": "yes"}
     assert tether.start(approval, [0.05]).result(timeout=10) == {"timed_out": True}
+
+
+def test_a_payload_for_a_run_whose_timer_is_held_is_not_lost(
+    worker: tether.Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker claims a sleep's end ahead and holds it; a payload lands meanwhile.
+
+    The held activation goes on from the cached run, which has not seen the
+    payload: its commit must be refused and the run read again from its log.
+    """
+    monkeypatch.setattr(tether.runtime.worker, "CLAIM_AHEAD", 2.0)  # held from 0.5 s on
+    run = tether.start(approval, [1.5])
+    token = _token(run)
+    created = run.events()[0].created_at
+    wait_for(lambda: time.time() > created + 1.0, 5, "the timer to be held")
+    tether.resume_hook(token, "late yes")
+    assert run.result(timeout=10) == {"approved": "late yes"}
+    # The payload waited for the held timer: the run ended at the sleep's end, not before.
+    assert run.events()[-1].created_at >= created + 1.4
 
 
 def test_approval_replays_the_same_branch(world_url: str) -> None:

@@ -25,10 +25,17 @@ class FailingWorld(SqliteWorld):
             raise OSError(f"injected failure of {name}")
 
     async def claim_tasks_async(
-        self, deployment_id: str, worker_id: str, limit: int, lease_seconds: float
+        self,
+        deployment_id: str,
+        worker_id: str,
+        limit: int,
+        lease_seconds: float,
+        ahead: float = 0.0,
     ) -> list[Task]:
         self._maybe_fail("claim")
-        return await super().claim_tasks_async(deployment_id, worker_id, limit, lease_seconds)
+        return await super().claim_tasks_async(
+            deployment_id, worker_id, limit, lease_seconds, ahead
+        )
 
     async def finish_step_async(
         self, outcome: StepOutcome, activation: Activation | None = None

@@ -54,6 +54,11 @@ RETRY_RUN_AFTER = 1.0
 #: than this long after the last round, doubling per empty round up to PACE_MAX (seconds).
 PACE_BASE = 0.001
 PACE_MAX = 0.05
+#: Workflow tasks that fall due within this many seconds are claimed with the round and
+#: held here until their time: timers that fall due close together cost one claim, and
+#: a cached run wakes from its sleep without reading its log first (the commit checks
+#: that the log did not move). A hook payload for a held run waits for it at most this long.
+CLAIM_AHEAD = 0.05
 #: How often a step's outcome is offered to a failing World before the step is re-run.
 RECORD_ATTEMPTS = 5
 BACKOFF_MAX = 60.0
@@ -336,11 +341,11 @@ class Worker:
         if free <= 0:
             return True, 0.05  # full: look again when some work has finished
         tasks, due = await self.world.claim_due_async(
-            self.deployment_id, self.worker_id, free, self.lease_seconds
+            self.deployment_id, self.worker_id, free, self.lease_seconds, CLAIM_AHEAD
         )
         for task in tasks:
             if task.kind == "workflow":
-                self._spawn(self._activate(task.run_id), task.run_id)
+                self._spawn(self._activate(task.run_id, task.due_at), task.run_id)
             else:
                 job = _StepJob(task.run_id, task.step_id, task.step_name, task.input, task.attempt)
                 self._spawn(self._run_step(job))
@@ -366,13 +371,24 @@ class Worker:
 
     # -- workflow activations --------------------------------------------------
 
-    async def _activate(self, run_id: str) -> None:
-        """Advance a run: replay or continue it, apply due sleeps, commit what it asks for."""
+    async def _activate(self, run_id: str, due_at: float = 0.0) -> None:
+        """Advance a run: replay or continue it, apply due sleeps, commit what it asks for.
+
+        A task claimed ahead of its time (``due_at`` still to come) is a timer:
+        it waits for its time here, and a cached run then goes on from memory.
+        Had its log moved meanwhile (a hook payload, a cancel), the commit is
+        refused and the run queued again, to be read from its log.
+        """
+        timer = due_at > time.time()
+        while (left := due_at - time.time()) > 0:
+            await asyncio.sleep(left)  # the loop's clock may wake us a little early
         async with self._run_lock(run_id):
             instance = self._cache.pop(run_id, None)
-            events = await self.world.list_events_async(
-                run_id, instance.last_seq if instance else 0
-            )
+            events: list[EventRecord] = []
+            if not timer or instance is None:
+                events = await self.world.list_events_async(
+                    run_id, instance.last_seq if instance else 0
+                )
             if instance is not None and any(e.type in ACTIVATION_EVENTS for e in events):
                 instance.close()  # another worker advanced the run: replay it from the log
                 instance = None

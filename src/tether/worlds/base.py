@@ -134,6 +134,9 @@ class Task:
     step_name: str = ""
     input: str = ""
     attempt: int = 0
+    #: When the task fell or falls due (epoch seconds): later than now for a workflow
+    #: task claimed ahead of its time (``claim_due_async``'s ``ahead``).
+    due_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,13 +364,21 @@ class World(abc.ABC):
 
     @abc.abstractmethod
     def claim_tasks(
-        self, deployment_id: str, worker_id: str, limit: int, lease_seconds: float
+        self,
+        deployment_id: str,
+        worker_id: str,
+        limit: int,
+        lease_seconds: float,
+        ahead: float = 0.0,
     ) -> list[Task]:
         """Lease up to ``limit`` due tasks of ``deployment_id`` to ``worker_id``.
 
         A task is due when its time has come or its previous lease expired
         (the worker that held it died). Claiming a step appends its
-        ``step_started`` event.
+        ``step_started`` event. With ``ahead``, workflow tasks nobody holds
+        that fall due within that many seconds are leased too, with their
+        ``due_at``: the worker holds them until then, so that timers falling
+        due close together cost one claim, not one each.
         """
 
     @abc.abstractmethod
@@ -482,28 +493,42 @@ class World(abc.ABC):
         return await asyncio.to_thread(self.finish_step, outcome, activation)
 
     async def claim_tasks_async(
-        self, deployment_id: str, worker_id: str, limit: int, lease_seconds: float
+        self,
+        deployment_id: str,
+        worker_id: str,
+        limit: int,
+        lease_seconds: float,
+        ahead: float = 0.0,
     ) -> list[Task]:
         """``claim_tasks`` for a worker's event loop."""
         return await asyncio.to_thread(
-            self.claim_tasks, deployment_id, worker_id, limit, lease_seconds
+            self.claim_tasks, deployment_id, worker_id, limit, lease_seconds, ahead
         )
 
     async def claim_due_async(
-        self, deployment_id: str, worker_id: str, limit: int, lease_seconds: float
+        self,
+        deployment_id: str,
+        worker_id: str,
+        limit: int,
+        lease_seconds: float,
+        ahead: float = 0.0,
     ) -> tuple[list[Task], float | None]:
-        """A worker's claim round: ``claim_tasks``, then when the next task falls due.
+        """A worker's claim round: ``claim_tasks``, then when to claim again.
 
-        The second value is ``next_due`` after the claim (``None``: no task
-        at all), or now when the claim took ``limit`` tasks (more may be
-        due). This default asks ``has_due`` first, so a round that finds
-        nothing writes nothing; a backend that can claim and look ahead in
-        one round trip overrides it.
+        The second value is when the next task falls due after the claim
+        (``None``: no task at all; for a workflow task claimable ``ahead``,
+        half that before its time, so that the next round takes the timers
+        of half a window at once), or now when the claim took ``limit`` tasks
+        (more may be due). This default asks ``has_due`` first, so a round
+        that finds nothing writes nothing, and answers ``next_due``; a
+        backend that can claim and look ahead in one round trip overrides it.
         """
         now = time.time()
         tasks: list[Task] = []
-        if await self.has_due_async(deployment_id, now):
-            tasks = await self.claim_tasks_async(deployment_id, worker_id, limit, lease_seconds)
+        if await self.has_due_async(deployment_id, now + ahead):
+            tasks = await self.claim_tasks_async(
+                deployment_id, worker_id, limit, lease_seconds, ahead
+            )
         if len(tasks) >= limit:
             return tasks, now
         return tasks, await self.next_due_async(deployment_id)

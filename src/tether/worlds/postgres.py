@@ -288,26 +288,41 @@ class PostgresWorld(World):
     # -- worker side ------------------------------------------------------
 
     def claim_tasks(
-        self, deployment_id: str, worker_id: str, limit: int, lease_seconds: float
+        self,
+        deployment_id: str,
+        worker_id: str,
+        limit: int,
+        lease_seconds: float,
+        ahead: float = 0.0,
     ) -> list[Task]:
         return self._write(
-            lambda tx: _claim_tasks(tx, deployment_id, worker_id, limit, lease_seconds)
+            lambda tx: _claim(tx, deployment_id, worker_id, limit, lease_seconds, ahead)[0]
         )
 
     async def claim_tasks_async(
-        self, deployment_id: str, worker_id: str, limit: int, lease_seconds: float
+        self,
+        deployment_id: str,
+        worker_id: str,
+        limit: int,
+        lease_seconds: float,
+        ahead: float = 0.0,
     ) -> list[Task]:
         return await self._write_async(
-            lambda tx: _claim_tasks(tx, deployment_id, worker_id, limit, lease_seconds)
+            lambda tx: _claim(tx, deployment_id, worker_id, limit, lease_seconds, ahead)[0]
         )
 
     async def claim_due_async(
-        self, deployment_id: str, worker_id: str, limit: int, lease_seconds: float
+        self,
+        deployment_id: str,
+        worker_id: str,
+        limit: int,
+        lease_seconds: float,
+        ahead: float = 0.0,
     ) -> tuple[list[Task], float | None]:
         # One transaction of the writer: no has_due read first (a claim that finds
         # nothing writes nothing, so it costs no log flush) and no next_due after.
         return await self._write_async(
-            lambda tx: _claim_due(tx, deployment_id, worker_id, limit, lease_seconds)
+            lambda tx: _claim_due(tx, deployment_id, worker_id, limit, lease_seconds, ahead)
         )
 
     def next_due(self, deployment_id: str) -> float | None:
@@ -1124,28 +1139,29 @@ def _finish_step(
 
 
 _NEXT_DUE = "SELECT MIN(available_at) FROM tasks WHERE deployment_id = %s"
+#: The first task to fall due, and whether a claim may take it ahead of its time
+#: (a workflow task nobody holds).
+_FIRST_DUE = (
+    "SELECT available_at, kind = 'workflow' AND lease_owner IS NULL FROM tasks"
+    " WHERE deployment_id = %s ORDER BY available_at LIMIT 1"
+)
 
 
 def _claim_due(
-    tx: _Tx, deployment_id: str, worker_id: str, limit: int, lease: float
+    tx: _Tx, deployment_id: str, worker_id: str, limit: int, lease: float, ahead: float
 ) -> tuple[list[Task], float | None]:
     """``claim_due_async``'s transaction: the claim, and the next due time read with it."""
-    ahead = tx.cur.connection.cursor()
-    tasks, handed_back = _claim(tx, deployment_id, worker_id, limit, lease, ahead)
+    next_due = tx.cur.connection.cursor()
+    tasks, handed_back = _claim(tx, deployment_id, worker_id, limit, lease, ahead, next_due)
     now = time.time()
     if len(tasks) >= limit:
         return tasks, now
-    row = ahead.fetchone()  # arrived with the claim's rows: no round trip of its own
-    due = float(row[0]) if row and row[0] is not None else None
+    row = next_due.fetchone()  # arrived with the claim's rows: no round trip of its own
+    # A workflow task nobody holds may be claimed ahead: look again half a window early.
+    due = float(row[0]) - (ahead / 2 if row[1] else 0.0) if row else None
     if handed_back:
         due = min(due, now + _BUSY_RUN_RETRY) if due is not None else now + _BUSY_RUN_RETRY
     return tasks, due
-
-
-def _claim_tasks(
-    tx: _Tx, deployment_id: str, worker_id: str, limit: int, lease: float
-) -> list[Task]:
-    return _claim(tx, deployment_id, worker_id, limit, lease, None)[0]
 
 
 def _claim(
@@ -1154,27 +1170,33 @@ def _claim(
     worker_id: str,
     limit: int,
     lease: float,
-    ahead: Cursor | None,
+    ahead: float,
+    next_due: Cursor | None = None,
 ) -> tuple[list[Task], bool]:
     """Lease due tasks; returns them and whether some were handed back (their run was busy).
 
-    ``ahead``, if given, is sent the deployment's next due time query in the
-    claim's round trip (it sees the leases just taken).
+    ``ahead``: see ``World.claim_tasks``. ``next_due``, if given, is sent
+    the deployment's first due task query in the claim's round trip (it
+    sees the leases just taken).
     """
     now = time.time()
     tx.cur.execute(
-        "WITH due AS (SELECT task_id FROM tasks WHERE deployment_id = %s AND available_at <= %s"
+        "WITH due AS (SELECT task_id, available_at FROM tasks"
+        " WHERE deployment_id = %s AND available_at <= %s"
+        " AND (available_at <= %s OR (kind = 'workflow' AND lease_owner IS NULL))"
         " ORDER BY available_at LIMIT %s FOR UPDATE SKIP LOCKED)"
         " UPDATE tasks t SET lease_owner = %s, available_at = %s FROM due"
-        " WHERE t.task_id = due.task_id RETURNING t.task_id, t.kind, t.run_id, t.step_id",
-        (deployment_id, now, limit, worker_id, now + lease),
+        " WHERE t.task_id = due.task_id"
+        " RETURNING t.task_id, t.kind, t.run_id, t.step_id, due.available_at",
+        (deployment_id, now + ahead, now, limit, worker_id, now + lease),
     )
-    if ahead is not None:
-        ahead.execute(_NEXT_DUE, (deployment_id,))  # same round trip as the claim
+    if next_due is not None:
+        next_due.execute(_FIRST_DUE, (deployment_id,))  # same round trip as the claim
     rows = sorted(tx.cur.fetchall())
     if not rows:
         return [], False
-    steps = [(run_id, step_id) for _, kind, run_id, step_id in rows if kind == "step"]
+    due_at = {row[0]: row[4] for row in rows}
+    steps = [(run_id, step_id) for _, kind, run_id, step_id, _ in rows if kind == "step"]
     # Lock the runs before appending step_started; the steps are read by a later
     # statement, after the locks are granted. Everyone else locks a run before its
     # tasks, so a claim, holding tasks, must not wait for a run: SKIP LOCKED, and
@@ -1210,7 +1232,7 @@ def _claim(
     tasks: list[Task] = []
     dropped: list[int] = []
     handed_back: list[int] = []
-    for task_id, kind, run_id, step_id in rows:
+    for task_id, kind, run_id, step_id, _ in rows:
         state = runs.get(run_id)
         if run_id in busy:
             handed_back.append(task_id)
@@ -1219,7 +1241,7 @@ def _claim(
             dropped.append(task_id)
             continue
         if kind == "workflow":
-            tasks.append(Task(task_id, "workflow", run_id, deployment_id))
+            tasks.append(Task(task_id, "workflow", run_id, deployment_id, due_at=due_at[task_id]))
             continue
         step = step_rows.get((run_id, step_id))
         if step is None or step[1] in ("completed", "failed"):

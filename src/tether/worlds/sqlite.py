@@ -191,10 +191,15 @@ class SqliteWorld(World):
     # -- worker side ------------------------------------------------------
 
     def claim_tasks(
-        self, deployment_id: str, worker_id: str, limit: int, lease_seconds: float
+        self,
+        deployment_id: str,
+        worker_id: str,
+        limit: int,
+        lease_seconds: float,
+        ahead: float = 0.0,
     ) -> list[Task]:
         return self._write(
-            lambda conn: _claim_tasks(conn, deployment_id, worker_id, limit, lease_seconds)
+            lambda conn: _claim_tasks(conn, deployment_id, worker_id, limit, lease_seconds, ahead)
         )
 
     def next_due(self, deployment_id: str) -> float | None:
@@ -219,11 +224,51 @@ class SqliteWorld(World):
         return row is not None
 
     async def claim_tasks_async(
-        self, deployment_id: str, worker_id: str, limit: int, lease_seconds: float
+        self,
+        deployment_id: str,
+        worker_id: str,
+        limit: int,
+        lease_seconds: float,
+        ahead: float = 0.0,
     ) -> list[Task]:
         return await self._write_async(
-            lambda conn: _claim_tasks(conn, deployment_id, worker_id, limit, lease_seconds)
+            lambda conn: _claim_tasks(conn, deployment_id, worker_id, limit, lease_seconds, ahead)
         )
+
+    async def claim_due_async(
+        self,
+        deployment_id: str,
+        worker_id: str,
+        limit: int,
+        lease_seconds: float,
+        ahead: float = 0.0,
+    ) -> tuple[list[Task], float | None]:
+        # The base round, with the next round's time read as PostgreSQL's is: half a
+        # window before a workflow task that may be claimed ahead.
+        now = time.time()
+        first = self._first_due(deployment_id, ahead)
+        tasks: list[Task] = []
+        if first is not None and first <= now:
+            tasks = await self.claim_tasks_async(
+                deployment_id, worker_id, limit, lease_seconds, ahead
+            )
+            if len(tasks) >= limit:
+                return tasks, now
+            first = self._first_due(deployment_id, ahead)
+        return tasks, first
+
+    def _first_due(self, deployment_id: str, ahead: float) -> float | None:
+        """When a claim round with ``ahead`` next finds work (``claim_due_async``)."""
+        row = (
+            self._read()
+            .execute(
+                "SELECT available_at, kind = 'workflow' AND lease_owner IS NULL FROM tasks"
+                " WHERE deployment_id = ? ORDER BY available_at LIMIT 1",
+                (deployment_id,),
+            )
+            .fetchone()
+        )
+        return None if row is None else float(row[0]) - (ahead / 2 if row[1] else 0.0)
 
     def commit_activation(self, activation: Activation) -> bool:
         return self._write(lambda conn: _commit_activation(conn, activation))
@@ -774,23 +819,33 @@ def _finish_step(
 
 
 def _claim_tasks(
-    conn: sqlite3.Connection, deployment_id: str, worker_id: str, limit: int, lease: float
+    conn: sqlite3.Connection,
+    deployment_id: str,
+    worker_id: str,
+    limit: int,
+    lease: float,
+    ahead: float,
 ) -> list[Task]:
     now = time.time()
     rows = conn.execute(
-        "UPDATE tasks SET lease_owner = ?, available_at = ? WHERE task_id IN ("
-        " SELECT task_id FROM tasks WHERE deployment_id = ? AND available_at <= ?"
-        " ORDER BY available_at LIMIT ?) RETURNING task_id, kind, run_id, step_id",
-        (worker_id, now + lease, deployment_id, now, limit),
+        "SELECT task_id, kind, run_id, step_id, available_at FROM tasks"
+        " WHERE deployment_id = ? AND available_at <= ?"
+        " AND (available_at <= ? OR (kind = 'workflow' AND lease_owner IS NULL))"
+        " ORDER BY available_at LIMIT ?",
+        (deployment_id, now + ahead, now, limit),
     ).fetchall()
+    conn.executemany(
+        "UPDATE tasks SET lease_owner = ?, available_at = ? WHERE task_id = ?",
+        [(worker_id, now + lease, row[0]) for row in rows],
+    )
     tasks: list[Task] = []
-    for task_id, kind, run_id, step_id in sorted(rows):
+    for task_id, kind, run_id, step_id, due_at in sorted(rows):
         state = _run_state(conn, run_id)
         if state is None or state[0] in TERMINAL_STATUSES:
             conn.execute("DELETE FROM tasks WHERE task_id = ?", (task_id,))
             continue
         if kind == "workflow":
-            tasks.append(Task(task_id, "workflow", run_id, deployment_id))
+            tasks.append(Task(task_id, "workflow", run_id, deployment_id, due_at=due_at))
             continue
         step = conn.execute(
             "SELECT step_name, status, attempt, input FROM steps WHERE run_id = ? AND step_id = ?",
