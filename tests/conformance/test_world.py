@@ -753,6 +753,30 @@ def test_async_hot_path_methods_match_the_blocking_ones(world: World) -> None:
     assert world.get_run("r2").status == "completed"  # type: ignore[union-attr]
 
 
+def test_create_run_async_answers_once_committed_and_survives_a_cancelled_caller(
+    world: World,
+) -> None:
+    async def scenario() -> list[str]:
+        created: list[str] = []
+        record = await world.create_run_async(
+            new_run("r1"), None, lambda made: created.append(made.run_id)
+        )
+        assert record.run_id == "r1"
+        # A caller that stops waiting (its task cancelled, a worker's drain timing out)
+        # leaves the write to commit, and the World able to take the next ones.
+        abandoned = asyncio.ensure_future(
+            world.create_run_async(new_run("r2"), None, lambda made: created.append(made.run_id))
+        )
+        await asyncio.sleep(0)
+        abandoned.cancel()
+        await asyncio.gather(abandoned, return_exceptions=True)
+        await world.create_run_async(new_run("r3"))
+        return created
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 30)) == ["r1", "r2"]
+    assert [r.run_id for r in world.list_runs(RunFilter())] == ["r3", "r2", "r1"]
+
+
 # -- hooks -------------------------------------------------------------------------
 
 

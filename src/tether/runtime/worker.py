@@ -279,11 +279,12 @@ class Worker:
                     run.run_id, 1, new_events, self.worker_id, self.lease_seconds
                 )
                 try:
-                    created = await self.world.create_run_async(run, activation)
+                    # The caller, blocked in start(), is answered from the commit's
+                    # thread: it need not wait for this loop to come round.
+                    await self.world.create_run_async(run, activation, future.set_result)
                 except BaseException:
                     instance.close()
                     raise
-                future.set_result(created)
                 self._run_steps(self._after_commit(instance, new_events, True))
         except BaseException as exc:
             if not future.done():

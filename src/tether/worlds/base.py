@@ -477,10 +477,22 @@ class World(abc.ABC):
         return await asyncio.to_thread(self.next_due, deployment_id)
 
     async def create_run_async(
-        self, run: NewRun, activation: Activation | None = None
+        self,
+        run: NewRun,
+        activation: Activation | None = None,
+        on_created: Callable[[RunRecord], None] | None = None,
     ) -> RunRecord:
-        """``create_run`` for a worker's event loop."""
-        return await asyncio.to_thread(self.create_run, run, activation)
+        """``create_run`` for a worker's event loop.
+
+        ``on_created`` is called with the record once the run is committed,
+        from the thread that committed it, perhaps before this coroutine
+        resumes: a caller blocked on the run's creation in another thread
+        need not wait for the loop.
+        """
+        record = await asyncio.to_thread(self.create_run, run, activation)
+        if on_created is not None:
+            on_created(record)
+        return record
 
     async def commit_activation_async(self, activation: Activation) -> bool:
         """``commit_activation`` for a worker's event loop."""

@@ -186,9 +186,12 @@ class PostgresWorld(World):
         return self._write(lambda tx: _create_run(tx, run, activation))
 
     async def create_run_async(
-        self, run: NewRun, activation: Activation | None = None
+        self,
+        run: NewRun,
+        activation: Activation | None = None,
+        on_created: Callable[[RunRecord], None] | None = None,
     ) -> RunRecord:
-        return await self._write_async(lambda tx: _create_run(tx, run, activation))
+        return await self._write_async(lambda tx: _create_run(tx, run, activation), on_created)
 
     def get_run(self, run_id: str) -> RunRecord | None:
         rows = self._fetch(_RUN_SELECT + " WHERE run_id = %s", (run_id,))
@@ -534,10 +537,16 @@ class PostgresWorld(World):
         result: T = self._writer.submit(op, None).result()
         return result
 
-    async def _write_async(self, op: Callable[[_Tx], T]) -> T:
+    async def _write_async(
+        self, op: Callable[[_Tx], T], on_committed: Callable[[T], None] | None = None
+    ) -> T:
+        """Commit ``op`` on the writer; ``on_committed`` is called from the writer thread."""
         if self._closed:
             raise RuntimeError(f"the world {self.shown_url} is closed")
         future = self._writer.submit(op, asyncio.get_running_loop())
+        if on_committed is not None:
+            callback = on_committed
+            future.add_done_callback(lambda done: done.exception() or callback(done.result()))
         result: T = await asyncio.wrap_future(future)
         return result
 
@@ -724,8 +733,14 @@ class _Writer:
         self._thread.start()
 
     def submit(self, op: Callable[[_Tx], T], origin: asyncio.AbstractEventLoop | None) -> Future[T]:
-        """Queue ``op``; the future resolves once it is committed."""
+        """Queue ``op``; the future resolves once it is committed.
+
+        The future cannot be cancelled: an operation once queued is committed
+        even if its caller stops waiting (a cancelled task), and the writer
+        must be able to resolve it.
+        """
         future: Future[T] = Future()
+        future.set_running_or_notify_cancel()
         self._queue.put(_Item(op, future, origin))
         return future
 

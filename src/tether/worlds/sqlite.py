@@ -90,9 +90,12 @@ class SqliteWorld(World):
         return self._write(lambda conn: _create_run(conn, run, activation))
 
     async def create_run_async(
-        self, run: NewRun, activation: Activation | None = None
+        self,
+        run: NewRun,
+        activation: Activation | None = None,
+        on_created: Callable[[RunRecord], None] | None = None,
     ) -> RunRecord:
-        return await self._write_async(lambda conn: _create_run(conn, run, activation))
+        return await self._write_async(lambda conn: _create_run(conn, run, activation), on_created)
 
     def get_run(self, run_id: str) -> RunRecord | None:
         row = self._read().execute(_RUN_SELECT + " WHERE run_id = ?", (run_id,)).fetchone()
@@ -452,10 +455,12 @@ class SqliteWorld(World):
             raise RuntimeError(f"the world {self.url} is closed")
         return self._writer.submit(op).result()
 
-    async def _write_async(self, op: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write_async(
+        self, op: Callable[[sqlite3.Connection], T], on_committed: Callable[[T], None] | None = None
+    ) -> T:
         if self._closed:
             raise RuntimeError(f"the world {self.url} is closed")
-        return await self._writer.run_on_loop(op)
+        return await self._writer.run_on_loop(op, on_committed)
 
     def _migrate(self) -> None:
         conn = self._connect()
@@ -542,20 +547,30 @@ class _Writer:
         self._thread.start()
 
     def submit(self, op: Callable[[sqlite3.Connection], T]) -> Future[T]:
-        """Queue ``op`` for the writer thread; the future resolves once it is committed."""
+        """Queue ``op`` for the writer thread; the future resolves once it is committed.
+
+        The future cannot be cancelled: the writer thread must be able to resolve it.
+        """
         future: Future[T] = Future()
+        future.set_running_or_notify_cancel()
         self._queue.put((op, future))
         return future
 
-    async def run_on_loop(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        """Commit ``op`` on the calling loop, with everything else queued this iteration."""
+    async def run_on_loop(
+        self, op: Callable[[sqlite3.Connection], T], on_committed: Callable[[T], None] | None = None
+    ) -> T:
+        """Commit ``op`` on the calling loop, with everything else queued this iteration.
+
+        ``on_committed`` is called with its result once committed, even if the
+        caller stopped waiting meanwhile.
+        """
         loop = asyncio.get_running_loop()
         batch = self._loop_batches.get(loop)
         if batch is None:
             batch = self._loop_batches[loop] = []
             loop.call_soon(self._flush_loop, loop)
         future: asyncio.Future[T] = loop.create_future()
-        batch.append((op, future))
+        batch.append((op, future, on_committed))
         return await future
 
     def stop(self) -> None:
@@ -594,8 +609,10 @@ class _Writer:
 
     def _flush_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         batch = self._loop_batches.pop(loop, [])
-        outcomes = self._execute([op for op, _ in batch], loop)
-        for (_, future), (result, error) in zip(batch, outcomes, strict=True):
+        outcomes = self._execute([op for op, _, _ in batch], loop)
+        for (_, future, on_committed), (result, error) in zip(batch, outcomes, strict=True):
+            if error is None and on_committed is not None:
+                on_committed(result)
             if future.cancelled():
                 continue
             if error is None:
@@ -644,7 +661,9 @@ class _Writer:
 
 
 _QueuedOp = tuple[Callable[[sqlite3.Connection], Any], Future[Any]]
-_LoopOp = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
+_LoopOp = tuple[
+    Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", Callable[[Any], None] | None
+]
 
 
 # -- operations run inside the writer's transaction --------------------------
