@@ -8,8 +8,7 @@ import os
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,23 +130,54 @@ def test_approval_with_timeout_takes_both_branches(worker: tether.Worker) -> Non
     assert tether.start(approval, [0.05]).result(timeout=10) == {"timed_out": True}
 
 
-def test_a_payload_for_a_run_whose_timer_is_held_is_not_lost(
-    worker: tether.Worker, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The worker claims a sleep's end ahead and holds it; a payload lands meanwhile.
+def _timer_held(run: tether.Run, sleep_ends: float) -> Callable[[], bool]:
+    """Whether the run's workflow task is leased already: claimed ahead of ``sleep_ends``."""
+    world = tether.api.resolve_world()
+    return lambda: (world.next_due(run.deployment_id) or 0) > sleep_ends + 5
 
-    The held activation goes on from the cached run, which has not seen the
-    payload: its commit must be refused and the run read again from its log.
-    """
-    monkeypatch.setattr(tether.runtime.worker, "CLAIM_AHEAD", 2.0)  # held from 0.5 s on
-    run = tether.start(approval, [1.5])
+
+@pytest.fixture
+def holding_worker(world_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tether.Worker]:
+    """A worker that claims sleeps ending within 4 s and holds them (leases last 30 s)."""
+    monkeypatch.setattr(tether.runtime.worker, "CLAIM_AHEAD", 4.0)
+    with tether.Worker(lease_seconds=30.0) as w:
+        yield w
+
+
+def test_a_payload_for_a_run_whose_timer_is_held_is_not_lost(
+    holding_worker: tether.Worker,
+) -> None:
+    """The worker claims a sleep's end ahead and holds it; a payload lands meanwhile."""
+    run = tether.start(approval, [3.0])
     token = _token(run)
-    created = run.events()[0].created_at
-    wait_for(lambda: time.time() > created + 1.0, 5, "the timer to be held")
+    ends = run.events()[0].created_at + 3.0
+    wait_for(_timer_held(run, ends), 10, "the timer to be held")
     tether.resume_hook(token, "late yes")
     assert run.result(timeout=10) == {"approved": "late yes"}
     # The payload waited for the held timer: the run ended at the sleep's end, not before.
-    assert run.events()[-1].created_at >= created + 1.4
+    assert run.events()[-1].created_at >= ends - 0.1
+
+
+@workflow
+async def nap(seconds: float) -> str:
+    await tether.sleep(seconds)
+    return "rested"
+
+
+def test_a_held_timer_of_a_run_woken_meanwhile_is_refused_and_replayed(
+    holding_worker: tether.Worker,
+) -> None:
+    """A cached run with only a sleep out goes on from memory at its time, unread.
+
+    Waking its sleep meanwhile (an operator's action) moved its log: that
+    commit must be refused, and the run replayed from its log, once woken.
+    """
+    run = tether.start(nap, [3.0])
+    wait_for(lambda: len(run.events()) >= 3, 10, "the sleep to begin")
+    wait_for(_timer_held(run, run.events()[0].created_at + 3.0), 10, "the timer to be held")
+    assert tether.api.resolve_world().wake_sleeps(run.run_id) == 1
+    assert run.result(timeout=10) == "rested"
+    assert [e.type for e in run.events()].count("wait_completed") == 1
 
 
 def test_approval_replays_the_same_branch(world_url: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 from tests.conformance.backends import postgres_world_url, rerun_on_postgres
 from tests.integration import test_hooks_streams
 
-rerun_on_postgres(test_hooks_streams, globals(), "server")
+rerun_on_postgres(test_hooks_streams, globals(), "server", "holding_worker")
 
 
 @pytest.fixture

@@ -63,6 +63,11 @@ class RunInstance:
         self._main: asyncio.Task[Any] | None = None
         self._rng = random.Random(run.run_id)
 
+    @property
+    def only_sleeping(self) -> bool:
+        """Whether only its own sleeps are out: no step or hook can add to its log."""
+        return not self.hooks and self.pending.keys() <= self.waits.keys()
+
     # -- feeding events ----------------------------------------------------
 
     def feed(self, events: Sequence[EventRecord]) -> None:

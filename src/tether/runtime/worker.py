@@ -23,7 +23,7 @@ import traceback
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -55,9 +55,8 @@ RETRY_RUN_AFTER = 1.0
 PACE_BASE = 0.001
 PACE_MAX = 0.05
 #: Workflow tasks that fall due within this many seconds are claimed with the round and
-#: held here until their time: timers that fall due close together cost one claim, and
-#: a cached run wakes from its sleep without reading its log first (the commit checks
-#: that the log did not move). A hook payload for a held run waits for it at most this long.
+#: held here until their time, so that timers falling due close together cost one claim.
+#: A hook payload for a run whose timer is held waits for it at most this long.
 CLAIM_AHEAD = 0.05
 #: How often a step's outcome is offered to a failing World before the step is re-run.
 RECORD_ATTEMPTS = 5
@@ -281,13 +280,15 @@ class Worker:
                 try:
                     # The caller, blocked in start(), is answered from the commit's
                     # thread: it need not wait for this loop to come round.
-                    await self.world.create_run_async(run, activation, future.set_result)
+                    await self.world.create_run_async(
+                        run, activation, lambda made: _resolve(future, made)
+                    )
                 except BaseException:
                     instance.close()
                     raise
                 self._run_steps(self._after_commit(instance, new_events, True))
         except BaseException as exc:
-            if not future.done():
+            with contextlib.suppress(InvalidStateError):  # the commit may have answered
                 future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
@@ -376,9 +377,10 @@ class Worker:
         """Advance a run: replay or continue it, apply due sleeps, commit what it asks for.
 
         A task claimed ahead of its time (``due_at`` still to come) is a timer:
-        it waits for its time here, and a cached run then goes on from memory.
-        Had its log moved meanwhile (a hook payload, a cancel), the commit is
-        refused and the run queued again, to be read from its log.
+        it waits for its time here. A cached run with nothing but sleeps out
+        then goes on from memory, without reading its log: only an operator
+        (a cancel, a wake-up) can have moved it, and then the commit is
+        refused and the run replayed from its log.
         """
         timer = due_at > time.time()
         while (left := due_at - time.time()) > 0:
@@ -386,7 +388,7 @@ class Worker:
         async with self._run_lock(run_id):
             instance = self._cache.pop(run_id, None)
             events: list[EventRecord] = []
-            if not timer or instance is None:
+            if not (timer and instance is not None and instance.only_sleeping):
                 events = await self.world.list_events_async(
                     run_id, instance.last_seq if instance else 0
                 )
@@ -686,6 +688,12 @@ class Worker:
                 os._exit(130)  # a second Ctrl-C: stop draining
             log.warning("draining in-flight work; press Ctrl-C again to exit at once")
             self._stopping.set()
+
+
+def _resolve(future: Future[RunRecord], record: RunRecord) -> None:
+    """Answer a waiting ``start()``, unless a failure (a cancelled loop) answered it first."""
+    with contextlib.suppress(InvalidStateError):
+        future.set_result(record)
 
 
 def _dump_error(exc: BaseException) -> str:

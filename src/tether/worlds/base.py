@@ -532,8 +532,9 @@ class World(abc.ABC):
         half that before its time, so that the next round takes the timers
         of half a window at once), or now when the claim took ``limit`` tasks
         (more may be due). This default asks ``has_due`` first, so a round
-        that finds nothing writes nothing, and answers ``next_due``; a
-        backend that can claim and look ahead in one round trip overrides it.
+        that finds nothing due writes nothing, and answers ``next_due``,
+        without the half window; a backend that can claim and look ahead in
+        one round trip overrides it.
         """
         now = time.time()
         tasks: list[Task] = []

@@ -1275,13 +1275,16 @@ def _claim(
         )
         _append(tx, run_id, deployment_id, [started], None)
         task = Task(task_id, "step", run_id, deployment_id, step_id, step_name, step_input)
-        tasks.append(dataclasses.replace(task, attempt=attempt + 1))
+        tasks.append(dataclasses.replace(task, attempt=attempt + 1, due_at=due_at[task_id]))
     if dropped:
         tx.cur.execute("DELETE FROM tasks WHERE task_id = ANY(%s)", (dropped,), prepare=False)
     if handed_back:
+        # Due again in a moment, or at its time if it was taken ahead of it.
         tx.cur.execute(
-            "UPDATE tasks SET lease_owner = NULL, available_at = %s WHERE task_id = ANY(%s)",
-            (now + _BUSY_RUN_RETRY, handed_back),
+            "UPDATE tasks t SET lease_owner = NULL, available_at = GREATEST(b.due_at, %s)"
+            " FROM unnest(%s::bigint[], %s::double precision[]) AS b(task_id, due_at)"
+            " WHERE t.task_id = b.task_id",
+            (now + _BUSY_RUN_RETRY, handed_back, [due_at[t] for t in handed_back]),
             prepare=False,
         )
     return tasks, bool(handed_back)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import queue
 import sqlite3
 import threading
@@ -44,6 +45,7 @@ from tether.worlds.base import (
     World,
 )
 
+log = logging.getLogger("tether.sqlite")
 T = TypeVar("T")
 
 _BATCH_LIMIT = 512
@@ -612,7 +614,10 @@ class _Writer:
         outcomes = self._execute([op for op, _, _ in batch], loop)
         for (_, future, on_committed), (result, error) in zip(batch, outcomes, strict=True):
             if error is None and on_committed is not None:
-                on_committed(result)
+                try:
+                    on_committed(result)
+                except Exception:
+                    log.exception("a commit's callback failed")
             if future.cancelled():
                 continue
             if error is None:
@@ -884,7 +889,7 @@ def _claim_tasks(
         )
         _append(conn, run_id, deployment_id, [started], None)
         tasks.append(
-            Task(task_id, "step", run_id, deployment_id, step_id, step[0], step[3], attempt)
+            Task(task_id, "step", run_id, deployment_id, step_id, step[0], step[3], attempt, due_at)
         )
     return tasks
 
