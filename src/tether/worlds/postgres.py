@@ -1154,12 +1154,7 @@ def _finish_step(
 
 
 _NEXT_DUE = "SELECT MIN(available_at) FROM tasks WHERE deployment_id = %s"
-#: The first task to fall due, and whether a claim may take it ahead of its time
-#: (a workflow task nobody holds).
-_FIRST_DUE = (
-    "SELECT available_at, kind = 'workflow' AND lease_owner IS NULL FROM tasks"
-    " WHERE deployment_id = %s ORDER BY available_at LIMIT 1"
-)
+_FIRST_DUE = schema.first_due_query("%s")
 
 
 def _claim_due(
@@ -1172,8 +1167,7 @@ def _claim_due(
     if len(tasks) >= limit:
         return tasks, now
     row = next_due.fetchone()  # arrived with the claim's rows: no round trip of its own
-    # A workflow task nobody holds may be claimed ahead: look again half a window early.
-    due = float(row[0]) - (ahead / 2 if row[1] else 0.0) if row else None
+    due = schema.claim_again_at(row, ahead)
     if handed_back:
         due = min(due, now + _BUSY_RUN_RETRY) if due is not None else now + _BUSY_RUN_RETRY
     return tasks, due

@@ -1,7 +1,8 @@
-"""SQL shared by the backends: versioned migrations and the run-listing query."""
+"""SQL shared by the backends: versioned migrations, the run listing, the next claim time."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
@@ -73,6 +74,28 @@ def run_query(select: str, filters: RunFilter, *, placeholder: str) -> tuple[str
     sql += f" ORDER BY created_at {order}, run_id {order} LIMIT {placeholder}"
     params.append(filters.limit)
     return sql, params
+
+
+def first_due_query(placeholder: str) -> str:
+    """The deployment's first task to fall due, and whether a claim may take it ahead.
+
+    Only a workflow task nobody holds may be claimed ahead (``World.claim_tasks``).
+    """
+    return (
+        "SELECT available_at, kind = 'workflow' AND lease_owner IS NULL FROM tasks"
+        f" WHERE deployment_id = {placeholder} ORDER BY available_at LIMIT 1"
+    )
+
+
+def claim_again_at(row: Sequence[Any] | None, ahead: float) -> float | None:
+    """When a claim round with ``ahead`` should run next, from ``first_due_query``'s row.
+
+    Half a window before a task that may be claimed ahead, so that the round
+    takes the timers of half a window at once; else when the task falls due.
+    """
+    if row is None:
+        return None
+    return float(row[0]) - (ahead / 2 if row[1] else 0.0)
 
 
 def encode_cursor(created_at: float, run_id: str) -> str:

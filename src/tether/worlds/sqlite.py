@@ -264,16 +264,8 @@ class SqliteWorld(World):
 
     def _first_due(self, deployment_id: str, ahead: float) -> float | None:
         """When a claim round with ``ahead`` next finds work (``claim_due_async``)."""
-        row = (
-            self._read()
-            .execute(
-                "SELECT available_at, kind = 'workflow' AND lease_owner IS NULL FROM tasks"
-                " WHERE deployment_id = ? ORDER BY available_at LIMIT 1",
-                (deployment_id,),
-            )
-            .fetchone()
-        )
-        return None if row is None else float(row[0]) - (ahead / 2 if row[1] else 0.0)
+        row = self._read().execute(schema.first_due_query("?"), (deployment_id,)).fetchone()
+        return schema.claim_again_at(row, ahead)
 
     def commit_activation(self, activation: Activation) -> bool:
         return self._write(lambda conn: _commit_activation(conn, activation))
