@@ -168,7 +168,7 @@ def worker_processes(count: int, log_dir: Path) -> Iterator[None]:
                     env={
                         **os.environ,
                         "PYTHONPATH": str(HERE),
-                        "TETHER_WORLD": tether.api.world_url(),
+                        "TETHER_WORLD": tether.config.world_url(),
                     },
                     stdout=log,
                     stderr=subprocess.STDOUT,

@@ -8,7 +8,7 @@ from datetime import datetime
 import tether
 from examples.orders import fulfill_order
 from tether import serde
-from tether.worlds.base import EventRecord
+from tether.worlds.records import EventRecord
 
 
 def describe(event: EventRecord, steps: dict[str, str]) -> str | None:
@@ -38,7 +38,7 @@ def describe(event: EventRecord, steps: dict[str, str]) -> str | None:
 
 def main() -> None:
     """Start a worker in this process, run one order, follow its event log live."""
-    url = tether.api.world_url()
+    url = tether.config.world_url()
     print(f"tether demo: order fulfilment on the embedded World ({url})")
     with tether.Worker():
         run = tether.start(fulfill_order, ["o-1001", 4599, "2s"])

@@ -98,7 +98,7 @@ async def start_refund(request: Request) -> JSONResponse:
     order_id = request.path_params["order_id"]
     timeout = request.query_params.get("timeout", "1h")
     run = await tether.start_async(approve_refund, [order_id, timeout])
-    world = tether.api.resolve_world()
+    world = tether.config.resolve_world()
     while not (hooks := world.list_hooks(run.run_id)):
         await asyncio.sleep(0.01)
     return JSONResponse(

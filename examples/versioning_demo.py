@@ -19,7 +19,8 @@ from typing import Any
 
 import tether
 from tether import serde
-from tether.worlds.base import RunFilter, World
+from tether.worlds.base import World
+from tether.worlds.records import RunFilter
 
 ROOT = Path(__file__).resolve().parent.parent
 DB = ROOT / ".tether" / "demo.db"
@@ -33,7 +34,7 @@ def main() -> None:
         Path(f"{DB}{suffix}").unlink(missing_ok=True)
     url = f"sqlite:///{DB}"
     tether.configure(url)
-    world = tether.api.resolve_world()
+    world = tether.config.resolve_world()
     follower = Follower(world)
     workers: list[subprocess.Popen[bytes]] = []
     began = time.monotonic()

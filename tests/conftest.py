@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import tether
-from tether import api
+from tether import config
 
 
 @pytest.fixture(autouse=True)
@@ -26,9 +26,9 @@ def deployment_id(monkeypatch: pytest.MonkeyPatch) -> str:
 def world_url(tmp_path: Path) -> Iterator[str]:
     """A fresh embedded World, configured as this process's default."""
     url = f"sqlite:///{tmp_path}/tether.db"
-    api.configure(url)
+    config.configure(url)
     yield url
-    api.configure(None)
+    config.configure(None)
 
 
 @pytest.fixture

@@ -5,12 +5,12 @@ from tether.api import (
     Run,
     cancel_run,
     cancel_runs,
-    configure,
     get_run,
     rerun,
     start,
     start_async,
 )
+from tether.config import close, configure
 from tether.errors import (
     DeploymentNotFoundError,
     FatalError,
@@ -51,6 +51,7 @@ __all__ = [
     "WorkflowNotFoundError",
     "cancel_run",
     "cancel_runs",
+    "close",
     "configure",
     "create_hook",
     "create_webhook",

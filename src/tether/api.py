@@ -1,10 +1,8 @@
-"""The client side: configure a World, start runs, look at them, cancel them."""
+"""The client side: start runs, look at them, cancel and rerun them."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -13,6 +11,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from tether import deployments, registry, serde
+from tether.config import local_worker, on_worker_loop, resolve_world
 from tether.errors import (
     DeploymentNotFoundError,
     RunCancelledError,
@@ -21,8 +20,8 @@ from tether.errors import (
     WorkflowNotFoundError,
 )
 from tether.runtime.context import current_step
-from tether.worlds import DEFAULT_WORLD_URL, open_world
-from tether.worlds.base import (
+from tether.worlds.base import World
+from tether.worlds.records import (
     RUN_STATUSES,
     TERMINAL_STATUSES,
     DeploymentRecord,
@@ -31,46 +30,11 @@ from tether.worlds.base import (
     RunFilter,
     RunRecord,
     StepRecord,
-    World,
 )
 from tether.worlds.schema import encode_cursor
 
 if TYPE_CHECKING:
     from tether.streams import Readable
-
-_configured_url: str | None = None
-_worlds: dict[str, World] = {}
-_worlds_lock = threading.Lock()
-
-
-def configure(world: str | None = None) -> None:
-    """Choose the World this process uses: a URL such as ``sqlite:///.tether/tether.db``.
-
-    Without a call, ``$TETHER_WORLD`` is used, else that embedded default.
-    """
-    global _configured_url
-    _configured_url = world
-
-
-def world_url() -> str:
-    """The URL of the configured World (``configure``, ``$TETHER_WORLD``, or the default)."""
-    return _configured_url or os.environ.get("TETHER_WORLD") or DEFAULT_WORLD_URL
-
-
-def resolve_world(world: World | str | None = None) -> World:
-    """The World to use: the one given, one opened from a URL, or the configured one.
-
-    Worlds opened from a URL are shared by the whole process.
-    """
-    if isinstance(world, World):
-        return world
-    step = current_step.get()
-    url = world or (step.world_url if step is not None else world_url())
-    with _worlds_lock:
-        found = _worlds.get(url)
-        if found is None:
-            found = _worlds[url] = open_world(url)
-        return found
 
 
 class Run:
@@ -98,8 +62,6 @@ class Run:
         Raises ``RunFailedError`` or ``RunCancelledError`` when it did not
         complete, and ``TimeoutError`` when ``timeout`` seconds pass first.
         """
-        from tether.runtime.worker import on_worker_loop
-
         if on_worker_loop():
             raise RuntimeError(
                 "run.result() would block the worker's event loop: "
@@ -334,8 +296,6 @@ def _create(
     parent_run_id: str | None,
     rerun_of: str | None,
 ) -> Run:
-    from tether.runtime.worker import local_worker
-
     run = NewRun(
         run_id=f"run_{uuid.uuid4().hex}",
         workflow_name=name,

@@ -33,7 +33,7 @@ async def webhook(request: Request) -> JSONResponse:
     """Deliver one webhook request to its hook."""
     import asyncio
 
-    from tether.api import resolve_world
+    from tether.config import resolve_world
     from tether.serde import dumps
 
     token = request.path_params["token"]

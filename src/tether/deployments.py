@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tether import registry
-from tether.worlds.base import DeploymentStatus, World
+from tether.worlds.base import World
+from tether.worlds.records import DeploymentStatus
 
 DEFAULT_ENVIRONMENT = "default"
 #: A worker whose heartbeat is older than this is not counted as live.
@@ -78,7 +79,7 @@ def list_deployments(
     A deployment whose ``stranded`` is true has runs in flight and no live
     worker: those runs wait until a worker of that deployment starts.
     """
-    from tether.api import resolve_world
+    from tether.config import resolve_world
 
     return resolve_world(world).list_deployments(environment, LIVE_WITHIN_SECONDS)
 
@@ -214,7 +215,7 @@ def _steps_used(fn: Callable[..., Any]) -> set[str]:
 def _manifest(ref: str | dict[str, Any], world: World | str | None) -> tuple[str, dict[str, Any]]:
     if isinstance(ref, dict):
         return "(manifest)", ref
-    from tether.api import resolve_world
+    from tether.config import resolve_world
 
     record = resolve_world(world).get_deployment(ref)
     if record is None:

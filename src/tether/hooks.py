@@ -117,7 +117,7 @@ def resume_hook(token: str, payload: Any = None, *, world: World | str | None = 
     for an unknown token or a hook whose run has ended, and
     ``SerializationError`` when the payload cannot be stored.
     """
-    from tether.api import resolve_world
+    from tether.config import resolve_world
 
     text = serde.dumps(payload, where=f"payload of hook {token!r}")
     return resolve_world(world).resume_hook(token, text)

@@ -17,7 +17,8 @@ from typing import Any
 
 from tether import serde
 from tether.runtime.context import current_instance
-from tether.worlds.base import TERMINAL_STATUSES, RunFilter, World
+from tether.worlds.base import World
+from tether.worlds.records import TERMINAL_STATUSES, RunFilter
 
 DEFAULT_NAMESPACE = "default"
 _PAGE = 256
@@ -62,7 +63,7 @@ class StreamHandle:
                 f"write to stream {self.stream_id} from a @step: workflow code is replayed, "
                 "so its writes would repeat"
             )
-        from tether.api import resolve_world
+        from tether.config import resolve_world
 
         where = f"chunk of stream {self.stream_id}"
         texts = [serde.dumps(chunk, where=where) for chunk in chunks]
@@ -96,7 +97,7 @@ def get_readable(
     world: World | str | None = None,
 ) -> Readable:
     """Read the stream ``namespace`` of ``run_id`` from ``start_index`` (negative: from the end)."""
-    from tether.api import resolve_world
+    from tether.config import resolve_world
 
     return Readable(resolve_world(world), run_id, namespace or DEFAULT_NAMESPACE, start_index)
 

@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from tether import serde
-from tether.worlds.base import NewRun, WorkerInfo, World
+from tether.worlds.base import World
+from tether.worlds.records import NewRun, WorkerInfo
 
 REPO = Path(__file__).resolve().parents[2]
 APP = "tests.apps.cli_app"

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from tether import api
+from tether import config
 from tether.worlds.postgres import redact
 
 POSTGRES_URL = os.environ.get(
@@ -78,20 +78,18 @@ def fresh_schema() -> Iterator[str]:
 
 
 def close_worlds(url: str) -> None:
-    """Close the process-wide World ``api`` opened for ``url`` (it holds connections)."""
-    world = api._worlds.pop(url, None)
-    if world is not None:
-        world.close()
+    """Close the process-wide World opened for ``url`` (it holds connections)."""
+    config.close(url)
 
 
 @contextmanager
 def configured(url: str) -> Iterator[str]:
     """``url`` as this process's World for the block; its connections closed afterwards."""
-    api.configure(url)
+    config.configure(url)
     try:
         yield url
     finally:
-        api.configure(None)
+        config.configure(None)
         close_worlds(url)
 
 

@@ -98,7 +98,7 @@ def test_failure_raises_run_failed(worker: tether.Worker) -> None:
 
 def wait_until(predicate: Callable[[], object], what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
-    with tether.api.resolve_world().watch() as changed:
+    with tether.config.resolve_world().watch() as changed:
         while not predicate():
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what}")
@@ -106,7 +106,7 @@ def wait_until(predicate: Callable[[], object], what: str, timeout: float = 10.0
 
 
 def test_cancel_a_sleeping_run_and_rerun_it(worker: tether.Worker) -> None:
-    world = tether.api.resolve_world()
+    world = tether.config.resolve_world()
     run = tether.start(sleeper, [60.0])
     wait_until(lambda: world.list_waits(run.run_id), "the run to sleep")
     assert tether.cancel_run(run.run_id) is True
@@ -125,6 +125,6 @@ def test_cancel_a_sleeping_run_and_rerun_it(worker: tether.Worker) -> None:
 def test_short_sleep_ends_on_time(worker: tether.Worker) -> None:
     run = tether.start(sleeper, [0.3])
     assert run.result(timeout=10) == "awake"
-    (wait,) = tether.api.resolve_world().list_waits(run.run_id)
+    (wait,) = tether.config.resolve_world().list_waits(run.run_id)
     assert wait.status == "completed"
     assert wait.completed_at is not None and wait.completed_at >= wait.resume_at

@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 
 from tether.errors import HookNotFoundError
-from tether.worlds.base import (
+from tether.worlds.base import World
+from tether.worlds.records import (
     Activation,
     EventRecord,
     NewRun,
     RunFilter,
     StepOutcome,
     WorkerInfo,
-    World,
 )
 from tether.worlds.schema import encode_cursor
 

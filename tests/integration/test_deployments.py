@@ -110,9 +110,9 @@ def test_cancel_then_rerun_on_latest_runs_the_same_inputs_on_v2(
     fixed = tether.rerun(buggy.run_id, deployment_id="latest")
     assert (fixed.deployment_id, fixed.rerun_of) == ("v2", buggy.run_id)
     assert fixed.workflow_name == buggy.workflow_name
-    tether.api.resolve_world().wake_sleeps(fixed.run_id)  # skip its hour-long sleep
+    tether.config.resolve_world().wake_sleeps(fixed.run_id)  # skip its hour-long sleep
     wait_for(lambda: _sleeping(fixed), 10, "the rerun to sleep")
-    tether.api.resolve_world().wake_sleeps(fixed.run_id)
+    tether.config.resolve_world().wake_sleeps(fixed.run_id)
     assert fixed.result(timeout=15) == "v2"
     assert labels(marks) == ["pick:o-4:v1", "pick:o-4:v2", "pack:o-4:v2"]
 

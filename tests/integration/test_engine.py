@@ -330,7 +330,7 @@ def test_waking_a_sleep_ends_it_early(worker: tether.Worker) -> None:
     while not any(e.type == "wait_created" for e in run.events()):
         assert time.monotonic() < wait_for_event
         time.sleep(0.01)
-    world = tether.api.resolve_world()
+    world = tether.config.resolve_world()
     for _ in range(3):  # naps sleeps three times
         deadline = time.monotonic() + 5
         while not [w for w in world.list_waits(run.run_id) if w.status == "waiting"]:

@@ -53,7 +53,7 @@ async def claims(token: str) -> str:
 
 
 def _token(run: tether.Run) -> str:
-    world = tether.api.resolve_world()
+    world = tether.config.resolve_world()
     wait_for(lambda: world.list_hooks(run.run_id), 10, "the hook to be created")
     return world.list_hooks(run.run_id)[0].token
 
@@ -88,7 +88,7 @@ def test_many_payloads_arrive_in_order_through_async_for(worker: tether.Worker) 
     types = [e.type for e in run.events()]
     assert types.count("hook_received") == 5
     assert types[-2:] == ["hook_disposed", "run_completed"]
-    (hook,) = tether.api.resolve_world().list_hooks(run.run_id)
+    (hook,) = tether.config.resolve_world().list_hooks(run.run_id)
     assert hook.status == "disposed" and hook.metadata == {"purpose": "test"}
 
 
@@ -132,7 +132,7 @@ def test_approval_with_timeout_takes_both_branches(worker: tether.Worker) -> Non
 
 def _timer_held(run: tether.Run, sleep_ends: float) -> Callable[[], bool]:
     """Whether the run's workflow task is leased already: claimed ahead of ``sleep_ends``."""
-    world = tether.api.resolve_world()
+    world = tether.config.resolve_world()
     return lambda: (world.next_due(run.deployment_id) or 0) > sleep_ends + 5
 
 
@@ -175,7 +175,7 @@ def test_a_held_timer_of_a_run_woken_meanwhile_is_refused_and_replayed(
     run = tether.start(nap, [3.0])
     wait_for(lambda: len(run.events()) >= 3, 10, "the sleep to begin")
     wait_for(_timer_held(run, run.events()[0].created_at + 3.0), 10, "the timer to be held")
-    assert tether.api.resolve_world().wake_sleeps(run.run_id) == 1
+    assert tether.config.resolve_world().wake_sleeps(run.run_id) == 1
     assert run.result(timeout=10) == "rested"
     assert [e.type for e in run.events()].count("wait_completed") == 1
 

@@ -27,7 +27,7 @@ import tether
 from tests.apps.basic import mark
 from tests.conformance.backends import admin, close_worlds, postgres_world_url
 from tests.integration.processes import WorkerProcess, read_marks
-from tether import api, step, workflow
+from tether import config, step, workflow
 
 APP = "tests.integration.test_postgres_faults"
 
@@ -236,7 +236,7 @@ def private_server() -> Iterator[PrivateServer]:
 
 def test_slow_server_restart_under_load(private_server: PrivateServer, tmp_path: Path) -> None:
     url = f"{private_server.url}?schema=restart"
-    api.configure(url)
+    config.configure(url)
     # No lease runs out while the server is away: no step runs twice.
     fleet = Fleet(url, tmp_path, lease_seconds=15.0)
     try:
@@ -262,5 +262,5 @@ def test_slow_server_restart_under_load(private_server: PrivateServer, tmp_path:
         assert_marks(marks, n, killed=set())
     finally:
         fleet.stop_all()
-        api.configure(None)
+        config.configure(None)
         close_worlds(url)

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conformance.backends import admin, fresh_schema
-from tether.worlds.base import Activation, EventRecord, NewRun, StepOutcome, WorkerInfo
 from tether.worlds.postgres import PostgresWorld
+from tether.worlds.records import Activation, EventRecord, NewRun, StepOutcome, WorkerInfo
 
 DEP = "dep-plans"
 WF = "workflow//tests.plans//flow"

@@ -8,7 +8,7 @@ from typing import Any
 
 import tether
 from tether import step, workflow
-from tether.worlds.base import Activation, StepOutcome, Task
+from tether.worlds.records import Activation, StepOutcome, Task
 from tether.worlds.sqlite import SqliteWorld
 
 

@@ -20,7 +20,8 @@ from tether.cli import backend, params, render, views
 from tether.cli.backend import backend_option
 from tether.cli.errors import CliError, UsageProblem
 from tether.hooks import resume_hook
-from tether.worlds.base import TERMINAL_STATUSES, RunFilter, RunRecord, World
+from tether.worlds.base import World
+from tether.worlds.records import TERMINAL_STATUSES, RunFilter, RunRecord
 
 #: Runs cancelled per World call in a bulk cancel (one transaction each).
 CANCEL_CHUNK = 100

@@ -12,11 +12,12 @@ from typing import Any, TypeVar
 
 import click
 
-from tether import api
+from tether import config
 from tether.cli.errors import CliError, is_backend_error, redact
 from tether.errors import RunNotFoundError
 from tether.worlds import DEFAULT_WORLD_URL
-from tether.worlds.base import RunRecord, World
+from tether.worlds.base import World
+from tether.worlds.records import RunRecord
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,7 +42,7 @@ class Backend:
             if not create:
                 self._require_database()
             try:
-                self._world = api.resolve_world(self.url)
+                self._world = config.resolve_world(self.url)
             except Exception as exc:
                 # A malformed URL (ValueError) says what it expected; a bug is a bug.
                 if not is_backend_error(exc):

@@ -13,7 +13,8 @@ from tether import deployments as tether_deployments
 from tether.cli import backend, params, render, views
 from tether.cli.backend import backend_option
 from tether.errors import DeploymentNotFoundError
-from tether.worlds.base import DeploymentStatus, World
+from tether.worlds.base import World
+from tether.worlds.records import DeploymentStatus
 
 F = TypeVar("F", bound=Callable[..., Any])
 

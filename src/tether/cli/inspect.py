@@ -14,14 +14,8 @@ from tether.api import iter_runs
 from tether.cli import backend, deploy, params, render, views
 from tether.cli.backend import backend_option
 from tether.cli.errors import UsageProblem
-from tether.worlds.base import (
-    HOOK_STATUSES,
-    STEP_STATUSES,
-    WAIT_STATUSES,
-    RunFilter,
-    RunRecord,
-    World,
-)
+from tether.worlds.base import World
+from tether.worlds.records import HOOK_STATUSES, STEP_STATUSES, WAIT_STATUSES, RunFilter, RunRecord
 from tether.worlds.schema import decode_cursor, encode_cursor
 
 T = TypeVar("T")

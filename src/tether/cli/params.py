@@ -12,7 +12,7 @@ import click
 from tether.cli import backend
 from tether.cli.errors import UsageProblem
 from tether.registry import parse_workflow_name
-from tether.worlds.base import RUN_STATUSES
+from tether.worlds.records import RUN_STATUSES
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tether.cli import render
-from tether.worlds.base import (
+from tether.worlds.records import (
     DeploymentStatus,
     EventRecord,
     HookRecord,

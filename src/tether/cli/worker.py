@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from tether import api, registry
+from tether import config, registry
 from tether.cli import backend
 from tether.cli.backend import backend_option
 from tether.cli.errors import CliError
@@ -40,7 +40,7 @@ def worker(modules: tuple[str, ...], concurrency: int, lease_seconds: float) -> 
     if not registry.WORKFLOWS and not registry.STEPS:
         raise CliError(f"no @workflow or @step found in {', '.join(modules)}: nothing to serve")
     serving = backend.current()
-    api.configure(serving.url)  # runs started from steps go to the same World
+    config.configure(serving.url)  # runs started from steps go to the same World
     w = Worker(
         world=serving.world(create=True), concurrency=concurrency, lease_seconds=lease_seconds
     )

@@ -25,7 +25,7 @@ from tether.durations import Duration, seconds_until
 from tether.errors import HookConflictError, NonDeterminismError, SerializationError
 from tether.runtime.context import current_instance
 from tether.runtime.loop import WorkflowLoop
-from tether.worlds.base import COMMAND_EVENTS, EventRecord, RunRecord
+from tether.worlds.records import COMMAND_EVENTS, EventRecord, RunRecord
 
 if TYPE_CHECKING:
     from tether.hooks import Hook
@@ -68,9 +68,9 @@ class RunInstance:
         """Whether only its own sleeps are out: no step or hook can add to its log."""
         return not self.hooks and self.pending.keys() <= self.waits.keys()
 
-    # -- feeding events ----------------------------------------------------
+    # -- replaying the log and resuming past it ------------------------------
 
-    def feed(self, events: Sequence[EventRecord]) -> None:
+    def replay(self, events: Sequence[EventRecord]) -> None:
         """Apply logged events in order, running the code after each answer."""
         for event in events:
             if event.type in COMMAND_EVENTS:
@@ -85,8 +85,8 @@ class RunInstance:
                 "but the code finished without asking for it"
             )
 
-    def advance(self, answers: Sequence[EventRecord]) -> list[EventRecord]:
-        """Feed new answers (not yet logged) and return every event to append.
+    def resume(self, answers: Sequence[EventRecord]) -> list[EventRecord]:
+        """Resume the code past the log with new answers (not yet logged); return what to append.
 
         The answers get the sequence numbers after ``last_seq``; the requests
         the code makes follow them, then ``run_completed`` or ``run_failed``
@@ -315,7 +315,7 @@ class RunInstance:
         return future
 
     def _end_event(self) -> EventRecord | None:
-        """``run_completed`` or ``run_failed`` once the code is done (``advance`` numbers it)."""
+        """``run_completed`` or ``run_failed`` once the code is done (``resume`` numbers it)."""
         if not self.done or self.ended:
             return None
         self.ended = True

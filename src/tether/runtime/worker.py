@@ -27,19 +27,19 @@ from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tether import deployments, registry, serde
+from tether import config, deployments, registry, serde
 from tether.durations import seconds_until
 from tether.errors import FatalError, RetryableError, SerializationError, WorkflowNotFoundError
 from tether.runtime.context import StepContext, current_step
 from tether.runtime.instance import ACTIVATION_EVENTS, TERMINAL_EVENTS, RunInstance, error_payload
-from tether.worlds.base import (
+from tether.worlds.base import World
+from tether.worlds.records import (
     Activation,
     EventRecord,
     NewRun,
     RunRecord,
     StepOutcome,
     WorkerInfo,
-    World,
 )
 
 log = logging.getLogger("tether.worker")
@@ -61,25 +61,6 @@ CLAIM_AHEAD = 0.05
 #: How often a step's outcome is offered to a failing World before the step is re-run.
 RECORD_ATTEMPTS = 5
 BACKOFF_MAX = 60.0
-
-#: Workers running in this process, by (world url, deployment id): ``start()`` hands them runs.
-_local_workers: dict[tuple[str, str], Worker] = {}
-_local_lock = threading.Lock()
-
-
-def local_worker(world_url: str, deployment_id: str) -> Worker | None:
-    """The in-process worker serving ``deployment_id`` on ``world_url``, if one runs."""
-    with _local_lock:
-        return _local_workers.get((world_url, deployment_id))
-
-
-def on_worker_loop() -> bool:
-    """Whether the calling code runs on a worker's event loop (blocking it would stall it)."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return any(w._loop is loop for w in list(_local_workers.values()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +91,7 @@ class Worker:
         lease_seconds: float = 10.0,
         drain_timeout: float = 30.0,
     ) -> None:
-        from tether import api
-
-        self.world = api.resolve_world(world)
+        self.world = config.resolve_world(world)
         self.deployment_id = deployment_id or deployments.current_deployment_id()
         self.environment = deployments.current_environment()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -131,6 +110,11 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the worker serves on, while it runs."""
+        return self._loop
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -200,9 +184,7 @@ class Worker:
                 work_only=True,
                 deployment_id=self.deployment_id,
             )
-            key = (self.world.url, self.deployment_id)
-            with _local_lock:
-                _local_workers.setdefault(key, self)
+            config.announce_worker(self.world.url, self.deployment_id, self)
         except BaseException as exc:
             self._error = exc
             self._ready.set()
@@ -214,9 +196,7 @@ class Worker:
         try:
             await self._claim_loop()
         finally:
-            with _local_lock:
-                if _local_workers.get(key) is self:
-                    del _local_workers[key]
+            config.withdraw_worker(self.world.url, self.deployment_id, self)
             remove_listener()
             await self._drain()
             heartbeat.cancel()
@@ -273,7 +253,7 @@ class Worker:
                 instance = RunInstance(record, definition)
                 instance.last_seq = 1  # run_created
                 started = EventRecord(run.run_id, 0, "run_started", created_at=time.time())
-                new_events = instance.advance([started])
+                new_events = instance.resume([started])
                 activation = Activation(
                     run.run_id, 1, new_events, self.worker_id, self.lease_seconds
                 )
@@ -404,7 +384,7 @@ class Worker:
                 instance = await self._new_instance(run_id)
                 if instance is None:
                     return
-            instance.feed(events)
+            instance.replay(events)
             expected = instance.last_seq
             answers: list[EventRecord] = []
             now = time.time()
@@ -415,7 +395,7 @@ class Worker:
                     answers.append(
                         EventRecord(run_id, 0, "wait_completed", wait_id, created_at=now)
                     )
-            new_events = instance.advance(answers)
+            new_events = instance.resume(answers)
             activation = Activation(
                 run_id, expected, new_events, self.worker_id, self.lease_seconds
             )
@@ -552,14 +532,15 @@ class Worker:
             )
         )
         try:
-            args, kwargs = serde.loads(job.input)
-            if definition.is_async:
-                result = await definition.fn(*args, **kwargs)
-            else:
-                context = contextvars.copy_context()
-                result = await asyncio.get_running_loop().run_in_executor(
-                    self._step_pool, lambda: context.run(definition.fn, *args, **kwargs)
-                )
+            with config.step_world(self.world.url):
+                args, kwargs = serde.loads(job.input)
+                if definition.is_async:
+                    result = await definition.fn(*args, **kwargs)
+                else:
+                    context = contextvars.copy_context()
+                    result = await asyncio.get_running_loop().run_in_executor(
+                        self._step_pool, lambda: context.run(definition.fn, *args, **kwargs)
+                    )
             payload = serde.dumps(result, where=f"return value of {job.step_name}")
             return self._outcome(job, "completed", payload)
         except (FatalError, SerializationError) as exc:
@@ -601,7 +582,7 @@ class Worker:
                 created_at=time.time(),
             )
             expected = instance.last_seq
-            new_events = instance.advance([answer])
+            new_events = instance.resume([answer])
             activation = Activation(
                 outcome.run_id, expected, new_events, self.worker_id, self.lease_seconds
             )

@@ -40,7 +40,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from tether.errors import HookNotFoundError
 from tether.worlds import schema
-from tether.worlds.base import (
+from tether.worlds.base import World
+from tether.worlds.records import (
     TERMINAL_STATUSES,
     Activation,
     CancelResult,
@@ -58,7 +59,6 @@ from tether.worlds.base import (
     Task,
     WaitRecord,
     WorkerInfo,
-    World,
 )
 
 T = TypeVar("T")

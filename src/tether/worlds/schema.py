@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-from tether.worlds.base import RunFilter
+from tether.worlds.records import RunFilter
 
 
 def migrations(backend: str) -> list[tuple[int, list[str]]]:

@@ -24,7 +24,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from tether.errors import HookNotFoundError
 from tether.worlds import schema
-from tether.worlds.base import (
+from tether.worlds.base import World
+from tether.worlds.records import (
     TERMINAL_STATUSES,
     Activation,
     CancelResult,
@@ -42,7 +43,6 @@ from tether.worlds.base import (
     Task,
     WaitRecord,
     WorkerInfo,
-    World,
 )
 
 log = logging.getLogger("tether.sqlite")
