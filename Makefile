@@ -1,5 +1,5 @@
 # tether: `make demo` runs the order example on the embedded SQLite World,
-# `make test` runs lint, types and the whole test suite.
+# `make test` runs lint, the import-layer contract, types and the whole test suite.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -21,6 +21,7 @@ test: lint typecheck pytest
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

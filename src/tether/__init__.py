@@ -7,6 +7,8 @@ from tether.api import (
     cancel_runs,
     get_run,
     rerun,
+    resume_hook,
+    resume_hook_async,
     start,
     start_async,
 )
@@ -25,11 +27,12 @@ from tether.errors import (
     TetherError,
     WorkflowNotFoundError,
 )
-from tether.hooks import Hook, create_hook, create_webhook, resume_hook, resume_hook_async
+from tether.hooks import Hook, create_hook, create_webhook
 from tether.primitives import now, random, sleep, uuid4
+from tether.readers import Readable, get_readable
 from tether.registry import parse_workflow_name, step, workflow
 from tether.runtime.worker import Worker
-from tether.streams import Readable, StreamHandle, get_readable, get_writable
+from tether.streams import StreamHandle, get_writable
 
 __all__ = [
     "DeploymentNotFoundError",

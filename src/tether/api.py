@@ -8,10 +8,11 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tether import deployments, registry, serde
+from tether import manifest, registry, serde
 from tether.config import local_worker, on_worker_loop, resolve_world
+from tether.context import current_step
 from tether.errors import (
     DeploymentNotFoundError,
     RunCancelledError,
@@ -19,7 +20,8 @@ from tether.errors import (
     RunNotFoundError,
     WorkflowNotFoundError,
 )
-from tether.runtime.context import current_step
+from tether.readers import Readable
+from tether.streams import DEFAULT_NAMESPACE
 from tether.worlds.base import World
 from tether.worlds.records import (
     RUN_STATUSES,
@@ -32,9 +34,6 @@ from tether.worlds.records import (
     StepRecord,
 )
 from tether.worlds.schema import encode_cursor
-
-if TYPE_CHECKING:
-    from tether.streams import Readable
 
 
 class Run:
@@ -102,8 +101,6 @@ class Run:
     @property
     def readable(self) -> Readable:
         """The run's default stream, live: ``for chunk in run.readable`` (or ``async for``)."""
-        from tether.streams import DEFAULT_NAMESPACE, Readable
-
         return Readable(self._world, self.run_id, DEFAULT_NAMESPACE)
 
     def children(self) -> list[Run]:
@@ -237,6 +234,24 @@ def cancel_runs(
     return cancelled
 
 
+def resume_hook(token: str, payload: Any = None, *, world: World | str | None = None) -> str:
+    """Deliver ``payload`` to the hook with ``token`` from any process; returns its run id.
+
+    The run continues on its own deployment. Raises ``HookNotFoundError``
+    for an unknown token or a hook whose run has ended, and
+    ``SerializationError`` when the payload cannot be stored.
+    """
+    text = serde.dumps(payload, where=f"payload of hook {token!r}")
+    return resolve_world(world).resume_hook(token, text)
+
+
+async def resume_hook_async(
+    token: str, payload: Any = None, *, world: World | str | None = None
+) -> str:
+    """``resume_hook`` for async code: the write happens off the event loop."""
+    return await asyncio.to_thread(resume_hook, token, payload, world=world)
+
+
 def iter_runs(world: World, filters: RunFilter) -> Iterator[RunRecord]:
     """Every run matching ``filters``, page after page."""
     cursor = filters.cursor
@@ -250,8 +265,8 @@ def iter_runs(world: World, filters: RunFilter) -> Iterator[RunRecord]:
 
 def resolve_deployment(target: World, workflow_name: str, deployment_id: str | None) -> str:
     """The deployment a new run of ``workflow_name`` is pinned to; checks it defines it."""
-    if deployment_id == "latest" or (deployment_id is None and not deployments.defines_workflows()):
-        environment = deployments.current_environment()
+    if deployment_id == "latest" or (deployment_id is None and not manifest.defines_workflows()):
+        environment = manifest.current_environment()
         latest = target.latest_deployment(environment)
         if latest is None:
             raise DeploymentNotFoundError(
@@ -260,7 +275,7 @@ def resolve_deployment(target: World, workflow_name: str, deployment_id: str | N
             )
         _check_defines(latest, workflow_name)
         return latest.deployment_id
-    own = deployments.current_deployment_id()
+    own = manifest.current_deployment_id()
     wanted = own if deployment_id is None else deployment_id
     if wanted == own and workflow_name in registry.WORKFLOWS:
         return own  # this process is that code: a worker of it may start later

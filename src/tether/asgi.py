@@ -10,6 +10,7 @@ parsed JSON, else the text, else the bytes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from typing import Any
@@ -19,8 +20,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from tether.config import resolve_world
 from tether.errors import HookNotFoundError
 from tether.hooks import WEBHOOK_PATH
+from tether.serde import dumps
 
 DEFAULT_MAX_BYTES = 1024 * 1024
 
@@ -31,11 +34,6 @@ class _TooLarge(Exception):
 
 async def webhook(request: Request) -> JSONResponse:
     """Deliver one webhook request to its hook."""
-    import asyncio
-
-    from tether.config import resolve_world
-    from tether.serde import dumps
-
     token = request.path_params["token"]
     try:
         body = await _read_body(request, _max_bytes())

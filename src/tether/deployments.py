@@ -1,74 +1,27 @@
-"""Deployments: which version of the code a process serves, what it defines, how two differ.
+"""Deployments as an operator sees them: which exist, which serve, how two differ.
 
-A deployment's id is ``$TETHER_DEPLOYMENT_ID`` (a git sha, a release tag)
-or, when unset, a fingerprint of the source of the modules that define the
-process's workflows and steps. Workers register it with a manifest: every
-workflow and step name with its parameters and a fingerprint of its code.
+What a process's own deployment is (its id and manifest) lives in
+``tether.manifest``; its names are re-exported here.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import inspect
-import os
-import sys
-import types
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tether import registry
+from tether.config import resolve_world
+from tether.manifest import (
+    DEFAULT_ENVIRONMENT,
+    build_manifest,
+    current_deployment_id,
+    current_environment,
+    defines_workflows,
+)
 from tether.worlds.base import World
 from tether.worlds.records import DeploymentStatus
 
-DEFAULT_ENVIRONMENT = "default"
 #: A worker whose heartbeat is older than this is not counted as live.
 LIVE_WITHIN_SECONDS = 15.0
-
-_module_hashes: dict[str, str] = {}
-
-
-def current_deployment_id() -> str:
-    """This process's deployment: ``$TETHER_DEPLOYMENT_ID``, else a fingerprint of its code."""
-    explicit = os.environ.get("TETHER_DEPLOYMENT_ID")
-    if explicit:
-        return explicit
-    return _fingerprint(len(registry.WORKFLOWS), len(registry.STEPS))
-
-
-@functools.lru_cache(maxsize=8)
-def _fingerprint(workflows: int, steps: int) -> str:
-    """The fingerprint of the registered code; cached while the registry's size stays."""
-    modules = sorted(
-        {d.fn.__module__ for d in registry.WORKFLOWS.values()}
-        | {d.fn.__module__ for d in registry.STEPS.values()}
-    )
-    digest = hashlib.sha256()
-    for module in modules:
-        digest.update(f"{module}\0{_module_hash(module)}\0".encode())
-    return f"dep-{digest.hexdigest()[:12]}"
-
-
-def current_environment() -> str:
-    """This process's environment: ``$TETHER_ENVIRONMENT``, else ``default``."""
-    return os.environ.get("TETHER_ENVIRONMENT") or DEFAULT_ENVIRONMENT
-
-
-def defines_workflows() -> bool:
-    """Whether this process registered workflows of its own (else it is a pure client)."""
-    return bool(registry.WORKFLOWS)
-
-
-def build_manifest() -> dict[str, Any]:
-    """Every workflow and step this process defines, with parameters and code fingerprints."""
-    return {
-        "workflows": {
-            name: {**_describe(wf.fn), "steps": sorted(_steps_used(wf.fn))}
-            for name, wf in sorted(registry.WORKFLOWS.items())
-        },
-        "steps": {name: _describe(s.fn) for name, s in sorted(registry.STEPS.items())},
-    }
 
 
 def list_deployments(
@@ -79,8 +32,6 @@ def list_deployments(
     A deployment whose ``stranded`` is true has runs in flight and no live
     worker: those runs wait until a worker of that deployment starts.
     """
-    from tether.config import resolve_world
-
     return resolve_world(world).list_deployments(environment, LIVE_WITHIN_SECONDS)
 
 
@@ -146,77 +97,9 @@ def diff(
 # -- helpers ------------------------------------------------------------------
 
 
-def _module_hash(module: str) -> str:
-    cached = _module_hashes.get(module)
-    if cached is None:
-        mod = sys.modules.get(module)
-        try:
-            source = inspect.getsource(mod) if mod is not None else module
-        except (OSError, TypeError):
-            source = module
-        cached = _module_hashes[module] = hashlib.sha256(source.encode()).hexdigest()
-    return cached
-
-
-def _describe(fn: Callable[..., Any]) -> dict[str, Any]:
-    signature = inspect.signature(fn)
-    digest = hashlib.sha256()
-    _digest_code(fn.__code__, digest)
-    return {
-        "fingerprint": digest.hexdigest()[:16],
-        "params": [
-            {
-                "name": p.name,
-                "kind": p.kind.name,
-                "default": p.default is not inspect.Parameter.empty,
-                "annotation": _annotation(p.annotation),
-            }
-            for p in signature.parameters.values()
-        ],
-        "returns": _annotation(signature.return_annotation),
-    }
-
-
-def _digest_code(code: types.CodeType, digest: Any) -> None:
-    """Hash what a function does, not its name or line numbers: a renamed copy matches."""
-    digest.update(code.co_code)
-    digest.update(repr((code.co_names, code.co_varnames, code.co_freevars)).encode())
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            _digest_code(const, digest)
-        else:
-            digest.update(repr(const).encode())
-
-
-def _annotation(annotation: Any) -> str:
-    if annotation is inspect.Signature.empty:
-        return ""
-    return (
-        annotation
-        if isinstance(annotation, str)
-        else getattr(annotation, "__qualname__", repr(annotation))
-    )
-
-
-def _steps_used(fn: Callable[..., Any]) -> set[str]:
-    """Names of the steps a workflow's code refers to (its globals that are steps)."""
-    found: set[str] = set()
-    codes = [fn.__code__]
-    while codes:
-        code = codes.pop()
-        for name in code.co_names:
-            value = fn.__globals__.get(name)
-            if isinstance(value, registry.Step):
-                found.add(value.name)
-        codes.extend(c for c in code.co_consts if inspect.iscode(c))
-    return found
-
-
 def _manifest(ref: str | dict[str, Any], world: World | str | None) -> tuple[str, dict[str, Any]]:
     if isinstance(ref, dict):
         return "(manifest)", ref
-    from tether.config import resolve_world
-
     record = resolve_world(world).get_deployment(ref)
     if record is None:
         raise LookupError(f"deployment {ref!r} is not registered: no worker of it ever started")
@@ -267,3 +150,17 @@ def _step_changes(
         else:
             reasons.append(f"step {step_name} was removed")
     return reasons
+
+
+__all__ = [
+    "DEFAULT_ENVIRONMENT",
+    "LIVE_WITHIN_SECONDS",
+    "DeploymentDiff",
+    "WorkflowChange",
+    "build_manifest",
+    "current_deployment_id",
+    "current_environment",
+    "defines_workflows",
+    "diff",
+    "list_deployments",
+]

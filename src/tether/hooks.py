@@ -5,7 +5,8 @@ first payload, ``async for payload in hook`` each payload in turn. Because a
 ``Hook`` is an asyncio future, it races with a sleep in ``asyncio.wait`` (an
 approval with a timeout). ``resume_hook(token, payload)`` delivers a payload
 from any process; ``create_webhook()`` gives a hook with a URL served by
-``tether.asgi.app``.
+``tether.asgi.app``. This module is the workflow side; ``resume_hook``
+lives with the other clients in ``tether.api``.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ import os
 import secrets
 from typing import Any
 
-from tether import serde
+from tether.context import current_instance
 from tether.errors import SerializationError
-from tether.runtime.context import current_instance
-from tether.worlds.base import World
 
 WEBHOOK_PATH = "/.well-known/workflow/v1/webhook/{token}"
 
@@ -110,26 +109,6 @@ def create_webhook(token: str | None = None, metadata: Any = None) -> Hook:
     return _create(token, metadata, webhook=True)
 
 
-def resume_hook(token: str, payload: Any = None, *, world: World | str | None = None) -> str:
-    """Deliver ``payload`` to the hook with ``token`` from any process; returns its run id.
-
-    The run continues on its own deployment. Raises ``HookNotFoundError``
-    for an unknown token or a hook whose run has ended, and
-    ``SerializationError`` when the payload cannot be stored.
-    """
-    from tether.config import resolve_world
-
-    text = serde.dumps(payload, where=f"payload of hook {token!r}")
-    return resolve_world(world).resume_hook(token, text)
-
-
-async def resume_hook_async(
-    token: str, payload: Any = None, *, world: World | str | None = None
-) -> str:
-    """``resume_hook`` for async code: the write happens off the event loop."""
-    return await asyncio.to_thread(resume_hook, token, payload, world=world)
-
-
 def webhook_url(token: str) -> str:
     """Where a webhook with ``token`` is served: ``$TETHER_WEBHOOK_BASE_URL`` + the path."""
     base = os.environ.get("TETHER_WEBHOOK_BASE_URL", "").rstrip("/")
@@ -148,4 +127,9 @@ def _create(token: str | None, metadata: Any, *, webhook: bool) -> Hook:
         raise SerializationError(
             f"hook metadata must be JSON (dicts, lists, strings, numbers): {exc}"
         ) from None
-    return instance.create_hook(token or secrets.token_urlsafe(24), metadata, webhook)
+    loop = instance.loop
+
+    def make(token: str, metadata: Any, webhook: bool) -> Hook:
+        return Hook(loop, token, metadata, webhook_url(token) if webhook else None)
+
+    return instance.create_hook(token or secrets.token_urlsafe(24), metadata, webhook, make)

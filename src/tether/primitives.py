@@ -13,8 +13,8 @@ import uuid as _uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from tether.context import current_instance
 from tether.durations import Duration, seconds_until
-from tether.runtime.context import current_instance
 
 
 def sleep(duration: Duration) -> asyncio.Future[Any]:

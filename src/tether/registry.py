@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from tether.runtime.context import current_instance
+from tether.context import current_instance
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -65,7 +65,7 @@ class Step(Generic[P, R]):
         instance = current_instance.get()
         if instance is None:
             return self.fn(*args, **kwargs)
-        return instance.schedule_step(self, args, kwargs)
+        return instance.schedule_step(self.name, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<step {self.name}>"

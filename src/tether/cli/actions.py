@@ -19,7 +19,6 @@ from tether import api, deployments
 from tether.cli import backend, params, render, views
 from tether.cli.backend import backend_option
 from tether.cli.errors import CliError, UsageProblem
-from tether.hooks import resume_hook
 from tether.worlds.base import World
 from tether.worlds.records import TERMINAL_STATUSES, RunFilter, RunRecord
 
@@ -283,7 +282,7 @@ def resume(token: str, payload: str) -> None:
     except ValueError as exc:
         raise UsageProblem(f"the payload ({payload!r}) is not valid JSON: {exc}") from None
     world = backend.world()
-    run_id = resume_hook(token, value, world=world)
+    run_id = api.resume_hook(token, value, world=world)
     click.echo(run_id)
     record = world.get_run(run_id)
     where = f" on {record.deployment_id}" if record is not None else ""

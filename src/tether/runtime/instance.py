@@ -16,20 +16,17 @@ import contextvars
 import random
 import traceback
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tether import serde
+from tether.context import H, HookReceiver, current_instance
 from tether.durations import Duration, seconds_until
 from tether.errors import HookConflictError, NonDeterminismError, SerializationError
-from tether.runtime.context import current_instance
+from tether.registry import Workflow
 from tether.runtime.loop import WorkflowLoop
 from tether.worlds.records import COMMAND_EVENTS, EventRecord, RunRecord
-
-if TYPE_CHECKING:
-    from tether.hooks import Hook
-    from tether.registry import Step, Workflow
 
 #: Events written by an activation itself: a cached run that sees one was moved elsewhere.
 ACTIVATION_EVENTS = COMMAND_EVENTS | {"run_started"}
@@ -58,7 +55,7 @@ class RunInstance:
         self.waits: dict[str, float] = {}
         self.failure: BaseException | None = None
         #: Hooks by correlation id; disposed ones are removed.
-        self.hooks: dict[str, Hook] = {}
+        self.hooks: dict[str, HookReceiver] = {}
         self._new: list[EventRecord] = []
         self._main: asyncio.Task[Any] | None = None
         self._rng = random.Random(run.run_id)
@@ -153,11 +150,11 @@ class RunInstance:
     # -- requests from workflow code ----------------------------------------
 
     def schedule_step(
-        self, step: Step[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, step_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> asyncio.Future[Any]:
         """Ask for a step; the future resolves with its recorded result."""
-        payload = serde.dumps([list(args), kwargs], where=f"arguments of {step.name}")
-        request = self._request("step_created", step.name, payload, None)
+        payload = serde.dumps([list(args), kwargs], where=f"arguments of {step_name}")
+        request = self._request("step_created", step_name, payload, None)
         return self._future_for(request)
 
     def schedule_sleep(self, duration: Duration) -> asyncio.Future[Any]:
@@ -169,16 +166,14 @@ class RunInstance:
         self.waits[request.correlation_id] = float((request.attrs or {})["resume_at"])
         return self._future_for(request)
 
-    def create_hook(self, token: str, metadata: Any, webhook: bool) -> Hook:
-        """Ask for a hook; on replay the token comes from the log."""
-        from tether.hooks import Hook, webhook_url
-
+    def create_hook(
+        self, token: str, metadata: Any, webhook: bool, make: Callable[[str, Any, bool], H]
+    ) -> H:
+        """Ask for a hook; on replay its token, metadata and kind come from the log."""
         attrs = {"token": token, "metadata": metadata, "webhook": webhook}
         request = self._request("hook_created", None, None, attrs)
         logged = request.attrs or attrs
-        hook_token = str(logged["token"])
-        url = webhook_url(hook_token) if logged.get("webhook") else None
-        hook = Hook(self.loop, hook_token, logged.get("metadata"), url)
+        hook = make(str(logged["token"]), logged.get("metadata"), bool(logged.get("webhook")))
         self.hooks[request.correlation_id or ""] = hook
         return hook
 

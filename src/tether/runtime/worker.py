@@ -27,10 +27,10 @@ from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tether import config, deployments, registry, serde
+from tether import config, manifest, registry, serde
+from tether.context import StepContext, current_step
 from tether.durations import seconds_until
 from tether.errors import FatalError, RetryableError, SerializationError, WorkflowNotFoundError
-from tether.runtime.context import StepContext, current_step
 from tether.runtime.instance import ACTIVATION_EVENTS, TERMINAL_EVENTS, RunInstance, error_payload
 from tether.worlds.base import World
 from tether.worlds.records import (
@@ -92,8 +92,8 @@ class Worker:
         drain_timeout: float = 30.0,
     ) -> None:
         self.world = config.resolve_world(world)
-        self.deployment_id = deployment_id or deployments.current_deployment_id()
-        self.environment = deployments.current_environment()
+        self.deployment_id = deployment_id or manifest.current_deployment_id()
+        self.environment = manifest.current_environment()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.concurrency = concurrency
         self.cache_size = cache_size
@@ -177,7 +177,7 @@ class Worker:
                 socket.gethostname(),
                 os.getpid(),
             )
-            await self._io(self.world.register_worker, info, deployments.build_manifest())
+            await self._io(self.world.register_worker, info, manifest.build_manifest())
             remove_listener = self.world.add_listener(
                 self._wake_threadsafe,
                 skip_own_loop=True,

@@ -1,0 +1,91 @@
+"""Stream readers: the chunks of a run's stream, live, from any process.
+
+Readers iterate ``run.readable`` or ``get_readable(run_id, ...)``, sync or
+async; they wait for new chunks and stop when the stream is closed (or when
+its run and every run started from it have ended unclosed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from tether import serde
+from tether.config import resolve_world
+from tether.streams import DEFAULT_NAMESPACE
+from tether.worlds.base import World
+from tether.worlds.records import TERMINAL_STATUSES, RunFilter
+
+_PAGE = 256
+
+
+def get_readable(
+    run_id: str,
+    namespace: str | None = None,
+    start_index: int = 0,
+    *,
+    world: World | str | None = None,
+) -> Readable:
+    """Read the stream ``namespace`` of ``run_id`` from ``start_index`` (negative: from the end)."""
+    return Readable(resolve_world(world), run_id, namespace or DEFAULT_NAMESPACE, start_index)
+
+
+class Readable:
+    """The chunks of one stream, live: iterate with ``for`` or ``async for``."""
+
+    def __init__(self, world: World, run_id: str, namespace: str, start_index: int = 0) -> None:
+        self._world = world
+        self.run_id = run_id
+        self.namespace = namespace
+        self.stream_id = f"{run_id}/{namespace}"
+        self.start_index = start_index
+
+    def __iter__(self) -> Iterator[Any]:
+        with self._world.watch() as changed:
+            position = self.start_index
+            while True:
+                chunks, ended = self._page(position)
+                for chunk in chunks:
+                    yield serde.loads(chunk.data)
+                    position = chunk.index + 1
+                if ended:
+                    return
+                if not chunks:
+                    changed(1.0)
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        async with self._world.changes() as changed:
+            position = self.start_index
+            while True:
+                chunks, ended = await asyncio.to_thread(self._page, position)
+                for chunk in chunks:
+                    yield serde.loads(chunk.data)
+                    position = chunk.index + 1
+                if ended:
+                    return
+                if not chunks:
+                    await changed(1.0)
+
+    def _page(self, position: int) -> tuple[list[Any], bool]:
+        """The next chunks, and whether the stream has ended after them."""
+        chunks, stream = self._world.read_chunks(self.stream_id, position, _PAGE)
+        if len(chunks) == _PAGE:
+            return chunks, False
+        if stream is not None and stream.closed:
+            return chunks, True
+        return chunks, not chunks and not self._writers_active()
+
+    def _writers_active(self) -> bool:
+        """Whether the stream's run, or any run started from it, can still write."""
+        root = self._world.get_run(self.run_id)
+        if root is not None and root.status not in TERMINAL_STATUSES:
+            return True
+        frontier = [self.run_id]  # parent links form a tree: each run is visited once
+        while frontier:
+            filters = RunFilter(parent_run_id=frontier.pop(), limit=1000)
+            for child in self._world.list_runs(filters):
+                if child.status not in TERMINAL_STATUSES:
+                    return True
+                frontier.append(child.run_id)
+        return False
