@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.cli.helpers import (
     APP,
     NAPPER,
@@ -13,11 +15,14 @@ from tests.cli.helpers import (
     error_line,
     register_deployment,
     tether,
+    tether_exe,
     wait_until,
     workflow_entry,
 )
 from tests.integration.processes import WorkerProcess
 from tether.worlds.base import World
+
+pytestmark = pytest.mark.both_worlds
 
 
 def deployment_rows(url: str, *args: str) -> dict[str, dict[str, object]]:
@@ -97,7 +102,7 @@ def _manifest_pair(world: World) -> None:
 
 def test_diff_says_per_workflow_whether_bridging_is_safe(url: str, world: World) -> None:
     _manifest_pair(world)
-    result = tether("deployments", "diff", "v1", "v2", "--json", url=url)
+    result = tether_exe("deployments", "diff", "v1", "v2", "--json", url=url)
     assert result.code == 0, result
     diff = json.loads(result.out)
     assert diff["old"] == "v1" and diff["new"] == "v2" and diff["safe"] is False

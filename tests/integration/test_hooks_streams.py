@@ -23,6 +23,8 @@ from tests.apps import streaming
 from tests.integration.processes import REPO, WorkerProcess, wait_for
 from tether import create_hook, workflow
 
+pytestmark = pytest.mark.both_worlds
+
 
 @workflow
 async def collect(count: int, token: str | None = None) -> list[Any]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
+import pytest
+
 import tether
 from tests.apps import basic
 from tests.integration.processes import (
@@ -13,6 +15,8 @@ from tests.integration.processes import (
     wait_for,
     worker_process,
 )
+
+pytestmark = pytest.mark.both_worlds
 
 
 def test_sleep_survives_kill_9_and_a_restart(world_url: str, tmp_path: Path) -> None:
