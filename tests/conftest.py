@@ -1,4 +1,12 @@
-"""Shared fixtures: a fresh SQLite World per test and an in-process worker on it."""
+"""Shared fixtures: a fresh World per test (SQLite, or each World) and an in-process worker on it.
+
+A test gets an embedded SQLite World through ``world_url``. Marked
+``@pytest.mark.both_worlds`` (or in a module with ``pytestmark =
+pytest.mark.both_worlds``) it runs once per World instead, with ids
+``test_x[sqlite]`` and ``test_x[postgres]``; the conformance suite runs every
+test on both (``tests/conformance/conftest.py``). Under ``CI=true`` a
+PostgreSQL test fails, rather than skips, when the server is unreachable.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,38 @@ from pathlib import Path
 import pytest
 
 import tether
-from tether import config
+from tests.conformance.backends import SERVER, WORLDS, configured, new_world_url
+
+#: Tests that cut every tether connection on the shared PostgreSQL server: each runs
+#: alone on it (``ServerLock``), as the others' connections would be cut too.
+ALONE_ON_THE_SERVER = frozenset(
+    {
+        "tests/integration/test_postgres_connections.py"
+        "::test_killed_connections_are_replaced_and_nothing_is_written_twice",
+    }
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "both_worlds: run the test once per World (sqlite, postgres) via world_url"
+    )
+    config.addinivalue_line(
+        "markers", "postgres_alone: no other test may use the PostgreSQL server meanwhile"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid in ALONE_ON_THE_SERVER:
+            item.add_marker(pytest.mark.postgres_alone)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "world_kind" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_worlds"
+    ):
+        metafunc.parametrize("world_kind", WORLDS, indirect=True)
 
 
 @pytest.fixture(autouse=True)
@@ -22,13 +61,34 @@ def deployment_id(monkeypatch: pytest.MonkeyPatch) -> str:
     return "tests"
 
 
+@pytest.fixture(autouse=True)
+def _postgres_server_use(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Share the PostgreSQL server with the tests beside it, or have it alone.
+
+    Tests that make a fresh schema share it through ``fresh_schema``; this
+    covers the PostgreSQL modules' tests that reach the server otherwise.
+    """
+    if request.node.get_closest_marker("postgres_alone"):
+        with SERVER.exclusive():
+            yield
+    elif "postgres" in request.node.path.name:
+        with SERVER.shared():
+            yield
+    else:
+        yield
+
+
 @pytest.fixture
-def world_url(tmp_path: Path) -> Iterator[str]:
-    """A fresh embedded World, configured as this process's default."""
-    url = f"sqlite:///{tmp_path}/tether.db"
-    config.configure(url)
-    yield url
-    config.configure(None)
+def world_kind(request: pytest.FixtureRequest) -> str:
+    """Which World the test runs on: ``sqlite`` unless parametrised (``both_worlds``)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def world_url(world_kind: str, tmp_path: Path) -> Iterator[str]:
+    """A fresh World of ``world_kind``, configured as this process's default."""
+    with new_world_url(world_kind, tmp_path) as url, configured(url):
+        yield url
 
 
 @pytest.fixture

@@ -1,23 +1,20 @@
-"""Fixtures for the CLI tests: a fresh World of each backend."""
+"""Fixtures for the CLI tests: a fresh World (of each backend, in ``both_worlds`` modules)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.cli.helpers import BACKENDS, make_url
 from tether.worlds import open_world
 from tether.worlds.base import World
 
 
-@pytest.fixture(params=BACKENDS)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh World of each backend (created: the CLI refuses to create one)."""
-    for made in make_url(request.param, tmp_path):
-        open_world(made).close()
-        yield made
+@pytest.fixture
+def url(world_url: str) -> str:
+    """The test's World, created already: the CLI refuses to create one."""
+    open_world(world_url).close()
+    return world_url
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
 """Helpers of the CLI tests: the real ``tether`` executable, fresh Worlds, data set up in-process.
 
-Tests drive ``tether`` in subprocesses and set up data through the World
-API, which is quicker than starting runs through a worker when all a test
-needs is rows to list or cancel.
+Tests drive ``tether`` in-process through click's ``CliRunner`` (``tether()``),
+a few per command group through the real executable (``tether_exe()``), and
+set up data through the World API, which is quicker than starting runs
+through a worker when all a test needs is rows to list or cancel.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
-from tether import serde
+from tether import cli, config, deployments, serde
+from tether.cli import render
 from tether.worlds.base import World
 from tether.worlds.records import NewRun, WorkerInfo
 
@@ -36,11 +38,6 @@ COUNTER = f"workflow//{APP}//counter"
 
 _EXE = Path(sys.executable).with_name("tether")
 TETHER = [str(_EXE)] if _EXE.exists() else [sys.executable, "-m", "tether"]
-
-#: Admin connection used to make a database per test module (trust auth locally).
-POSTGRES_ADMIN_URL = os.environ.get(
-    "TETHER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 
 # Every backend the CLI is tested against. PostgreSQL joins when its World exists.
 BACKENDS = ["sqlite"]
@@ -68,7 +65,42 @@ class Result:
 def tether(
     *args: str, url: str | None, env: dict[str, str] | None = None, timeout: float = 60
 ) -> Result:
-    """Run ``tether ARGS`` with ``$TETHER_WORLD=url`` and no terminal; never a traceback."""
+    """Run ``tether ARGS`` in this process, as the executable would; never a traceback.
+
+    The command sees ``$TETHER_WORLD=url`` and no other ``TETHER_`` variable,
+    no terminal, and a process that defines no workflows (a pure client, as
+    the executable is: ``start`` then targets the latest deployment). A
+    command that raised instead of printing its one-line error fails the test.
+    ``timeout`` is for the executable only (``tether_exe``); here pytest-timeout
+    bounds a command that hangs.
+    """
+    full_env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("TETHER_")}
+    full_env.update({"NO_COLOR": "1", "COLUMNS": None, "LINES": None})
+    if url is not None:
+        full_env["TETHER_WORLD"] = url
+    full_env.update(env or {})
+    # The consoles are made once per process; a fresh command makes them anew.
+    render.out.cache_clear()
+    render.err.cache_clear()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(deployments, "defines_workflows", lambda: False)
+        outcome = CliRunner().invoke(cli.main, list(args), env=full_env)
+    _forget_closed_worlds(url, args)
+    result = Result(outcome.exit_code, outcome.stdout, outcome.stderr)
+    if outcome.exception is not None and not isinstance(outcome.exception, SystemExit):
+        raise AssertionError(f"tether {' '.join(args)} raised: {result}") from outcome.exception
+    assert "Traceback" not in result.out + result.err, result
+    return result
+
+
+def tether_exe(
+    *args: str, url: str | None, env: dict[str, str] | None = None, timeout: float = 60
+) -> Result:
+    """Run the real ``tether`` executable with ``$TETHER_WORLD=url`` and no terminal.
+
+    Slower than ``tether()`` (a Python start-up per call): a few tests per
+    command group use it, so that the installed entry point itself is tested.
+    """
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
     full_env.update(
         {"PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "src")]), "NO_COLOR": "1"}
@@ -90,40 +122,25 @@ def tether(
     return result
 
 
+def _forget_closed_worlds(url: str | None, args: tuple[str, ...]) -> None:
+    """Drop the Worlds the command closed from this process's cache.
+
+    A command closes the World it used when it ends, but ``config`` keeps
+    handing out that closed instance (see ``test_product_bugs.py``); the
+    executable never notices, as its process ends with the command.
+    """
+    urls = {url} if url is not None else set()
+    urls |= {args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--backend"}
+    for each in urls:
+        config.close(each)
+
+
 def error_line(result: Result) -> str:
     """The one ``Error: ...`` line a failing command printed (last, after any preview)."""
     lines = [line for line in result.err.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("Error: ")]
     assert len(errors) == 1 and lines[-1] == errors[0], result
     return errors[0]
-
-
-# -- worlds -------------------------------------------------------------------------
-
-
-def _postgres_database() -> Iterator[str]:
-    """A fresh database on the local server, dropped afterwards."""
-    psycopg = pytest.importorskip("psycopg")
-    name = f"tether_cli_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL server at {POSTGRES_ADMIN_URL}: {exc}")
-    with admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-def make_url(kind: str, folder: Path) -> Iterator[str]:
-    """A World URL of backend ``kind`` that nobody used yet."""
-    if kind == "sqlite":
-        yield f"sqlite:///{folder}/tether.db"
-    else:
-        yield from _postgres_database()
 
 
 # -- data ---------------------------------------------------------------------------

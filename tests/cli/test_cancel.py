@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from tests.cli.helpers import HELLO, NAPPER, create_run, error_line, tether
+import pytest
+
+from tests.cli.helpers import HELLO, NAPPER, create_run, error_line, tether, tether_exe
 from tether.worlds.base import World
+
+pytestmark = pytest.mark.both_worlds
 
 
 def statuses(world: World, run_ids: list[str]) -> list[str]:
@@ -12,18 +16,18 @@ def statuses(world: World, run_ids: list[str]) -> list[str]:
 
 def test_cancel_one_run(url: str, world: World) -> None:
     run_id = create_run(world, HELLO, ["a"])
-    refused = tether("cancel", run_id, url=url)
+    refused = tether_exe("cancel", run_id, url=url)
     assert refused.code == 2
     assert "refusing to cancel 1 run without confirmation" in error_line(
-        tether("cancel", run_id, url=url)
+        tether_exe("cancel", run_id, url=url)
     )
     assert run_id in refused.err  # it showed what it would have cancelled
     assert statuses(world, [run_id]) == ["pending"]
-    done = tether("cancel", run_id, "-y", url=url)
+    done = tether_exe("cancel", run_id, "-y", url=url)
     assert done.code == 0, done
     assert done.lines == [run_id] and "cancelled 1 run" in done.err
     assert statuses(world, [run_id]) == ["cancelled"]
-    again = tether("cancel", run_id, "--yes", url=url)
+    again = tether_exe("cancel", run_id, "--yes", url=url)
     assert again.code == 1
     assert "has already ended (cancelled): nothing to cancel" in error_line(again)
 

@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.cli.helpers import (
     APP,
     NAPPER,
@@ -13,11 +15,14 @@ from tests.cli.helpers import (
     error_line,
     register_deployment,
     tether,
+    tether_exe,
     wait_until,
     workflow_entry,
 )
 from tests.integration.processes import WorkerProcess
 from tether.worlds.base import World
+
+pytestmark = pytest.mark.both_worlds
 
 
 def deployment_rows(url: str, *args: str) -> dict[str, dict[str, object]]:
@@ -41,10 +46,17 @@ def test_a_deployment_with_runs_in_flight_and_no_live_worker_is_flagged(
     alive = tether("deployments", "list", "--live-within", "1", url=url)
     assert alive.code == 0 and "STRANDED" not in alive.out + alive.err
     worker.kill()  # kill -9: the worker never says it stopped
+    killed_at = time.time()
     # Within the liveness window the dead worker still counts as live...
     assert not deployment_rows(url)["gone"]["stranded"]
-    time.sleep(1.2)
     # ...past it, the deployment is stranded: in the table, the JSON and a warning.
+    wait_until(
+        lambda: deployment_rows(url, "--live-within", "1")["gone"]["stranded"],
+        10,
+        "the deployment to be stranded",
+    )
+    # Not before the window: the last heartbeat came at most 0.1 s before the kill.
+    assert time.time() - killed_at > 0.85
     row = deployment_rows(url, "--live-within", "1")["gone"]
     assert row["stranded"] and row["in_flight"] == 2 and row["live_workers"] == 0
     table = tether("deployments", "list", "--live-within", "1", url=url)
@@ -97,7 +109,7 @@ def _manifest_pair(world: World) -> None:
 
 def test_diff_says_per_workflow_whether_bridging_is_safe(url: str, world: World) -> None:
     _manifest_pair(world)
-    result = tether("deployments", "diff", "v1", "v2", "--json", url=url)
+    result = tether_exe("deployments", "diff", "v1", "v2", "--json", url=url)
     assert result.code == 0, result
     diff = json.loads(result.out)
     assert diff["old"] == "v1" and diff["new"] == "v2" and diff["safe"] is False

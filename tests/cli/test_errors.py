@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.helpers import BACKENDS, HELLO, create_run, error_line, hello_deployment, tether
+from tests.cli.helpers import (
+    BACKENDS,
+    HELLO,
+    create_run,
+    error_line,
+    hello_deployment,
+    tether,
+    tether_exe,
+)
 from tether.worlds import open_world
 from tether.worlds.base import World
 
@@ -82,7 +90,7 @@ def test_a_workflow_name_that_does_not_parse_shows_the_form(url: str, world: Wor
 
 def test_unreachable_backend_names_the_url_without_its_password() -> None:
     url = "postgresql://tether:s3cret-pw@127.0.0.1:1/tether"
-    result = tether("inspect", "runs", "--backend", url, url=None)
+    result = tether_exe("inspect", "runs", "--backend", url, url=None)
     line = error_line(result)
     assert "postgresql://tether:***@127.0.0.1:1/tether" in line
     assert "s3cret" not in result.out + result.err

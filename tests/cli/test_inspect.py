@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import pytest
+
 from tests.cli.helpers import (
     HELLO,
     NAPPER,
@@ -13,8 +15,11 @@ from tests.cli.helpers import (
     error_line,
     hello_deployment,
     tether,
+    tether_exe,
 )
 from tether.worlds.base import World
+
+pytestmark = pytest.mark.both_worlds
 
 RUN_KEYS = {
     "run_id",
@@ -38,7 +43,7 @@ def run_ids(url: str, *args: str) -> list[str]:
 def test_runs_table_shows_short_names_and_the_full_names_to_copy(url: str, world: World) -> None:
     first = create_run(world, HELLO, ["ann", "!"])
     second = create_run(world, NAPPER, [5])
-    result = tether("inspect", "runs", url=url)
+    result = tether_exe("inspect", "runs", url=url)
     assert result.code == 0, result
     rows = [line.split() for line in result.lines if line.startswith("run_")]
     assert [row[:4] for row in rows] == [

@@ -15,7 +15,6 @@ import pytest
 from tests.cli.helpers import (
     APP,
     APPROVAL,
-    BACKENDS,
     COUNTER,
     DOOMED,
     HELLO,
@@ -24,15 +23,19 @@ from tests.cli.helpers import (
     create_run,
     error_line,
     hello_deployment,
-    make_url,
     tether,
+    tether_exe,
     wait_until,
 )
+from tests.conformance.backends import WORLDS, new_world_url
 from tests.integration.processes import WorkerProcess, worker_process
 from tether.worlds import open_world
 from tether.worlds.base import World
 
 NEW = "cli-new"
+
+# One xdist worker runs the module: one worker process per backend, not one per xdist worker.
+pytestmark = pytest.mark.xdist_group("cli_served")
 
 
 @dataclass(frozen=True)
@@ -45,12 +48,12 @@ class Served:
         return self.world.get_run(run_id).status  # type: ignore[union-attr]
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=WORLDS)
 def served(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
     folder = tmp_path_factory.mktemp("served")
-    for url in make_url(request.param, folder):
+    with new_world_url(request.param, folder) as url:
         world = open_world(url)
         hello_deployment(world, "old")
         env = {"TETHER_DEPLOYMENT_ID": NEW}
@@ -60,7 +63,7 @@ def served(
 
 
 def test_start_with_json_args_and_wait(served: Served) -> None:
-    result = tether(
+    result = tether_exe(
         "start", TOTALS, '{"a": 2, "b": 3}', "--wait", "--timeout", "30", url=served.url
     )
     assert result.code == 0, result
@@ -98,7 +101,7 @@ def test_wait_reports_a_failed_run_and_a_timeout(served: Served) -> None:
 def test_rerun_on_latest_runs_the_same_inputs_on_the_new_deployment(served: Served) -> None:
     original = create_run(served.world, HELLO, ["bo", "."], deployment_id="old")
     served.world.cancel_runs([original])
-    result = tether("rerun", original, "--latest", url=served.url)
+    result = tether_exe("rerun", original, "--latest", url=served.url)
     assert result.code == 0, result
     (new,) = result.lines
     record = served.world.get_run(new)
@@ -130,7 +133,7 @@ def test_wake_a_sleeping_run(served: Served) -> None:
     wait_until(lambda: served.world.list_waits(run_id), 20, "the run to sleep")
     (sleep,) = json.loads(tether("inspect", "sleeps", run_id, "--json", url=served.url).out)
     assert sleep["status"] == "waiting" and sleep["wait_id"] == "0"
-    woke = tether("sleeps", "wake", run_id, url=served.url)
+    woke = tether_exe("sleeps", "wake", run_id, url=served.url)
     assert woke.code == 0, woke
     assert f"woke 1 sleep of {run_id}" in woke.err
     wait_until(lambda: served.status(run_id) == "completed", 20, "the woken run to complete")
@@ -182,7 +185,7 @@ def test_resume_a_hook_by_its_token(served: Served) -> None:
     assert hook["metadata"] == {"order": "o-7"} and hook["webhook"] is False
     listed = tether("inspect", "hooks", "--status", "active", url=served.url)
     assert "approve-o-7" in listed.out and run_id in listed.out
-    resumed = tether("hooks", "resume", "approve-o-7", '{"ok": true}', url=served.url)
+    resumed = tether_exe("hooks", "resume", "approve-o-7", '{"ok": true}', url=served.url)
     assert resumed.code == 0, resumed
     assert resumed.lines == [run_id] and f"run {run_id} continues on {NEW}" in resumed.err
     wait_until(lambda: served.status(run_id) == "completed", 20, "the resumed run to complete")

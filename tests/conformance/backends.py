@@ -7,13 +7,15 @@ the reason, except under ``CI=true``, where they fail: CI must run them.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
+import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import ModuleType
-from typing import Any
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -21,6 +23,9 @@ import pytest
 
 from tether import config
 from tether.worlds.postgres import redact
+
+#: Every World a test can run on: ``world_url`` gives ``sqlite`` unless the test asks for both.
+WORLDS = ("sqlite", "postgres")
 
 POSTGRES_URL = os.environ.get(
     "TETHER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -63,18 +68,86 @@ def with_schema(url: str, name: str) -> str:
 
 @contextmanager
 def fresh_schema() -> Iterator[str]:
-    """A world URL on a new, uniquely named schema, dropped (with its tables) afterwards."""
+    """A world URL on a new, uniquely named schema, dropped (with its tables) afterwards.
+
+    The schema's user holds the server shared (``SERVER.shared()``) meanwhile.
+    """
     require_postgres()
     name = f"tether_test_{uuid.uuid4().hex[:12]}"
-    with admin() as conn:
-        conn.execute(f"CREATE SCHEMA {name}")
-    url = with_schema(POSTGRES_URL, name)
-    try:
-        yield url
-    finally:
-        close_worlds(url)
+    with SERVER.shared():
         with admin() as conn:
-            conn.execute(f"DROP SCHEMA {name} CASCADE")
+            conn.execute(f"CREATE SCHEMA {name}")
+        url = with_schema(POSTGRES_URL, name)
+        try:
+            yield url
+        finally:
+            close_worlds(url)
+            with admin() as conn:
+                conn.execute(f"DROP SCHEMA {name} CASCADE")
+
+
+class ServerLock:
+    """Who may use the shared test server: many tests at once, or one test alone.
+
+    A test that cuts every tether connection on the server (``exclusive``)
+    would break the others running beside it under pytest-xdist, so it waits
+    for them and they wait for it. Two ``flock`` files shared by the test
+    processes of the machine: ``gate`` lets the exclusive user in first
+    (new shared users queue behind it), ``users`` counts the shared ones. A
+    process takes them once; nested shared uses (a module's schema and a
+    test's) only count.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self._gate = folder / "tether-tests-postgres.gate"
+        self._users = folder / "tether-tests-postgres.users"
+        self._mutex = threading.Lock()
+        self._holders = 0
+        self._held: int | None = None  # the fd of ``users`` while this process holds it
+        self._exclusive = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._mutex:
+            if self._holders == 0 and not self._exclusive:
+                with self._locked(self._gate, fcntl.LOCK_SH):
+                    self._held = self._lock(self._users, fcntl.LOCK_SH)
+            self._holders += 1
+        try:
+            yield
+        finally:
+            with self._mutex:
+                self._holders -= 1
+                if self._holders == 0 and self._held is not None:
+                    os.close(self._held)  # closing the file releases its lock
+                    self._held = None
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        assert self._holders == 0, "a test alone on the server cannot also share it"
+        with self._locked(self._gate, fcntl.LOCK_EX), self._locked(self._users, fcntl.LOCK_EX):
+            self._exclusive = True
+            try:
+                yield
+            finally:
+                self._exclusive = False
+
+    @contextmanager
+    def _locked(self, path: Path, mode: int) -> Iterator[None]:
+        fd = self._lock(path, mode)
+        try:
+            yield
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _lock(path: Path, mode: int) -> int:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fcntl.flock(fd, mode)
+        return fd
+
+
+SERVER = ServerLock(Path(tempfile.gettempdir()))
 
 
 def close_worlds(url: str) -> None:
@@ -99,11 +172,17 @@ def postgres_world_url() -> Iterator[str]:
         yield url
 
 
-def rerun_on_postgres(module: ModuleType, namespace: dict[str, Any], *fixtures: str) -> None:
-    """Collect every test of ``module`` (and the named fixtures) again in ``namespace``.
+@contextmanager
+def new_world_url(kind: str, folder: Path) -> Iterator[str]:
+    """The URL of a World of ``kind`` (one of ``WORLDS``) that nobody used yet.
 
-    The namespace's own ``world_url`` fixture then puts them on PostgreSQL.
+    SQLite: a file in ``folder`` (created on first open). PostgreSQL: a fresh
+    schema, dropped afterwards.
     """
-    for name, value in vars(module).items():
-        if name.startswith("test_") or name in fixtures:
-            namespace[name] = value
+    if kind == "sqlite":
+        yield f"sqlite:///{folder}/tether.db"
+    elif kind == "postgres":
+        with fresh_schema() as url:
+            yield url
+    else:
+        raise ValueError(f"unknown World kind {kind!r}: expected one of {', '.join(WORLDS)}")

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack
-from pathlib import Path
 
 import pytest
 
-from tests.conformance.backends import configured, fresh_schema
+from tests.conformance.backends import WORLDS
 from tether.worlds import open_world
 from tether.worlds.base import World
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def world_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh World of each kind, configured as this process's default."""
-    with ExitStack() as stack:
-        if request.param == "sqlite":
-            url = f"sqlite:///{tmp_path}/tether.db"
-        else:
-            url = stack.enter_context(fresh_schema())
-        yield stack.enter_context(configured(url))
+@pytest.fixture(params=WORLDS)
+def world_kind(request: pytest.FixtureRequest) -> str:
+    """Each World in turn; ``world_url`` (tests/conftest.py) makes a fresh one of it."""
+    return str(request.param)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ of one application would.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,9 @@ import pytest
 
 import tether
 from tests.integration.processes import REPO, WorkerProcess, read_marks, wait_for
+
+pytestmark = pytest.mark.both_worlds
+
 
 V1, V2 = REPO / "tests" / "apps" / "v1", REPO / "tests" / "apps" / "v2"
 CHECKOUT = "workflow//shop//checkout"
@@ -55,6 +57,12 @@ def _sleeping(run: tether.Run) -> bool:
     return any(e.type == "wait_created" for e in run.events())
 
 
+def _heartbeat_of(deployment_id: str) -> float:
+    """When a worker of ``deployment_id`` last said it was alive (0 if never)."""
+    listing = {d.deployment_id: d for d in tether.deployments.list_deployments()}
+    return listing[deployment_id].last_heartbeat_at or 0.0
+
+
 def labels(marks: Path) -> list[str]:
     return [label for label, _ in read_marks(marks)]
 
@@ -62,13 +70,15 @@ def labels(marks: Path) -> list[str]:
 def test_sleeping_run_resumes_on_v1_after_v2_is_deployed(fleet: Fleet, tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     fleet.deploy("v1")
-    old = tether.start(CHECKOUT, [str(marks), "o-1", 1.5], deployment_id="latest")
+    old = tether.start(CHECKOUT, [str(marks), "o-1", 3600], deployment_id="latest")
     assert old.deployment_id == "v1"
     wait_for(lambda: _sleeping(old), 10, "the v1 run to sleep")
     fleet.deploy("v2")
     new = tether.start(CHECKOUT, [str(marks), "o-2", 0.1], deployment_id="latest")
     assert new.deployment_id == "v2"
     assert new.result(timeout=15) == "v2"
+    # The old run's sleep ends only now, with v2 deployed beside v1.
+    assert tether.config.resolve_world().wake_sleeps(old.run_id) == 1
     assert old.result(timeout=15) == "v1"
     assert labels(marks).count("pick:o-1:v1") == 1
     assert "pack:o-1:v1" in labels(marks), "the old run must finish on the old code"
@@ -86,7 +96,9 @@ def test_v1_run_waits_for_a_v1_worker(fleet: Fleet, tmp_path: Path) -> None:
     listing = {d.deployment_id: d for d in tether.deployments.list_deployments()}
     assert listing["v1"].stranded and listing["v1"].in_flight == 1
     assert not listing["v2"].stranded and listing["v2"].live_workers == 1
-    time.sleep(1.5)  # well past the sleep: v2 must not touch the v1 run
+    # Let v2 live well past the end of the sleep: it must not touch the v1 run.
+    (wait,) = tether.config.resolve_world().list_waits(run.run_id)
+    wait_for(lambda: _heartbeat_of("v2") > wait.resume_at + 1.0, 10, "v2 to outlive the sleep")
     assert run.status() == "running"
     assert labels(marks) == ["pick:o-3:v1"]
     fleet.deploy("v1")
@@ -119,19 +131,25 @@ def test_cancel_then_rerun_on_latest_runs_the_same_inputs_on_v2(
 
 def test_self_upgrading_chain_moves_from_v1_to_v2(fleet: Fleet, tmp_path: Path) -> None:
     marks = tmp_path / "marks"
+    world = tether.config.resolve_world()
     fleet.deploy("v1")
-    state = {"round": 1, "rounds": 3, "interval": 1.0}
+    state = {"round": 1, "rounds": 3, "interval": 3600}
     first = tether.start(DIGEST, [str(marks), state], deployment_id="latest")
     wait_for(lambda: _sleeping(first), 10, "the first digest to sleep")
     fleet.deploy("v2")  # the continuation started after this goes to v2
+    assert world.wake_sleeps(first.run_id) == 1
     result = first.result(timeout=15)
     assert result["version"] == "v1"
     second = tether.get_run(result["continued_as"])
     assert (second.deployment_id, second.parent_run_id) == ("v2", first.run_id)
     assert [c.run_id for c in first.children()] == [second.run_id]
+    wait_for(lambda: _sleeping(second), 10, "the second digest to sleep")
+    assert world.wake_sleeps(second.run_id) == 1
     result = second.result(timeout=15)
     third = tether.get_run(result["continued_as"])
     assert (third.deployment_id, third.parent_run_id) == ("v2", second.run_id)
+    wait_for(lambda: _sleeping(third), 10, "the third digest to sleep")
+    assert world.wake_sleeps(third.run_id) == 1
     assert third.result(timeout=15) == {"done": True, "version": "v2"}
     assert labels(marks) == ["digest:1:v1", "digest:2:v2", "digest:3:v2"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -106,6 +106,8 @@ def test_step_retries_then_succeeds(worker: tether.Worker) -> None:
     assert only.attempt == 3 and only.status == "completed"
     types = [e.type for e in run.events()]
     assert types.count("step_retrying") == 2
+    assert all(delay < 0.5 for delay in retry_delays(run)), "10 ms, not the default backoff"
+    assert_attempts_waited(run)
 
 
 def test_step_fails_after_max_retries(worker: tether.Worker) -> None:
@@ -127,15 +129,68 @@ async def backoff(key: str) -> str:
     return str(await plain_failure(key))
 
 
+def retry_delays(run: tether.Run) -> list[float]:
+    """Per ``step_retrying`` event: how long after it the step was due again."""
+    return [
+        (e.attrs or {})["retry_at"] - e.created_at
+        for e in run.events()
+        if e.type == "step_retrying"
+    ]
+
+
+def wait_for_events(run: tether.Run, kind: str, count: int, timeout: float = 10) -> None:
+    """Wait (on the World's change notifications) until ``run`` logged ``count`` ``kind`` events."""
+    deadline = time.monotonic() + timeout
+    with tether.config.resolve_world().watch() as changed:
+        while sum(e.type == kind for e in run.events()) < count:
+            assert time.monotonic() < deadline, f"timed out waiting for {count} {kind} events"
+            changed(0.1)
+
+
+def assert_attempts_waited(run: tether.Run) -> None:
+    """Each attempt after a retry started no earlier than the retry was due."""
+    events = run.events()
+    due = [(e.attrs or {})["retry_at"] for e in events if e.type == "step_retrying"]
+    starts = [e.created_at for e in events if e.type == "step_started"][1:]
+    assert starts, "no attempt after a retry"
+    for retry_at, started in zip(due, starts, strict=False):
+        assert started >= retry_at - 0.01  # the worker's clock and the World's: the same host
+
+
 def test_plain_exception_retries_with_backoff(worker: tether.Worker) -> None:
     run = tether.start(backoff, ["backoff"])
-    deadline = time.monotonic() + 5
-    while CALLS.get("backoff", 0) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_events(run, "step_retrying", 2)  # the first retry comes after 1 s
     (only,) = run.steps()
     assert CALLS["backoff"] == 2
-    assert only.retry_at is not None and only.status in ("retrying", "running")
+    assert only.retry_at is not None and only.status == "retrying"
+    # The default policy: 1 s after the first failure, then 2 s (BACKOFF_BASE * 2**n).
+    first, second = retry_delays(run)
+    assert first == pytest.approx(1.0, abs=0.25) and second == pytest.approx(2.0, abs=0.25)
+    assert only.retry_at == (run.events()[-1].attrs or {})["retry_at"]
+    assert_attempts_waited(run)
     run.cancel()
+
+
+@step
+def busy_once(key: str) -> str:
+    if _count(key) == 1:
+        raise RetryableError("busy", retry_after="1500ms")
+    return "done"
+
+
+@workflow
+async def retries_after(key: str) -> str:
+    return str(await busy_once(key))
+
+
+def test_retryable_error_retries_after_the_delay_it_names(worker: tether.Worker) -> None:
+    run = tether.start(retries_after, ["retry-after"])
+    assert run.result(timeout=10) == "done"
+    assert CALLS["retry-after"] == 2
+    # 1.5 s, as the error said, not the default backoff's 1 s.
+    (delay,) = retry_delays(run)
+    assert delay == pytest.approx(1.5, abs=0.25)
+    assert_attempts_waited(run)
 
 
 @step
@@ -208,9 +263,16 @@ def test_malformed_duration_fails_the_run_naming_the_value(worker: tether.Worker
         run.result(timeout=10)
 
 
+#: Set by a test once it has its result: a step still holding then ends, and the worker
+#: fixture need not drain it for seconds.
+RELEASE = threading.Event()
+
+
 @step
 async def hold(seconds: float) -> str:
-    await asyncio.sleep(seconds)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not RELEASE.is_set():
+        await asyncio.sleep(0.01)
     return "held"
 
 
@@ -223,23 +285,36 @@ async def race(step_seconds: float, sleep_seconds: float) -> str:
 
 
 def test_race_between_step_and_sleep_takes_either_branch(worker: tether.Worker) -> None:
+    RELEASE.clear()
     assert tether.start(race, [0.05, 5]).result(timeout=10) == "step"
     assert tether.start(race, [5, 0.05]).result(timeout=10) == "timeout"
+    RELEASE.set()
+
+
+@step
+def echo(values: list[Any]) -> list[Any]:
+    return values
 
 
 @workflow
 async def deterministic_values() -> list[Any]:
     values = [tether.random(), str(tether.uuid4()), tether.now().isoformat()]
-    await add_one(1)
-    return values
+    logged = await echo(values)  # the values the first activation drew, as the log holds them
+    return [values, logged]
 
 
-def test_random_uuid_and_now_are_recorded_by_the_run(worker: tether.Worker) -> None:
-    run = tether.start(deterministic_values)
-    rnd, uid, when = run.result(timeout=10)
+def test_random_uuid_and_now_are_recorded_by_the_run(world_url: str) -> None:
+    with tether.Worker(cache_size=0):  # every activation replays the run from its log
+        run = tether.start(deterministic_values)
+        values, logged = run.result(timeout=10)
+        other, _ = tether.start(deterministic_values).result(timeout=10)
+    assert values == logged, "the replay drew other values than the first activation"
+    rnd, uid, when = values
     assert 0 <= rnd < 1
     assert len(uid) == 36 and uid[14] == "4"
-    assert datetime.fromisoformat(when) <= datetime.now(UTC)
+    started = next(e for e in run.events() if e.type == "run_started")
+    assert datetime.fromisoformat(when).timestamp() == pytest.approx(started.created_at, abs=1e-5)
+    assert other[:2] != values[:2], "each run draws its own values"
 
 
 class Opaque:
@@ -319,7 +394,9 @@ def test_runs_replay_from_the_log_when_nothing_is_cached(world_url: str) -> None
     with tether.Worker(cache_size=0):
         assert tether.start(three_steps, [1]).result(timeout=10) == {"a": 2, "b": 4, "c": 5}
         assert tether.start(fan_out).result(timeout=10) == [0, 1, 2, 3, 4]
+        RELEASE.clear()
         assert tether.start(race, [5, 0.05]).result(timeout=10) == "timeout"
+        RELEASE.set()
         assert tether.start(retrying, ["replayed-retry", 1]).result(timeout=10) == "ok after 2"
         assert len(tether.start(naps, [0.05]).result(timeout=10)) == 2
 

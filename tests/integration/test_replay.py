@@ -20,7 +20,9 @@ def test_workflow_changed_between_replays_fails_with_non_determinism_error(
     marks = tmp_path / "marks"
     # The same deployment id on both: exactly the mistake pinning exists to prevent.
     env = {"TETHER_DEPLOYMENT_ID": "same-id"}
-    v1 = WorkerProcess(world_url, ["shop"], tmp_path / "v1.log", pythonpath=V1, env=env)
+    v1 = WorkerProcess(
+        world_url, ["shop"], tmp_path / "v1.log", pythonpath=V1, env=env, lease_seconds=1.0
+    )
     run = tether.start(CHECKOUT, [str(marks), "o-1", 1.0], deployment_id="same-id")
     wait_for(lambda: any(e.type == "wait_created" for e in run.events()), 10, "the run to sleep")
     v1.kill()

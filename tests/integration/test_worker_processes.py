@@ -5,6 +5,8 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
+import pytest
+
 import tether
 from tests.apps import basic
 from tests.integration.processes import (
@@ -14,10 +16,19 @@ from tests.integration.processes import (
     worker_process,
 )
 
+pytestmark = pytest.mark.both_worlds
+
+
+#: Leases of a worker the test kills: the next worker takes its work over once they run
+#: out (a heartbeat renews them every quarter of it while it lives).
+KILLED_LEASE = 1.0
+
 
 def test_sleep_survives_kill_9_and_a_restart(world_url: str, tmp_path: Path) -> None:
     marks = tmp_path / "marks"
-    first = WorkerProcess(world_url, ["tests.apps.basic"], tmp_path / "w1.log")
+    first = WorkerProcess(
+        world_url, ["tests.apps.basic"], tmp_path / "w1.log", lease_seconds=KILLED_LEASE
+    )
     run = tether.start(basic.sleepy, [str(marks), 2.0])
     wait_for(lambda: any(e.type == "wait_created" for e in run.events()), 10, "the run to sleep")
     first.kill()
@@ -32,7 +43,9 @@ def test_sleep_survives_kill_9_and_a_restart(world_url: str, tmp_path: Path) -> 
 
 def test_step_interrupted_by_kill_9_runs_again(world_url: str, tmp_path: Path) -> None:
     marks = tmp_path / "marks"
-    first = WorkerProcess(world_url, ["tests.apps.basic"], tmp_path / "w1.log")
+    first = WorkerProcess(
+        world_url, ["tests.apps.basic"], tmp_path / "w1.log", lease_seconds=KILLED_LEASE
+    )
     run = tether.start(basic.interrupted, [str(marks), 1.0])
     wait_for(lambda: read_marks(marks), 10, "the slow step to start")
     first.kill()
