@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from tether import cli, config, deployments, serde
+from tether import cli, config, manifest, serde
 from tether.cli import render
 from tether.worlds.base import World
 from tether.worlds.records import NewRun, WorkerInfo
@@ -83,7 +83,7 @@ def tether(
     render.out.cache_clear()
     render.err.cache_clear()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(deployments, "defines_workflows", lambda: False)
+        patch.setattr(manifest, "defines_workflows", lambda: False)
         outcome = CliRunner().invoke(cli.main, list(args), env=full_env)
     _forget_closed_worlds(url, args)
     result = Result(outcome.exit_code, outcome.stdout, outcome.stderr)
