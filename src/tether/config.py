@@ -59,6 +59,12 @@ def resolve_world(world: World | str | None = None) -> World:
         return found
 
 
+def is_open(url: str) -> bool:
+    """Whether this process holds an open World for ``url`` (``resolve_world`` opened it)."""
+    with _worlds_lock:
+        return url in _worlds
+
+
 def close(world: str | None = None) -> None:
     """Close the Worlds this process opened by URL (or only the one at ``world``).
 

@@ -70,11 +70,15 @@ class Readable:
     def _page(self, position: int) -> tuple[list[Any], bool]:
         """The next chunks, and whether the stream has ended after them."""
         chunks, stream = self._world.read_chunks(self.stream_id, position, _PAGE)
-        if len(chunks) == _PAGE:
+        closed = stream is not None and stream.closed
+        if chunks or closed:
+            return chunks, closed and len(chunks) < _PAGE
+        if self._writers_active():
             return chunks, False
-        if stream is not None and stream.closed:
-            return chunks, True
-        return chunks, not chunks and not self._writers_active()
+        # The writers have ended, perhaps after the read above: what they wrote before
+        # ending is there now, so one more read decides.
+        chunks, _ = self._world.read_chunks(self.stream_id, position, _PAGE)
+        return chunks, not chunks
 
     def _writers_active(self) -> bool:
         """Whether the stream's run, or any run started from it, can still write."""

@@ -7,19 +7,12 @@ what only the in-process use shows.
 
 from __future__ import annotations
 
-import pytest
 from click.testing import CliRunner
 
 from tests.cli.helpers import HELLO, create_run
 from tether import cli, config
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: tether.cli.backend.Backend.close() closes the World it got from "
-    "config.resolve_world()'s process-wide cache but leaves it there: the process's next "
-    "resolve_world(url) returns a closed World, whose writes raise RuntimeError",
-)
 def test_a_command_leaves_the_process_world_usable(url: str) -> None:
     before = config.resolve_world(url)
     create_run(before, HELLO, ["before"])

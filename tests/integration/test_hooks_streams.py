@@ -322,14 +322,9 @@ def test_plain_hook_is_not_reachable_as_a_webhook(server: str) -> None:
     run.cancel()
 
 
-# -- product bugs, until fixed ---------------------------------------------------------
+# -- a reader racing the stream's end ---------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: Readable._page reads the chunks, then asks whether the stream's runs "
-    "still run; chunks written (and the runs ended) between the two reads are never read",
-)
 def test_a_reader_gets_the_chunks_written_just_before_the_runs_ended(
     world_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

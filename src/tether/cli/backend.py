@@ -30,6 +30,8 @@ class Backend:
     def __init__(self, url: str) -> None:
         self.url = url
         self._world: World | None = None
+        #: Whether the command opened the process's World for the URL (then it closes it).
+        self._opened = False
 
     @property
     def shown(self) -> str:
@@ -42,6 +44,7 @@ class Backend:
             if not create:
                 self._require_database()
             try:
+                self._opened = not config.is_open(self.url)
                 self._world = config.resolve_world(self.url)
             except Exception as exc:
                 # A malformed URL (ValueError) says what it expected; a bug is a bug.
@@ -52,9 +55,10 @@ class Backend:
         return self._world
 
     def close(self) -> None:
-        """Close the World if this command opened it."""
-        if self._world is not None:
-            self._world.close()
+        """Close the World if this command opened it (a process that had it keeps it)."""
+        if self._world is not None and self._opened:
+            config.close(self.url)
+        self._world = None
 
     def _require_database(self) -> None:
         if not self.url.lower().startswith("sqlite:"):
