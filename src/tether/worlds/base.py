@@ -17,7 +17,6 @@ import abc
 import asyncio
 import contextlib
 import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
@@ -96,10 +95,6 @@ class World(abc.ABC):
         """
 
     @abc.abstractmethod
-    def get_hook(self, token: str) -> HookRecord | None:
-        """The newest hook with that token, active or not."""
-
-    @abc.abstractmethod
     def list_hooks(self, run_id: str | None = None, status: str | None = None) -> list[HookRecord]:
         """Hooks, oldest first, of one run or of all runs."""
 
@@ -125,31 +120,34 @@ class World(abc.ABC):
     # -- worker side ------------------------------------------------------
 
     @abc.abstractmethod
-    def claim_tasks(
+    async def claim_due_async(
         self,
         deployment_id: str,
         worker_id: str,
         limit: int,
         lease_seconds: float,
         ahead: float = 0.0,
-    ) -> list[Task]:
-        """Lease up to ``limit`` due tasks of ``deployment_id`` to ``worker_id``.
+    ) -> tuple[list[Task], float | None]:
+        """A worker's claim round: lease due tasks, and say when to claim again.
 
-        A task is due when its time has come or its previous lease expired
-        (the worker that held it died). Claiming a step appends its
-        ``step_started`` event. With ``ahead``, workflow tasks nobody holds
-        that fall due within that many seconds are leased too, with their
-        ``due_at``: the worker holds them until then, so that timers falling
-        due close together cost one claim, not one each.
+        Leases up to ``limit`` tasks of ``deployment_id`` to ``worker_id``,
+        oldest due first, each until ``lease_seconds`` from now (heartbeats
+        extend it). A task is due when its time has come or its previous
+        lease expired (the worker that held it died). Claiming a step appends
+        its ``step_started`` event and hands out the next attempt number.
+        With ``ahead``, workflow tasks nobody holds that fall due within that
+        many seconds are leased too, with their ``due_at``: the worker holds
+        them until then, so that timers falling due close together cost one
+        claim, not one each. A step is never claimed ahead. Tasks of runs
+        that have ended are dropped, not handed out.
+
+        The second value is when the next task falls due after the claim:
+        ``None`` when the deployment has no task at all; now when the claim
+        took ``limit`` tasks (more may be due); half of ``ahead`` before a
+        workflow task that may be claimed ahead (so that the next round
+        takes the timers of half a window at once). A round that finds
+        nothing due must write nothing. An unknown deployment has no tasks.
         """
-
-    @abc.abstractmethod
-    def next_due(self, deployment_id: str) -> float | None:
-        """Epoch seconds at which the next task of the deployment becomes due."""
-
-    @abc.abstractmethod
-    def has_due(self, deployment_id: str, now: float) -> bool:
-        """Whether a task of the deployment is due at ``now`` (a cheap read)."""
 
     @abc.abstractmethod
     def commit_activation(self, activation: Activation) -> bool:
@@ -173,10 +171,6 @@ class World(abc.ABC):
     @abc.abstractmethod
     def heartbeat(self, worker_id: str, lease_seconds: float) -> None:
         """Record that the worker is alive and extend every lease it holds."""
-
-    @abc.abstractmethod
-    def release_leases(self, worker_id: str) -> None:
-        """Give back every task ``worker_id`` holds, due now (a clean shutdown)."""
 
     @abc.abstractmethod
     def release_task(self, run_id: str, step_id: str, worker_id: str, delay: float) -> None:
@@ -230,14 +224,6 @@ class World(abc.ABC):
         """``list_events`` for a worker's event loop."""
         return await asyncio.to_thread(self.list_events, run_id, after_seq)
 
-    async def has_due_async(self, deployment_id: str, now: float) -> bool:
-        """``has_due`` for a worker's event loop."""
-        return await asyncio.to_thread(self.has_due, deployment_id, now)
-
-    async def next_due_async(self, deployment_id: str) -> float | None:
-        """``next_due`` for a worker's event loop."""
-        return await asyncio.to_thread(self.next_due, deployment_id)
-
     async def create_run_async(
         self,
         run: NewRun,
@@ -265,48 +251,6 @@ class World(abc.ABC):
     ) -> bool:
         """``finish_step`` for a worker's event loop."""
         return await asyncio.to_thread(self.finish_step, outcome, activation)
-
-    async def claim_tasks_async(
-        self,
-        deployment_id: str,
-        worker_id: str,
-        limit: int,
-        lease_seconds: float,
-        ahead: float = 0.0,
-    ) -> list[Task]:
-        """``claim_tasks`` for a worker's event loop."""
-        return await asyncio.to_thread(
-            self.claim_tasks, deployment_id, worker_id, limit, lease_seconds, ahead
-        )
-
-    async def claim_due_async(
-        self,
-        deployment_id: str,
-        worker_id: str,
-        limit: int,
-        lease_seconds: float,
-        ahead: float = 0.0,
-    ) -> tuple[list[Task], float | None]:
-        """A worker's claim round: ``claim_tasks``, then when to claim again.
-
-        The second value is when the next task falls due after the claim
-        (``None``: no task at all; for a workflow task claimable ``ahead``,
-        half that before its time, so that the next round takes the timers
-        of half a window at once), or now when the claim took ``limit`` tasks
-        (more may be due). This default asks ``has_due`` first, so a round
-        that finds nothing due writes nothing, and answers ``next_due``,
-        without the half window; a backend that can claim and look ahead in
-        one round trip overrides it.
-        """
-        now = time.time()
-        tasks: list[Task] = []
-        if await self.has_due_async(deployment_id, now + ahead):
-            tasks = await self.claim_tasks_async(
-                deployment_id, worker_id, limit, lease_seconds, ahead
-            )
-        if len(tasks) >= limit:
-            return tasks, now
-        return tasks, await self.next_due_async(deployment_id)
 
     # -- wake-ups ---------------------------------------------------------
 
