@@ -58,6 +58,6 @@ def has_due(world: World, deployment_id: str, now: float) -> bool:
 
 
 def get_hook(world: World, token: str) -> HookRecord | None:
-    """The newest hook with that token, active or not."""
+    """The hook that holds the token (at most one is active), else the newest that had it."""
     hooks = [hook for hook in world.list_hooks() if hook.token == token]
-    return max(hooks, key=lambda hook: hook.created_at) if hooks else None
+    return max(hooks, key=lambda hook: (hook.status == "active", hook.created_at), default=None)

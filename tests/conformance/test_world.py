@@ -8,15 +8,19 @@ worker would compute.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from psycopg.errors import UniqueViolation
 
 from tests.conformance.probe import claim, get_hook, has_due, next_due
+from tether.clock import ManualClock
 from tether.errors import HookNotFoundError
+from tether.worlds import open_world
 from tether.worlds.base import World
 from tether.worlds.records import (
     Activation,
@@ -33,8 +37,36 @@ STEP = "step//tests.conformance//act"
 DEP = "dep-a"
 
 
+#: The test's clock: its Worlds read it, ``ev`` stamps events with it (``manual_clock``).
+CLOCK = ManualClock()
+
+
+@pytest.fixture(autouse=True)
+def manual_clock() -> ManualClock:
+    """A clock of the test's own, stepped instead of waited for."""
+    global CLOCK
+    CLOCK = ManualClock()
+    return CLOCK
+
+
+@pytest.fixture
+def world(world_url: str, manual_clock: ManualClock) -> Iterator[World]:
+    """A World on the test's database that reads the test's clock."""
+    opened = open_world(world_url, manual_clock)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def other_world(world_url: str, manual_clock: ManualClock) -> Iterator[World]:
+    """A second instance on the same database and clock: it stands in for another process."""
+    opened = open_world(world_url, manual_clock)
+    yield opened
+    opened.close()
+
+
 def ev(run_id: str, seq: int, kind: str, cid: str | None = None, **fields: Any) -> EventRecord:
-    return EventRecord(run_id, seq, kind, cid, created_at=time.time(), **fields)
+    return EventRecord(run_id, seq, kind, cid, created_at=CLOCK.time(), **fields)
 
 
 def new_run(run_id: str, deployment: str = DEP, **fields: Any) -> NewRun:
@@ -87,9 +119,11 @@ def test_create_and_get_a_run(world: World) -> None:
     assert world.list_events("nope") == []
 
 
-def test_a_duplicate_run_id_is_refused(world: World) -> None:
+def test_a_duplicate_run_id_is_refused(world: World, world_url: str) -> None:
     world.create_run(new_run("r1"))
-    with pytest.raises(Exception):  # noqa: B017 - each backend raises its own integrity error
+    # Each backend raises its driver's integrity error.
+    refused = sqlite3.IntegrityError if world_url.startswith("sqlite") else UniqueViolation
+    with pytest.raises(refused, match="run"):
         world.create_run(new_run("r1"))
     assert world.get_run("r1") is not None
 
@@ -160,7 +194,7 @@ def test_commit_activation_appends_and_derives_the_views(world: World, other_wor
     assert step.input == '"step-input"' and step.started_at is not None
     # The new step is leased to the worker that asked for it: nobody else may claim it.
     assert claim(other_world, DEP, "w2", 10, 30.0) == []
-    assert not has_due(world, DEP, time.time())
+    assert not has_due(world, DEP, CLOCK.time())
 
 
 def test_commit_activation_refuses_a_stale_log_and_requeues_the_run(world: World) -> None:
@@ -300,15 +334,15 @@ def test_failed_step(world: World) -> None:
 
 def test_retry_is_due_at_retry_at_and_claimed_as_the_next_attempt(world: World) -> None:
     started_with_step(world, "r1")
-    retry_at = time.time() + 0.4
+    retry_at = CLOCK.time() + 0.4
     world.finish_step(outcome("r1", "retrying", retry_at=retry_at))
     (step,) = world.list_steps("r1")
     assert (step.status, step.error, step.retry_at) == ("retrying", '"out"', retry_at)
     last = world.list_events("r1")[-1]
     assert last.type == "step_retrying" and last.attrs == {"attempt": 1, "retry_at": retry_at}
     assert claim(world, DEP, "w2", 10, 30.0) == []  # not due yet
-    assert next_due(world, DEP) == pytest.approx(retry_at)
-    time.sleep(max(retry_at - time.time(), 0) + 0.05)
+    assert next_due(world, DEP) == retry_at
+    CLOCK.advance(retry_at - CLOCK.time() + 0.05)
     (task,) = claim(world, DEP, "w2", 10, 30.0)
     assert (task.kind, task.step_id, task.step_name) == ("step", "0", STEP)
     assert task.input == '"step-input"'
@@ -325,14 +359,14 @@ def test_retry_is_due_at_retry_at_and_claimed_as_the_next_attempt(world: World) 
 def test_claims_take_due_tasks_of_their_deployment_only(world: World) -> None:
     world.create_run(new_run("a1"))
     world.create_run(new_run("b1", "dep-b"))
-    assert has_due(world, DEP, time.time()) and has_due(world, "dep-b", time.time())
-    assert not has_due(world, "dep-c", time.time()) and next_due(world, "dep-c") is None
+    assert has_due(world, DEP, CLOCK.time()) and has_due(world, "dep-b", CLOCK.time())
+    assert not has_due(world, "dep-c", CLOCK.time()) and next_due(world, "dep-c") is None
     (task,) = claim(world, DEP, "w1", 10, 30.0)
     assert (task.kind, task.run_id, task.deployment_id) == ("workflow", "a1", DEP)
     assert claim(world, DEP, "w1", 10, 30.0) == []  # leased now
     assert [t.run_id for t in claim(world, "dep-b", "w2", 10, 30.0)] == ["b1"]
     # A leased task's due time is its lease expiry.
-    assert next_due(world, DEP) == pytest.approx(time.time() + 30.0, abs=2.0)
+    assert next_due(world, DEP) == CLOCK.time() + 30.0
 
 
 def test_a_claim_round_claims_and_says_when_to_look_again(world: World) -> None:
@@ -342,19 +376,19 @@ def test_a_claim_round_claims_and_says_when_to_look_again(world: World) -> None:
 
     assert asyncio.run(claim(10)) == ([], None)  # nothing at all: no due time
     for i in range(3):
-        world.create_run(new_run(f"r{i}", created_at=time.time() - 10 + i))
+        world.create_run(new_run(f"r{i}", created_at=CLOCK.time() - 10 + i))
     got, due = asyncio.run(claim(2))
-    assert got == ["r0", "r1"] and due == pytest.approx(time.time(), abs=2.0)  # more is due
+    assert got == ["r0", "r1"] and due == CLOCK.time()  # more is due
     got, due = asyncio.run(claim(10))
     assert got == ["r2"]
     # All leased now: the next due time is the first lease's expiry.
-    assert due == pytest.approx(time.time() + 30.0, abs=2.0)
+    assert due == CLOCK.time() + 30.0
     assert asyncio.run(claim(10))[0] == []
 
 
 def test_claims_respect_the_limit_and_go_oldest_first(world: World) -> None:
     for i in range(5):
-        world.create_run(new_run(f"r{i}", created_at=time.time() - 10 + i))
+        world.create_run(new_run(f"r{i}", created_at=CLOCK.time() - 10 + i))
     first = claim(world, DEP, "w1", 2, 30.0)
     assert [t.run_id for t in first] == ["r0", "r1"]
     rest = claim(world, DEP, "w1", 10, 30.0)
@@ -364,8 +398,8 @@ def test_claims_respect_the_limit_and_go_oldest_first(world: World) -> None:
 def test_an_expired_lease_is_taken_over(world: World, other_world: World) -> None:
     started_with_step(world, "r1", worker="dead", lease=0.3)
     assert claim(other_world, DEP, "w2", 10, 30.0) == []
-    time.sleep(0.4)
-    assert has_due(other_world, DEP, time.time())
+    CLOCK.advance(0.4)
+    assert has_due(other_world, DEP, CLOCK.time())
     (task,) = claim(other_world, DEP, "w2", 10, 30.0)
     assert (task.kind, task.step_id, task.attempt) == ("step", "0", 2)
     assert types(world, "r1")[-1] == "step_started"
@@ -376,7 +410,7 @@ def test_claims_drop_the_tasks_of_ended_runs(world: World) -> None:
     started_with_step(world, "r1", lease=0.2)
     world.create_run(new_run("r2"))
     world.cancel_runs(["r1", "r2"])
-    time.sleep(0.3)
+    CLOCK.advance(0.3)
     assert claim(world, DEP, "w1", 10, 30.0) == []
     assert next_due(world, DEP) is None
 
@@ -411,7 +445,7 @@ def test_heartbeat_extends_leases_and_release_gives_them_back(world: World) -> N
     started_with_step(world, "r1", worker="w1", lease=0.3)
     world.register_worker(WorkerInfo("w1", DEP, "default", "host", 1), {})
     world.heartbeat("w1", 30.0)
-    time.sleep(0.4)
+    CLOCK.advance(0.4)
     assert claim(world, DEP, "w2", 10, 30.0) == []
     world.unregister_worker("w1")
     (task,) = claim(world, DEP, "w2", 10, 30.0)
@@ -435,7 +469,7 @@ def test_unregister_marks_the_worker_stopped_and_releases_its_leases(world: Worl
 def sleeping(world: World, run_id: str, seconds: float) -> float:
     """A started run waiting on one sleep; returns when the sleep ends."""
     world.create_run(new_run(run_id))
-    resume_at = time.time() + seconds
+    resume_at = CLOCK.time() + seconds
     events = [
         ev(run_id, 2, "run_started"),
         ev(run_id, 3, "wait_created", "0", attrs={"resume_at": resume_at}),
@@ -448,11 +482,11 @@ def test_a_sleep_schedules_the_workflow_task_at_its_end(world: World) -> None:
     resume_at = sleeping(world, "r1", 0.3)
     (wait,) = world.list_waits("r1")
     assert (wait.wait_id, wait.status, wait.resume_at) == ("0", "waiting", resume_at)
-    assert next_due(world, DEP) == pytest.approx(resume_at)
-    assert not has_due(world, DEP, time.time())
+    assert next_due(world, DEP) == resume_at
+    assert not has_due(world, DEP, CLOCK.time())
     assert claim(world, DEP, "w1", 10, 30.0) == []
-    time.sleep(max(resume_at - time.time(), 0) + 0.05)
-    assert has_due(world, DEP, time.time())
+    CLOCK.advance(resume_at - CLOCK.time() + 0.05)
+    assert has_due(world, DEP, CLOCK.time())
     (task,) = claim(world, DEP, "w1", 10, 30.0)
     assert (task.kind, task.run_id) == ("workflow", "r1")
     done = [ev("r1", 4, "wait_completed", "0")]
@@ -467,7 +501,7 @@ def test_a_claim_may_take_a_sleep_ahead_of_its_end_but_never_a_step(
 ) -> None:
     resume_at = sleeping(world, "r1", 0.5)
     started_with_step(world, "r2")
-    retry_at = time.time() + 0.5
+    retry_at = CLOCK.time() + 0.5
     world.finish_step(outcome("r2", "retrying", retry_at=retry_at))
     assert claim(world, DEP, "w1", 10, 30.0, ahead=0.1) == []  # neither is that close
     (task,) = claim(world, DEP, "w1", 10, 30.0, ahead=2.0)
@@ -475,7 +509,7 @@ def test_a_claim_may_take_a_sleep_ahead_of_its_end_but_never_a_step(
     assert task.due_at == pytest.approx(resume_at, abs=0.001)  # the worker holds it till then
     # Leased now: nobody else takes it, ahead or not.
     assert claim(other_world, DEP, "w2", 10, 30.0, ahead=2.0) == []
-    time.sleep(max(retry_at - time.time(), 0) + 0.05)
+    CLOCK.advance(retry_at - CLOCK.time() + 0.05)
     (step,) = claim(other_world, DEP, "w2", 10, 30.0, ahead=2.0)
     assert (step.kind, step.run_id, step.attempt) == ("step", "r2", 2)
     assert step.due_at == pytest.approx(retry_at, abs=0.001)
@@ -490,7 +524,7 @@ def test_a_claim_round_looks_again_half_a_window_before_a_sleep_ends(world: Worl
     assert asyncio.run(claim(0.0)) == ([], pytest.approx(resume_at, abs=0.001))
     assert asyncio.run(claim(2.0)) == ([], pytest.approx(resume_at - 1.0, abs=0.001))
     started_with_step(world, "r2")
-    retry_at = time.time() + 30
+    retry_at = CLOCK.time() + 30
     world.finish_step(outcome("r2", "retrying", retry_at=retry_at))
     # A step is never claimed ahead: the round looks again when it falls due.
     assert asyncio.run(claim(2.0)) == ([], pytest.approx(retry_at, abs=0.001))
@@ -498,7 +532,7 @@ def test_a_claim_round_looks_again_half_a_window_before_a_sleep_ends(world: Worl
 
 def test_a_step_outcome_that_starts_a_sleep_reschedules_the_run(world: World) -> None:
     started_with_step(world, "r1")
-    resume_at = time.time() + 60
+    resume_at = CLOCK.time() + 60
     activation = Activation(
         "r1",
         4,
@@ -510,7 +544,7 @@ def test_a_step_outcome_that_starts_a_sleep_reschedules_the_run(world: World) ->
         30.0,
     )
     assert world.finish_step(outcome("r1"), activation)
-    assert next_due(world, DEP) == pytest.approx(resume_at)
+    assert next_due(world, DEP) == resume_at
 
 
 def test_wake_sleeps_ends_pending_sleeps_now(world: World) -> None:
@@ -547,7 +581,7 @@ def test_cancel_ends_unfinished_runs_and_drops_their_work(world: World) -> None:
         assert_dense(world, run_id)
     assert world.list_steps("r1")[0].status == "cancelled"
     assert world.list_waits("r2")[0].status == "cancelled"
-    time.sleep(0.2)
+    CLOCK.advance(0.2)
     assert claim(world, DEP, "w1", 10, 30.0) == []
     assert next_due(world, DEP) is None
     assert world.cancel_runs([]).cancelled == []
@@ -563,7 +597,7 @@ def test_register_worker_merges_manifests_and_keeps_first_sight(world: World) ->
     )
     first = world.get_deployment(DEP)
     assert first is not None and first.environment == "default"
-    time.sleep(0.01)
+    CLOCK.advance(0.01)
     world.register_worker(
         WorkerInfo("w2", DEP, "default", "h", 2), {"workflows": {WF + "2": {}}, "steps": {STEP: {}}}
     )
@@ -574,9 +608,9 @@ def test_register_worker_merges_manifests_and_keeps_first_sight(world: World) ->
 
 def test_latest_deployment_is_per_environment(world: World) -> None:
     world.register_worker(WorkerInfo("w1", "old", "prod", "h", 1), {})
-    time.sleep(0.01)
+    CLOCK.advance(0.01)
     world.register_worker(WorkerInfo("w2", "new", "prod", "h", 1), {})
-    time.sleep(0.01)
+    CLOCK.advance(0.01)
     world.register_worker(WorkerInfo("w3", "other", "staging", "h", 1), {})
     assert world.latest_deployment("prod").deployment_id == "new"  # type: ignore[union-attr]
     assert world.latest_deployment("staging").deployment_id == "other"  # type: ignore[union-attr]
@@ -585,7 +619,7 @@ def test_latest_deployment_is_per_environment(world: World) -> None:
 
 def test_list_deployments_counts_in_flight_runs_and_live_workers(world: World) -> None:
     world.register_worker(WorkerInfo("w-old", "old", "prod", "h", 1), {})
-    time.sleep(0.01)
+    CLOCK.advance(0.01)
     world.register_worker(WorkerInfo("w-new", "new", "prod", "h", 1), {})
     world.register_worker(WorkerInfo("w-new2", "new", "prod", "h", 2), {})
     world.register_worker(WorkerInfo("w-stg", "stg", "staging", "h", 1), {})
@@ -618,7 +652,7 @@ def test_list_deployments_counts_in_flight_runs_and_live_workers(world: World) -
     prod = world.list_deployments("prod", live_within=60)
     assert [d.deployment_id for d in prod] == ["new", "old", "ghost"]  # newest first
     # A worker whose heartbeat is older than live_within is not live.
-    time.sleep(0.3)
+    CLOCK.advance(0.3)
     stale = {d.deployment_id: d for d in world.list_deployments(None, live_within=0.2)}
     assert stale["new"].live_workers == 0 and stale["new"].stranded
     world.heartbeat("w-new", 10.0)

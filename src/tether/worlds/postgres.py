@@ -31,12 +31,12 @@ from tether.clock import SYSTEM_CLOCK, Clock
 from tether.worlds import schema
 from tether.worlds.operations import Reader, Tx
 from tether.worlds.postgres_claim import claim_due
-from tether.worlds.postgres_listener import BACKOFF_MAX, BACKOFF_MIN, Listener, is_work_for
+from tether.worlds.postgres_listener import BACKOFF_MAX, BACKOFF_MIN, Listener
 from tether.worlds.postgres_url import WorldUnavailableError, parse_url, redact
 from tether.worlds.postgres_writer import Connection, PgTx, Writer, lost
 from tether.worlds.records import Task
 from tether.worlds.sql import POSTGRES, Row
-from tether.worlds.sqlworld import SqlWorld
+from tether.worlds.sqlworld import ClaimRound, SqlWorld
 
 __all__ = ["PostgresWorld", "WorldUnavailableError", "parse_url", "redact"]
 
@@ -67,10 +67,6 @@ class PostgresWorld(SqlWorld):
             raise ValueError(
                 f"invalid pool_max or reconnect_timeout in {self.shown_url!r}: expected numbers"
             ) from None
-        self._listeners: list[
-            tuple[Callable[[], None], asyncio.AbstractEventLoop | None, bool, str | None]
-        ] = []
-        self._closed = False
         token = uuid.uuid4().hex[:12]
         self._schema = self._migrate(options.get("schema"))
         self._pool: ConnectionPool[Connection] = ConnectionPool(
@@ -96,46 +92,14 @@ class PostgresWorld(SqlWorld):
 
     # -- the claim ------------------------------------------------------------------
 
-    async def claim_due_async(
-        self,
-        deployment_id: str,
-        worker_id: str,
-        limit: int,
-        lease_seconds: float,
-        ahead: float = 0.0,
-    ) -> tuple[list[Task], float | None]:
+    async def _claim_round(self, claim: ClaimRound) -> tuple[list[Task], float | None]:
         # One transaction of the writer: no read of what is due first and none after.
-        return await self._write_async(
-            lambda tx: claim_due(
-                cast(PgTx, tx), deployment_id, worker_id, limit, lease_seconds, ahead
-            )
-        )
+        return await self._write_async(lambda tx: claim_due(cast(PgTx, tx), claim))
 
-    # -- wake-ups ---------------------------------------------------------------------
-
-    def add_listener(
-        self,
-        callback: Callable[[], None],
-        *,
-        skip_own_loop: bool = False,
-        work_only: bool = False,
-        deployment_id: str | None = None,
-    ) -> Callable[[], None]:
-        loop = asyncio.get_running_loop() if skip_own_loop else None
-        entry = (callback, loop, work_only, deployment_id)
-        self._listeners.append(entry)
+    def _start_watching(self) -> None:
         self._listener.start()
 
-        def remove() -> None:
-            if entry in self._listeners:
-                self._listeners.remove(entry)
-
-        return remove
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    def _stop(self) -> None:
         self._writer.stop()
         self._listener.stop()
         self._pool.close(timeout=1.0)
@@ -170,20 +134,9 @@ class PostgresWorld(SqlWorld):
                 "SELECT pg_advisory_xact_lock(hashtext('tether.migrations'), hashtext(%s))",
                 (name,),
             )
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations"
-                " (version integer PRIMARY KEY, applied_at double precision NOT NULL)"
+            schema.apply_migrations(
+                conn, "postgres", param="%s", real="double precision", now=self.clock.time()
             )
-            applied = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
-            for version, statements in schema.migrations("postgres"):
-                if version in applied:
-                    continue
-                for statement in statements:
-                    conn.execute(statement)  # type: ignore[call-overload]
-                conn.execute(
-                    "INSERT INTO schema_migrations (version, applied_at) VALUES (%s, %s)",
-                    (version, self.clock.time()),
-                )
             return name
 
     def _write(self, op: Callable[[Tx], T]) -> T:
@@ -235,14 +188,6 @@ class PostgresWorld(SqlWorld):
                 ) from error
             time.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)
-
-    def _notify(self, origins: set[asyncio.AbstractEventLoop | None], signal: str) -> None:
-        """Wake local listeners; those on a loop skip commits only that loop made."""
-        for callback, own_loop, work_only, deployment_id in list(self._listeners):
-            if work_only and not is_work_for(signal, deployment_id):
-                continue
-            if own_loop is None or origins != {own_loop}:
-                callback()
 
 
 class _PooledReader:

@@ -7,45 +7,37 @@ import dataclasses
 from tether.worlds import schema
 from tether.worlds.postgres_writer import Cursor, PgTx
 from tether.worlds.records import TERMINAL_STATUSES, EventRecord, Task
+from tether.worlds.sqlworld import ClaimRound
 
 #: How soon a claim tries again for a task whose run another transaction had locked.
 BUSY_RUN_RETRY = 0.005
 
 
-def claim_due(
-    tx: PgTx, deployment_id: str, worker_id: str, limit: int, lease: float, ahead: float
-) -> tuple[list[Task], float | None]:
+def claim_due(tx: PgTx, request: ClaimRound) -> tuple[list[Task], float | None]:
     """``World.claim_due_async``'s transaction: the claim, and the next due time read with it.
 
     No read of what is due first: a claim that finds nothing writes nothing,
     so it costs no log flush.
     """
     next_due = tx.cur.connection.cursor()
-    tasks, handed_back = claim(tx, deployment_id, worker_id, limit, lease, ahead, next_due)
+    tasks, handed_back = claim(tx, request, next_due)
     now = tx.clock.time()
-    if len(tasks) >= limit:
+    if len(tasks) >= request.limit:
         return tasks, now
     row = next_due.fetchone()  # arrived with the claim's rows: no round trip of its own
-    due = schema.claim_again_at(row, ahead)
+    due = schema.claim_again_at(row, request.ahead)
     if handed_back:
         due = min(due, now + BUSY_RUN_RETRY) if due is not None else now + BUSY_RUN_RETRY
     return tasks, due
 
 
-def claim(
-    tx: PgTx,
-    deployment_id: str,
-    worker_id: str,
-    limit: int,
-    lease: float,
-    ahead: float,
-    next_due: Cursor | None = None,
-) -> tuple[list[Task], bool]:
+def claim(tx: PgTx, request: ClaimRound, next_due: Cursor | None = None) -> tuple[list[Task], bool]:
     """Lease due tasks; returns them and whether some were handed back (their run was busy).
 
     ``next_due``, if given, is sent the deployment's first due task query in
     the claim's round trip (it sees the leases just taken).
     """
+    deployment_id = request.deployment_id
     now = tx.clock.time()
     tx.cur.execute(
         "WITH due AS (SELECT task_id, available_at FROM tasks"
@@ -55,7 +47,14 @@ def claim(
         " UPDATE tasks t SET lease_owner = %s, available_at = %s FROM due"
         " WHERE t.task_id = due.task_id"
         " RETURNING t.task_id, t.kind, t.run_id, t.step_id, due.available_at",
-        (deployment_id, now + ahead, now, limit, worker_id, now + lease),
+        (
+            deployment_id,
+            now + request.ahead,
+            now,
+            request.limit,
+            request.worker_id,
+            now + request.lease_seconds,
+        ),
     )
     if next_due is not None:
         next_due.execute(tx.sql.first_due, (deployment_id,))  # same round trip as the claim

@@ -1,9 +1,8 @@
-"""How PostgreSQL Worlds hear each other: NOTIFY signals, and the thread that LISTENs.
+"""How PostgreSQL Worlds hear each other: the thread that LISTENs for their NOTIFYs.
 
-A commit announces a signal on ``CHANNEL``: ``"w:dep1,dep2"`` (work became due
-for these deployments), ``"w"`` (for any), ``"r"`` (only readers care: a run
-ended, a chunk was written). Payloads are ``schema|sender|signal``, so that a
-World ignores other schemas and its own commits.
+A commit announces its signal (``signals``) on ``CHANNEL``. Payloads are
+``schema|sender|signal``, so that a World ignores other schemas and its own
+commits.
 """
 
 from __future__ import annotations
@@ -15,6 +14,8 @@ from collections.abc import Callable
 
 import psycopg
 
+from tether.worlds.signals import merge_signals
+
 log = logging.getLogger("tether.postgres")
 
 #: The channel every World of a database listens on; payloads name schema and sender.
@@ -23,36 +24,6 @@ CHANNEL = "tether_changes"
 LISTEN_TICK = 0.25
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 1.0
-#: The longest list of deployments a work signal names; past it, it names none (all wake).
-_SIGNAL_MAX = 1000
-
-
-def work_signal(deployments: set[str]) -> str:
-    """``"w:dep1,dep2"``: work became due for these deployments; ``"w"``: for any."""
-    names = ",".join(sorted(deployments))
-    if "*" in deployments or "," in "".join(deployments) or len(names) > _SIGNAL_MAX:
-        return "w"
-    return f"w:{names}"
-
-
-def merge_signals(a: str, b: str) -> str:
-    """What two commits announce together."""
-    if a.startswith("w") and b.startswith("w"):
-        if a == "w" or b == "w":
-            return "w"
-        return work_signal(set(a[2:].split(",")) | set(b[2:].split(",")))
-    for signal in ("w", "r"):
-        for side in (a, b):
-            if side.startswith(signal):
-                return side
-    return ""
-
-
-def is_work_for(signal: str, deployment_id: str | None) -> bool:
-    """Whether a commit that announced ``signal`` made work due for ``deployment_id``."""
-    if not signal.startswith("w"):
-        return False
-    return signal == "w" or deployment_id is None or deployment_id in signal[2:].split(",")
 
 
 class Listener:

@@ -23,17 +23,12 @@ import psycopg
 import psycopg.errors
 
 from tether.clock import Clock
-from tether.worlds.batches import next_batch
+from tether.worlds.batches import Outcome, batches, resolve
 from tether.worlds.operations import RunState, Tx
-from tether.worlds.postgres_listener import (
-    BACKOFF_MAX,
-    BACKOFF_MIN,
-    CHANNEL,
-    merge_signals,
-    work_signal,
-)
+from tether.worlds.postgres_listener import BACKOFF_MAX, BACKOFF_MIN, CHANNEL
 from tether.worlds.postgres_url import WorldUnavailableError
 from tether.worlds.records import Activation, EventRecord
+from tether.worlds.signals import merge_signals, work_signal
 from tether.worlds.sql import POSTGRES, Row
 
 T = TypeVar("T")
@@ -83,7 +78,7 @@ class PgTx:
 
     @property
     def signal(self) -> str:
-        """What the commit announces (``postgres_listener``): work due, ``"r"`` or ``""``."""
+        """What the commit announces (``signals``): work due, ``"r"`` or ``""``."""
         return work_signal(self.work) if self.work else "r" if self.notify else ""
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
@@ -231,23 +226,16 @@ class Writer:
             self._conn.close()
 
     def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            batch, stopping = next_batch(self._queue)
-            if not batch:
-                break
+        for batch in batches(self._queue):
             outcomes, signal = self._execute([i.op for i in batch])
             if signal:
                 # Only commits someone else may wait for (a run ended, a task is due
                 # for any worker, a chunk was written) wake this process's listeners.
                 self._on_commit({i.origin for i in batch}, signal)
-            for entry, (result, error) in zip(batch, outcomes, strict=True):
-                if error is None:
-                    entry.future.set_result(result)
-                else:
-                    entry.future.set_exception(error)
+            for entry, outcome in zip(batch, outcomes, strict=True):
+                resolve(entry.future, outcome)
 
-    def _execute(self, ops: list[Op]) -> tuple[list[tuple[Any, BaseException | None]], str]:
+    def _execute(self, ops: list[Op]) -> tuple[list[Outcome], str]:
         """Commit ``ops`` in one transaction; if that fails, commit each alone.
 
         The batch first runs on the fast path, where operations check what
@@ -266,7 +254,7 @@ class Writer:
                 if len(ops) == 1 or isinstance(exc, WorldUnavailableError):
                     return [(None, exc)] * len(ops), ""
                 break
-        outcomes: list[tuple[Any, BaseException | None]] = []
+        outcomes: list[Outcome] = []
         signal = ""
         for op in ops:
             try:

@@ -28,6 +28,29 @@ def migrations(backend: str) -> list[tuple[int, list[str]]]:
     return sorted(found)
 
 
+def apply_migrations(conn: Any, backend: str, *, param: str, real: str, now: float) -> None:
+    """Apply ``backend``'s migrations that ``conn``'s database lacks, recording each.
+
+    The caller holds the lock that keeps other processes from migrating at
+    the same time, and commits. ``param`` is the driver's placeholder,
+    ``real`` the column type of the time each one was applied.
+    """
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations"
+        f" (version INTEGER PRIMARY KEY, applied_at {real} NOT NULL)"
+    )
+    applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+    for version, statements in migrations(backend):
+        if version in applied:
+            continue
+        for statement in statements:
+            conn.execute(statement)
+        conn.execute(
+            f"INSERT INTO schema_migrations (version, applied_at) VALUES ({param}, {param})",
+            (version, now),
+        )
+
+
 def split_statements(text: str) -> list[str]:
     """Split SQL at semicolons that end a line, leaving ``$$``-quoted bodies whole."""
     statements: list[str] = []

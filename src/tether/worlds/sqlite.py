@@ -9,7 +9,6 @@ when another connection commits.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import threading
 import time
@@ -24,7 +23,7 @@ from tether.worlds.operations import Reader, RunState, Tx, queue_workflow
 from tether.worlds.records import TERMINAL_STATUSES, Activation, EventRecord, RunRecord, Task
 from tether.worlds.sql import SQLITE, Row
 from tether.worlds.sqlite_writer import Writer
-from tether.worlds.sqlworld import SqlWorld
+from tether.worlds.sqlworld import ClaimRound, SqlWorld
 
 T = TypeVar("T")
 
@@ -60,35 +59,26 @@ class SqliteWorld(SqlWorld):
             )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._listeners: list[tuple[Callable[[], None], asyncio.AbstractEventLoop | None]] = []
-        self._closed = False
         self._migrate()
-        self._writer = Writer(self._connect, lambda conn: SqliteTx(conn, clock), self._notify)
+        self._writer = Writer(
+            self._connect, lambda conn: SqliteTx(conn, clock), lambda loop: self._notify({loop})
+        )
         self._watcher: threading.Thread | None = None
         self._watch_lock = threading.Lock()
 
     # -- the claim ------------------------------------------------------------------
 
-    async def claim_due_async(
-        self,
-        deployment_id: str,
-        worker_id: str,
-        limit: int,
-        lease_seconds: float,
-        ahead: float = 0.0,
-    ) -> tuple[list[Task], float | None]:
+    async def _claim_round(self, claim: ClaimRound) -> tuple[list[Task], float | None]:
         # A round that finds nothing due writes nothing: the first due time is read
-        # first, and again after a claim that did not fill ``limit``.
+        # first, and again after a claim that did not fill the limit.
         now = self.clock.time()
-        first = self._first_due(deployment_id, ahead)
+        first = self._first_due(claim.deployment_id, claim.ahead)
         tasks: list[Task] = []
         if first is not None and first <= now:
-            tasks = await self._write_async(
-                lambda tx: _claim(tx, deployment_id, worker_id, limit, lease_seconds, ahead)
-            )
-            if len(tasks) >= limit:
+            tasks = await self._write_async(lambda tx: _claim(tx, claim))
+            if len(tasks) >= claim.limit:
                 return tasks, now
-            first = self._first_due(deployment_id, ahead)
+            first = self._first_due(claim.deployment_id, claim.ahead)
         return tasks, first
 
     def _first_due(self, deployment_id: str, ahead: float) -> float | None:
@@ -103,35 +93,6 @@ class SqliteWorld(SqlWorld):
 
     async def list_events_async(self, run_id: str, after_seq: int = 0) -> list[EventRecord]:
         return self.list_events(run_id, after_seq)
-
-    # -- wake-ups ---------------------------------------------------------------------
-
-    def add_listener(
-        self,
-        callback: Callable[[], None],
-        *,
-        skip_own_loop: bool = False,
-        work_only: bool = False,
-        deployment_id: str | None = None,
-    ) -> Callable[[], None]:
-        # SQLite cannot tell what another process's commit did: work_only changes nothing.
-        entry = (callback, asyncio.get_running_loop() if skip_own_loop else None)
-        self._listeners.append(entry)
-        self._start_watcher()
-
-        def remove() -> None:
-            if entry in self._listeners:
-                self._listeners.remove(entry)
-
-        return remove
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._writer.stop()
-        if self._watcher is not None:
-            self._watcher.join(timeout=1)
 
     # -- internals ----------------------------------------------------------------------
 
@@ -176,20 +137,7 @@ class SqliteWorld(SqlWorld):
             # a new, empty database file.
             conn.execute("PRAGMA page_size=1024")
             conn.execute("BEGIN IMMEDIATE")  # the lock: one process migrates at a time
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations"
-                " (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
-            )
-            applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-            for version, statements in schema.migrations("sqlite"):
-                if version in applied:
-                    continue
-                for statement in statements:
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
-                    (version, self.clock.time()),
-                )
+            schema.apply_migrations(conn, "sqlite", param="?", real="REAL", now=self.clock.time())
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -198,12 +146,12 @@ class SqliteWorld(SqlWorld):
         finally:
             conn.close()
 
-    def _notify(self, origin: asyncio.AbstractEventLoop | None = None) -> None:
-        for callback, own_loop in list(self._listeners):
-            if own_loop is None or own_loop is not origin:
-                callback()
+    def _stop(self) -> None:
+        self._writer.stop()
+        if self._watcher is not None:
+            self._watcher.join(timeout=1)
 
-    def _start_watcher(self) -> None:
+    def _start_watching(self) -> None:
         with self._watch_lock:
             if self._watcher is None and not self._closed:
                 self._watcher = threading.Thread(
@@ -228,7 +176,7 @@ class SqliteWorld(SqlWorld):
                 return  # closed meanwhile
             if version != last:
                 last = version
-                self._notify(None)
+                self._notify({None})
 
 
 class SqliteTx:
@@ -294,17 +242,16 @@ class SqliteTx:
         pass
 
 
-def _claim(
-    tx: Tx, deployment_id: str, worker_id: str, limit: int, lease: float, ahead: float
-) -> list[Task]:
+def _claim(tx: Tx, claim: ClaimRound) -> list[Task]:
     """Lease up to ``limit`` due tasks (see ``World.claim_due_async``), oldest first."""
+    deployment_id, worker_id, lease = claim.deployment_id, claim.worker_id, claim.lease_seconds
     now = tx.clock.time()
     rows = tx.query(
         "SELECT task_id, kind, run_id, step_id, available_at FROM tasks"
         " WHERE deployment_id = ? AND available_at <= ?"
         " AND (available_at <= ? OR (kind = 'workflow' AND lease_owner IS NULL))"
         " ORDER BY available_at LIMIT ?",
-        (deployment_id, now + ahead, now, limit),
+        (deployment_id, now + claim.ahead, now, claim.limit),
     )
     tx.executemany(
         "UPDATE tasks SET lease_owner = ?, available_at = ? WHERE task_id = ?",

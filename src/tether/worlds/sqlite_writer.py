@@ -11,7 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from tether.worlds.batches import next_batch
+from tether.worlds.batches import Outcome, batches, resolve
 from tether.worlds.operations import Tx
 
 log = logging.getLogger("tether.sqlite")
@@ -84,17 +84,10 @@ class Writer:
             return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
 
     def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            batch, stopping = next_batch(self._queue)
-            if not batch:
-                break
+        for batch in batches(self._queue):
             outcomes = self._execute([op for op, _ in batch], None)
-            for (_, future), (result, error) in zip(batch, outcomes, strict=True):
-                if error is None:
-                    future.set_result(result)
-                else:
-                    future.set_exception(error)
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                resolve(future, outcome)
 
     def _flush_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         batch = self._loop_batches.pop(loop, [])
@@ -112,14 +105,12 @@ class Writer:
             else:
                 future.set_exception(error)
 
-    def _execute(
-        self, ops: list[Op], origin: asyncio.AbstractEventLoop | None
-    ) -> list[tuple[Any, BaseException | None]]:
+    def _execute(self, ops: list[Op], origin: asyncio.AbstractEventLoop | None) -> list[Outcome]:
         """Commit ``ops`` in one transaction; if any fails, commit each alone.
 
         Operations rarely fail, so the common case pays for no savepoints.
         """
-        outcomes: list[tuple[Any, BaseException | None]] = []
+        outcomes: list[Outcome] = []
         with self._lock:
             try:
                 outcomes = [(result, None) for result in self._transaction(ops)]

@@ -10,7 +10,9 @@ the shared statements (``sql.Statements``), writers the shared operations
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tether.clock import Clock
@@ -32,9 +34,11 @@ from tether.worlds.records import (
     StepOutcome,
     StepRecord,
     StreamRecord,
+    Task,
     WaitRecord,
     WorkerInfo,
 )
+from tether.worlds.signals import is_work_for
 from tether.worlds.sql import (
     Row,
     Statements,
@@ -49,6 +53,19 @@ from tether.worlds.sql import (
 )
 
 T = TypeVar("T")
+#: A listener: its callback, the loop whose own commits it skips, work_only, its deployment.
+_Listener = tuple[Callable[[], None], asyncio.AbstractEventLoop | None, bool, str | None]
+
+
+@dataclass(frozen=True)
+class ClaimRound:
+    """What a worker's claim round asks for (``World.claim_due_async``)."""
+
+    deployment_id: str
+    worker_id: str
+    limit: int
+    lease_seconds: float
+    ahead: float
 
 
 class SqlWorld(World):
@@ -64,6 +81,8 @@ class SqlWorld(World):
         #: The deployment of each worker registered through this World: its commits
         #: may take the writer's fast path (``operations.commit_activation``).
         self._deployments: dict[str, str] = {}
+        self._listeners: list[_Listener] = []
+        self._closed = False
 
     # -- what a backend supplies ---------------------------------------------------
 
@@ -81,8 +100,70 @@ class SqlWorld(World):
     ) -> T:
         """``_write`` for an event loop; ``on_committed`` is called once it is committed."""
 
+    @abc.abstractmethod
+    async def _claim_round(self, claim: ClaimRound) -> tuple[list[Task], float | None]:
+        """``claim_due_async``: the backend's claim."""
+
+    def _start_watching(self) -> None:
+        """Start hearing other processes' commits (once): they call ``_notify``."""
+
+    def _stop(self) -> None:
+        """Stop the writer and the watching; release connections (``close``)."""
+
     def _query(self, statement: str, params: Sequence[Any] = ()) -> list[Row]:
         return self._read(lambda reader: reader.query(statement, params))
+
+    # -- the claim and wake-ups ---------------------------------------------------
+
+    async def claim_due_async(
+        self,
+        deployment_id: str,
+        worker_id: str,
+        limit: int,
+        lease_seconds: float,
+        ahead: float = 0.0,
+    ) -> tuple[list[Task], float | None]:
+        return await self._claim_round(
+            ClaimRound(deployment_id, worker_id, limit, lease_seconds, ahead)
+        )
+
+    def add_listener(
+        self,
+        callback: Callable[[], None],
+        *,
+        skip_own_loop: bool = False,
+        work_only: bool = False,
+        deployment_id: str | None = None,
+    ) -> Callable[[], None]:
+        loop = asyncio.get_running_loop() if skip_own_loop else None
+        entry = (callback, loop, work_only, deployment_id)
+        self._listeners.append(entry)
+        self._start_watching()
+
+        def remove() -> None:
+            if entry in self._listeners:
+                self._listeners.remove(entry)
+
+        return remove
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop()
+
+    def _notify(self, origins: set[asyncio.AbstractEventLoop | None], signal: str = "w") -> None:
+        """Wake local listeners of a commit that announced ``signal`` (``signals``).
+
+        ``origins``: the loops the commit's operations came from (``None``: a
+        thread, another process); a listener on a loop skips commits only
+        that loop made.
+        """
+        for callback, own_loop, work_only, deployment_id in list(self._listeners):
+            if work_only and not is_work_for(signal, deployment_id):
+                continue
+            if own_loop is None or origins != {own_loop}:
+                callback()
 
     # -- runs ----------------------------------------------------------------------
 
