@@ -1,4 +1,9 @@
-"""SQL shared by the backends: versioned migrations, the run listing, the next claim time."""
+"""The schema both backends keep: versioned migrations, the run listing and its cursors.
+
+The statements the backends send are in ``sql``; this module holds what
+builds on them: applying migrations, listing runs page by page, and when a
+claim round should next run.
+"""
 
 from __future__ import annotations
 
@@ -99,19 +104,8 @@ def run_query(select: str, filters: RunFilter, *, placeholder: str) -> tuple[str
     return sql, params
 
 
-def first_due_query(placeholder: str) -> str:
-    """The deployment's first task to fall due, and whether a claim may take it ahead.
-
-    Only a workflow task nobody holds may be claimed ahead (``World.claim_tasks``).
-    """
-    return (
-        "SELECT available_at, kind = 'workflow' AND lease_owner IS NULL FROM tasks"
-        f" WHERE deployment_id = {placeholder} ORDER BY available_at LIMIT 1"
-    )
-
-
 def claim_again_at(row: Sequence[Any] | None, ahead: float) -> float | None:
-    """When a claim round with ``ahead`` should run next, from ``first_due_query``'s row.
+    """When a claim round with ``ahead`` should run next, from ``Statements.first_due``'s row.
 
     Half a window before a task that may be claimed ahead, so that the round
     takes the timers of half a window at once; else when the task falls due.
