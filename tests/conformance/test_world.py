@@ -8,14 +8,19 @@ worker would compute.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from psycopg.errors import UniqueViolation
 
+from tests.conformance.probe import claim, get_hook, has_due, next_due
+from tether.clock import ManualClock
 from tether.errors import HookNotFoundError
+from tether.worlds import open_world
 from tether.worlds.base import World
 from tether.worlds.records import (
     Activation,
@@ -32,8 +37,36 @@ STEP = "step//tests.conformance//act"
 DEP = "dep-a"
 
 
+#: The test's clock: its Worlds read it, ``ev`` stamps events with it (``manual_clock``).
+CLOCK = ManualClock()
+
+
+@pytest.fixture(autouse=True)
+def manual_clock() -> ManualClock:
+    """A clock of the test's own, stepped instead of waited for."""
+    global CLOCK
+    CLOCK = ManualClock()
+    return CLOCK
+
+
+@pytest.fixture
+def world(world_url: str, manual_clock: ManualClock) -> Iterator[World]:
+    """A World on the test's database that reads the test's clock."""
+    opened = open_world(world_url, manual_clock)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def other_world(world_url: str, manual_clock: ManualClock) -> Iterator[World]:
+    """A second instance on the same database and clock: it stands in for another process."""
+    opened = open_world(world_url, manual_clock)
+    yield opened
+    opened.close()
+
+
 def ev(run_id: str, seq: int, kind: str, cid: str | None = None, **fields: Any) -> EventRecord:
-    return EventRecord(run_id, seq, kind, cid, created_at=time.time(), **fields)
+    return EventRecord(run_id, seq, kind, cid, created_at=CLOCK.time(), **fields)
 
 
 def new_run(run_id: str, deployment: str = DEP, **fields: Any) -> NewRun:
@@ -86,9 +119,11 @@ def test_create_and_get_a_run(world: World) -> None:
     assert world.list_events("nope") == []
 
 
-def test_a_duplicate_run_id_is_refused(world: World) -> None:
+def test_a_duplicate_run_id_is_refused(world: World, world_url: str) -> None:
     world.create_run(new_run("r1"))
-    with pytest.raises(Exception):  # noqa: B017 - each backend raises its own integrity error
+    # Each backend raises its driver's integrity error.
+    refused = sqlite3.IntegrityError if world_url.startswith("sqlite") else UniqueViolation
+    with pytest.raises(refused, match="run"):
         world.create_run(new_run("r1"))
     assert world.get_run("r1") is not None
 
@@ -158,8 +193,8 @@ def test_commit_activation_appends_and_derives_the_views(world: World, other_wor
     assert (step.step_id, step.step_name, step.status, step.attempt) == ("0", STEP, "running", 1)
     assert step.input == '"step-input"' and step.started_at is not None
     # The new step is leased to the worker that asked for it: nobody else may claim it.
-    assert other_world.claim_tasks(DEP, "w2", 10, 30.0) == []
-    assert not world.has_due(DEP, time.time())
+    assert claim(other_world, DEP, "w2", 10, 30.0) == []
+    assert not has_due(world, DEP, CLOCK.time())
 
 
 def test_commit_activation_refuses_a_stale_log_and_requeues_the_run(world: World) -> None:
@@ -168,7 +203,7 @@ def test_commit_activation_refuses_a_stale_log_and_requeues_the_run(world: World
     assert world.commit_activation(stale) is False
     assert types(world, "r1")[-1] == "step_started"
     assert world.get_run("r1").status == "running"  # type: ignore[union-attr]
-    (task,) = world.claim_tasks(DEP, "w2", 10, 30.0)
+    (task,) = claim(world, DEP, "w2", 10, 30.0)
     assert (task.kind, task.run_id) == ("workflow", "r1")
 
 
@@ -177,13 +212,13 @@ def test_an_activation_with_nothing_to_append_still_gives_back_its_task(world: W
     world.register_worker(WorkerInfo("w1", DEP, "production", "host", 1), {})
     with_hook(world, "r1", "tok-1")
     world.resume_hook("tok-1", '"a"')  # seq 4; the run's workflow task is due
-    (task,) = world.claim_tasks(DEP, "w1", 10, 30.0)
+    (task,) = claim(world, DEP, "w1", 10, 30.0)
     assert (task.kind, task.run_id) == ("workflow", "r1")
     # The workflow read the payload and waits for the next: nothing new to append.
     assert world.commit_activation(Activation("r1", 4, [], "w1", 30.0))
-    assert world.next_due(DEP) is None  # the task is not left leased to w1
+    assert next_due(world, DEP) is None  # the task is not left leased to w1
     world.resume_hook("tok-1", '"b"')
-    (again,) = world.claim_tasks(DEP, "w2", 10, 30.0)
+    (again,) = claim(world, DEP, "w2", 10, 30.0)
     assert again.run_id == "r1"
 
 
@@ -193,12 +228,12 @@ def test_commit_activation_on_an_ended_run_is_refused_without_requeue(world: Wor
     late = Activation("r1", 2, [ev("r1", 3, "run_started")], "w1", 30.0)
     assert world.commit_activation(late) is False
     assert world.commit_activation(Activation("nope", 1, [], "w1", 30.0)) is False
-    assert world.claim_tasks(DEP, "w1", 10, 30.0) == []
+    assert claim(world, DEP, "w1", 10, 30.0) == []
 
 
 def test_run_completion_ends_the_run(world: World) -> None:
     world.create_run(new_run("r1"))
-    (task,) = world.claim_tasks(DEP, "w1", 10, 30.0)
+    (task,) = claim(world, DEP, "w1", 10, 30.0)
     assert (task.kind, task.run_id) == ("workflow", "r1")
     end = [ev("r1", 2, "run_started"), ev("r1", 3, "run_completed", payload='"done"')]
     assert world.commit_activation(Activation("r1", 1, end, "w1", 30.0))
@@ -206,9 +241,9 @@ def test_run_completion_ends_the_run(world: World) -> None:
     assert run is not None
     assert (run.status, run.output, run.last_seq) == ("completed", '"done"', 3)
     assert run.completed_at is not None and run.started_at is not None
-    assert world.next_due(DEP) is None
+    assert next_due(world, DEP) is None
     world.create_run(new_run("r2"))
-    world.claim_tasks(DEP, "w1", 10, 30.0)
+    claim(world, DEP, "w1", 10, 30.0)
     failed = [ev("r2", 2, "run_started"), ev("r2", 3, "run_failed", payload='"boom"')]
     assert world.commit_activation(Activation("r2", 1, failed, "w1", 30.0))
     assert (world.get_run("r2").status, world.get_run("r2").error) == ("failed", '"boom"')  # type: ignore[union-attr]
@@ -225,7 +260,7 @@ def test_create_run_with_its_first_activation(world: World, other_world: World) 
     assert types(world, "r1") == ["run_created", "run_started", "step_created", "step_started"]
     assert world.get_run("r1").status == "running"  # type: ignore[union-attr]
     assert world.list_steps("r1")[0].status == "running"
-    assert other_world.claim_tasks(DEP, "w2", 10, 30.0) == []  # no workflow task, step leased
+    assert claim(other_world, DEP, "w2", 10, 30.0) == []  # no workflow task, step leased
     assert_dense(world, "r1")
 
 
@@ -241,7 +276,7 @@ def test_finish_step_without_activation_queues_the_run(world: World) -> None:
     last = world.list_events("r1")[-1]
     assert (last.type, last.correlation_id, last.payload) == ("step_completed", "0", '"out"')
     assert last.attrs == {"attempt": 1}
-    (task,) = world.claim_tasks(DEP, "w2", 10, 30.0)
+    (task,) = claim(world, DEP, "w2", 10, 30.0)
     assert (task.kind, task.run_id) == ("workflow", "r1")
 
 
@@ -260,7 +295,7 @@ def test_finish_step_with_activation_commits_both(world: World) -> None:
     )
     assert world.finish_step(outcome("r1"), activation) is True
     assert [s.status for s in world.list_steps("r1")] == ["completed", "running"]
-    assert world.claim_tasks(DEP, "w2", 10, 30.0) == []  # nothing queued: w1 runs step 1
+    assert claim(world, DEP, "w2", 10, 30.0) == []  # nothing queued: w1 runs step 1
     assert_dense(world, "r1")
 
 
@@ -270,7 +305,7 @@ def test_finish_step_with_a_stale_activation_records_only_the_outcome(world: Wor
     assert world.finish_step(outcome("r1"), stale) is False
     assert types(world, "r1")[-1] == "step_completed"
     assert world.get_run("r1").status == "running"  # type: ignore[union-attr]
-    (task,) = world.claim_tasks(DEP, "w2", 10, 30.0)
+    (task,) = claim(world, DEP, "w2", 10, 30.0)
     assert task.kind == "workflow"
 
 
@@ -299,16 +334,16 @@ def test_failed_step(world: World) -> None:
 
 def test_retry_is_due_at_retry_at_and_claimed_as_the_next_attempt(world: World) -> None:
     started_with_step(world, "r1")
-    retry_at = time.time() + 0.4
+    retry_at = CLOCK.time() + 0.4
     world.finish_step(outcome("r1", "retrying", retry_at=retry_at))
     (step,) = world.list_steps("r1")
     assert (step.status, step.error, step.retry_at) == ("retrying", '"out"', retry_at)
     last = world.list_events("r1")[-1]
     assert last.type == "step_retrying" and last.attrs == {"attempt": 1, "retry_at": retry_at}
-    assert world.claim_tasks(DEP, "w2", 10, 30.0) == []  # not due yet
-    assert world.next_due(DEP) == pytest.approx(retry_at)
-    time.sleep(max(retry_at - time.time(), 0) + 0.05)
-    (task,) = world.claim_tasks(DEP, "w2", 10, 30.0)
+    assert claim(world, DEP, "w2", 10, 30.0) == []  # not due yet
+    assert next_due(world, DEP) == retry_at
+    CLOCK.advance(retry_at - CLOCK.time() + 0.05)
+    (task,) = claim(world, DEP, "w2", 10, 30.0)
     assert (task.kind, task.step_id, task.step_name) == ("step", "0", STEP)
     assert task.input == '"step-input"'
     assert task.attempt == 2
@@ -324,14 +359,14 @@ def test_retry_is_due_at_retry_at_and_claimed_as_the_next_attempt(world: World) 
 def test_claims_take_due_tasks_of_their_deployment_only(world: World) -> None:
     world.create_run(new_run("a1"))
     world.create_run(new_run("b1", "dep-b"))
-    assert world.has_due(DEP, time.time()) and world.has_due("dep-b", time.time())
-    assert not world.has_due("dep-c", time.time()) and world.next_due("dep-c") is None
-    (task,) = world.claim_tasks(DEP, "w1", 10, 30.0)
+    assert has_due(world, DEP, CLOCK.time()) and has_due(world, "dep-b", CLOCK.time())
+    assert not has_due(world, "dep-c", CLOCK.time()) and next_due(world, "dep-c") is None
+    (task,) = claim(world, DEP, "w1", 10, 30.0)
     assert (task.kind, task.run_id, task.deployment_id) == ("workflow", "a1", DEP)
-    assert world.claim_tasks(DEP, "w1", 10, 30.0) == []  # leased now
-    assert [t.run_id for t in world.claim_tasks("dep-b", "w2", 10, 30.0)] == ["b1"]
+    assert claim(world, DEP, "w1", 10, 30.0) == []  # leased now
+    assert [t.run_id for t in claim(world, "dep-b", "w2", 10, 30.0)] == ["b1"]
     # A leased task's due time is its lease expiry.
-    assert world.next_due(DEP) == pytest.approx(time.time() + 30.0, abs=2.0)
+    assert next_due(world, DEP) == CLOCK.time() + 30.0
 
 
 def test_a_claim_round_claims_and_says_when_to_look_again(world: World) -> None:
@@ -341,31 +376,31 @@ def test_a_claim_round_claims_and_says_when_to_look_again(world: World) -> None:
 
     assert asyncio.run(claim(10)) == ([], None)  # nothing at all: no due time
     for i in range(3):
-        world.create_run(new_run(f"r{i}", created_at=time.time() - 10 + i))
+        world.create_run(new_run(f"r{i}", created_at=CLOCK.time() - 10 + i))
     got, due = asyncio.run(claim(2))
-    assert got == ["r0", "r1"] and due == pytest.approx(time.time(), abs=2.0)  # more is due
+    assert got == ["r0", "r1"] and due == CLOCK.time()  # more is due
     got, due = asyncio.run(claim(10))
     assert got == ["r2"]
     # All leased now: the next due time is the first lease's expiry.
-    assert due == pytest.approx(time.time() + 30.0, abs=2.0)
+    assert due == CLOCK.time() + 30.0
     assert asyncio.run(claim(10))[0] == []
 
 
 def test_claims_respect_the_limit_and_go_oldest_first(world: World) -> None:
     for i in range(5):
-        world.create_run(new_run(f"r{i}", created_at=time.time() - 10 + i))
-    first = world.claim_tasks(DEP, "w1", 2, 30.0)
+        world.create_run(new_run(f"r{i}", created_at=CLOCK.time() - 10 + i))
+    first = claim(world, DEP, "w1", 2, 30.0)
     assert [t.run_id for t in first] == ["r0", "r1"]
-    rest = world.claim_tasks(DEP, "w1", 10, 30.0)
+    rest = claim(world, DEP, "w1", 10, 30.0)
     assert sorted(t.run_id for t in rest) == ["r2", "r3", "r4"]
 
 
 def test_an_expired_lease_is_taken_over(world: World, other_world: World) -> None:
     started_with_step(world, "r1", worker="dead", lease=0.3)
-    assert other_world.claim_tasks(DEP, "w2", 10, 30.0) == []
-    time.sleep(0.4)
-    assert other_world.has_due(DEP, time.time())
-    (task,) = other_world.claim_tasks(DEP, "w2", 10, 30.0)
+    assert claim(other_world, DEP, "w2", 10, 30.0) == []
+    CLOCK.advance(0.4)
+    assert has_due(other_world, DEP, CLOCK.time())
+    (task,) = claim(other_world, DEP, "w2", 10, 30.0)
     assert (task.kind, task.step_id, task.attempt) == ("step", "0", 2)
     assert types(world, "r1")[-1] == "step_started"
     assert_dense(world, "r1")
@@ -375,9 +410,9 @@ def test_claims_drop_the_tasks_of_ended_runs(world: World) -> None:
     started_with_step(world, "r1", lease=0.2)
     world.create_run(new_run("r2"))
     world.cancel_runs(["r1", "r2"])
-    time.sleep(0.3)
-    assert world.claim_tasks(DEP, "w1", 10, 30.0) == []
-    assert world.next_due(DEP) is None
+    CLOCK.advance(0.3)
+    assert claim(world, DEP, "w1", 10, 30.0) == []
+    assert next_due(world, DEP) is None
 
 
 def test_two_concurrent_claimers_never_get_the_same_task(world: World, other_world: World) -> None:
@@ -386,17 +421,17 @@ def test_two_concurrent_claimers_never_get_the_same_task(world: World, other_wor
     got: dict[str, list[str]] = {"a": [], "b": []}
     barrier = threading.Barrier(2)
 
-    def claim(name: str, target: World) -> None:
+    def claim_all(name: str, target: World) -> None:
         barrier.wait()
         while True:
-            tasks = target.claim_tasks(DEP, name, 7, 30.0)
+            tasks = claim(target, DEP, name, 7, 30.0)
             if not tasks:
                 return
             got[name] += [t.run_id for t in tasks]
 
     threads = [
-        threading.Thread(target=claim, args=("a", world)),
-        threading.Thread(target=claim, args=("b", other_world)),
+        threading.Thread(target=claim_all, args=("a", world)),
+        threading.Thread(target=claim_all, args=("b", other_world)),
     ]
     for thread in threads:
         thread.start()
@@ -410,10 +445,10 @@ def test_heartbeat_extends_leases_and_release_gives_them_back(world: World) -> N
     started_with_step(world, "r1", worker="w1", lease=0.3)
     world.register_worker(WorkerInfo("w1", DEP, "default", "host", 1), {})
     world.heartbeat("w1", 30.0)
-    time.sleep(0.4)
-    assert world.claim_tasks(DEP, "w2", 10, 30.0) == []
-    world.release_leases("w1")
-    (task,) = world.claim_tasks(DEP, "w2", 10, 30.0)
+    CLOCK.advance(0.4)
+    assert claim(world, DEP, "w2", 10, 30.0) == []
+    world.unregister_worker("w1")
+    (task,) = claim(world, DEP, "w2", 10, 30.0)
     assert task.step_id == "0"
 
 
@@ -425,7 +460,7 @@ def test_unregister_marks_the_worker_stopped_and_releases_its_leases(world: Worl
     world.unregister_worker("w1")
     (status,) = world.list_deployments(None, live_within=60)
     assert status.live_workers == 0 and status.stranded
-    assert [t.step_id for t in world.claim_tasks(DEP, "w2", 10, 30.0)] == ["0"]
+    assert [t.step_id for t in claim(world, DEP, "w2", 10, 30.0)] == ["0"]
 
 
 # -- sleeps ------------------------------------------------------------------------
@@ -434,7 +469,7 @@ def test_unregister_marks_the_worker_stopped_and_releases_its_leases(world: Worl
 def sleeping(world: World, run_id: str, seconds: float) -> float:
     """A started run waiting on one sleep; returns when the sleep ends."""
     world.create_run(new_run(run_id))
-    resume_at = time.time() + seconds
+    resume_at = CLOCK.time() + seconds
     events = [
         ev(run_id, 2, "run_started"),
         ev(run_id, 3, "wait_created", "0", attrs={"resume_at": resume_at}),
@@ -447,18 +482,18 @@ def test_a_sleep_schedules_the_workflow_task_at_its_end(world: World) -> None:
     resume_at = sleeping(world, "r1", 0.3)
     (wait,) = world.list_waits("r1")
     assert (wait.wait_id, wait.status, wait.resume_at) == ("0", "waiting", resume_at)
-    assert world.next_due(DEP) == pytest.approx(resume_at)
-    assert not world.has_due(DEP, time.time())
-    assert world.claim_tasks(DEP, "w1", 10, 30.0) == []
-    time.sleep(max(resume_at - time.time(), 0) + 0.05)
-    assert world.has_due(DEP, time.time())
-    (task,) = world.claim_tasks(DEP, "w1", 10, 30.0)
+    assert next_due(world, DEP) == resume_at
+    assert not has_due(world, DEP, CLOCK.time())
+    assert claim(world, DEP, "w1", 10, 30.0) == []
+    CLOCK.advance(resume_at - CLOCK.time() + 0.05)
+    assert has_due(world, DEP, CLOCK.time())
+    (task,) = claim(world, DEP, "w1", 10, 30.0)
     assert (task.kind, task.run_id) == ("workflow", "r1")
     done = [ev("r1", 4, "wait_completed", "0")]
     assert world.commit_activation(Activation("r1", 3, done, "w1", 30.0))
     (wait,) = world.list_waits("r1")
     assert wait.status == "completed" and wait.completed_at is not None
-    assert world.next_due(DEP) is None
+    assert next_due(world, DEP) is None
 
 
 def test_a_claim_may_take_a_sleep_ahead_of_its_end_but_never_a_step(
@@ -466,16 +501,16 @@ def test_a_claim_may_take_a_sleep_ahead_of_its_end_but_never_a_step(
 ) -> None:
     resume_at = sleeping(world, "r1", 0.5)
     started_with_step(world, "r2")
-    retry_at = time.time() + 0.5
+    retry_at = CLOCK.time() + 0.5
     world.finish_step(outcome("r2", "retrying", retry_at=retry_at))
-    assert world.claim_tasks(DEP, "w1", 10, 30.0, ahead=0.1) == []  # neither is that close
-    (task,) = world.claim_tasks(DEP, "w1", 10, 30.0, ahead=2.0)
+    assert claim(world, DEP, "w1", 10, 30.0, ahead=0.1) == []  # neither is that close
+    (task,) = claim(world, DEP, "w1", 10, 30.0, ahead=2.0)
     assert (task.kind, task.run_id) == ("workflow", "r1")
     assert task.due_at == pytest.approx(resume_at, abs=0.001)  # the worker holds it till then
     # Leased now: nobody else takes it, ahead or not.
-    assert other_world.claim_tasks(DEP, "w2", 10, 30.0, ahead=2.0) == []
-    time.sleep(max(retry_at - time.time(), 0) + 0.05)
-    (step,) = other_world.claim_tasks(DEP, "w2", 10, 30.0, ahead=2.0)
+    assert claim(other_world, DEP, "w2", 10, 30.0, ahead=2.0) == []
+    CLOCK.advance(retry_at - CLOCK.time() + 0.05)
+    (step,) = claim(other_world, DEP, "w2", 10, 30.0, ahead=2.0)
     assert (step.kind, step.run_id, step.attempt) == ("step", "r2", 2)
     assert step.due_at == pytest.approx(retry_at, abs=0.001)
 
@@ -489,7 +524,7 @@ def test_a_claim_round_looks_again_half_a_window_before_a_sleep_ends(world: Worl
     assert asyncio.run(claim(0.0)) == ([], pytest.approx(resume_at, abs=0.001))
     assert asyncio.run(claim(2.0)) == ([], pytest.approx(resume_at - 1.0, abs=0.001))
     started_with_step(world, "r2")
-    retry_at = time.time() + 30
+    retry_at = CLOCK.time() + 30
     world.finish_step(outcome("r2", "retrying", retry_at=retry_at))
     # A step is never claimed ahead: the round looks again when it falls due.
     assert asyncio.run(claim(2.0)) == ([], pytest.approx(retry_at, abs=0.001))
@@ -497,7 +532,7 @@ def test_a_claim_round_looks_again_half_a_window_before_a_sleep_ends(world: Worl
 
 def test_a_step_outcome_that_starts_a_sleep_reschedules_the_run(world: World) -> None:
     started_with_step(world, "r1")
-    resume_at = time.time() + 60
+    resume_at = CLOCK.time() + 60
     activation = Activation(
         "r1",
         4,
@@ -509,7 +544,7 @@ def test_a_step_outcome_that_starts_a_sleep_reschedules_the_run(world: World) ->
         30.0,
     )
     assert world.finish_step(outcome("r1"), activation)
-    assert world.next_due(DEP) == pytest.approx(resume_at)
+    assert next_due(world, DEP) == resume_at
 
 
 def test_wake_sleeps_ends_pending_sleeps_now(world: World) -> None:
@@ -518,7 +553,7 @@ def test_wake_sleeps_ends_pending_sleeps_now(world: World) -> None:
     last = world.list_events("r1")[-1]
     assert (last.type, last.correlation_id, last.attrs) == ("wait_completed", "0", {"woken": True})
     assert world.list_waits("r1")[0].status == "completed"
-    (task,) = world.claim_tasks(DEP, "w1", 10, 30.0)
+    (task,) = claim(world, DEP, "w1", 10, 30.0)
     assert (task.kind, task.run_id) == ("workflow", "r1")
     assert world.wake_sleeps("r1") == 0
     assert world.wake_sleeps("nope") == 0
@@ -535,7 +570,7 @@ def test_cancel_ends_unfinished_runs_and_drops_their_work(world: World) -> None:
     started_with_step(world, "r1", lease=0.1)
     sleeping(world, "r2", 60)
     world.create_run(new_run("r3"))
-    world.claim_tasks(DEP, "w1", 10, 30.0)
+    claim(world, DEP, "w1", 10, 30.0)
     world.cancel_runs(["r3"])
     result = world.cancel_runs(["r1", "r2", "r3", "nope", "r1"])
     assert result.cancelled == ["r1", "r2"]
@@ -546,9 +581,9 @@ def test_cancel_ends_unfinished_runs_and_drops_their_work(world: World) -> None:
         assert_dense(world, run_id)
     assert world.list_steps("r1")[0].status == "cancelled"
     assert world.list_waits("r2")[0].status == "cancelled"
-    time.sleep(0.2)
-    assert world.claim_tasks(DEP, "w1", 10, 30.0) == []
-    assert world.next_due(DEP) is None
+    CLOCK.advance(0.2)
+    assert claim(world, DEP, "w1", 10, 30.0) == []
+    assert next_due(world, DEP) is None
     assert world.cancel_runs([]).cancelled == []
 
 
@@ -562,7 +597,7 @@ def test_register_worker_merges_manifests_and_keeps_first_sight(world: World) ->
     )
     first = world.get_deployment(DEP)
     assert first is not None and first.environment == "default"
-    time.sleep(0.01)
+    CLOCK.advance(0.01)
     world.register_worker(
         WorkerInfo("w2", DEP, "default", "h", 2), {"workflows": {WF + "2": {}}, "steps": {STEP: {}}}
     )
@@ -573,9 +608,9 @@ def test_register_worker_merges_manifests_and_keeps_first_sight(world: World) ->
 
 def test_latest_deployment_is_per_environment(world: World) -> None:
     world.register_worker(WorkerInfo("w1", "old", "prod", "h", 1), {})
-    time.sleep(0.01)
+    CLOCK.advance(0.01)
     world.register_worker(WorkerInfo("w2", "new", "prod", "h", 1), {})
-    time.sleep(0.01)
+    CLOCK.advance(0.01)
     world.register_worker(WorkerInfo("w3", "other", "staging", "h", 1), {})
     assert world.latest_deployment("prod").deployment_id == "new"  # type: ignore[union-attr]
     assert world.latest_deployment("staging").deployment_id == "other"  # type: ignore[union-attr]
@@ -584,7 +619,7 @@ def test_latest_deployment_is_per_environment(world: World) -> None:
 
 def test_list_deployments_counts_in_flight_runs_and_live_workers(world: World) -> None:
     world.register_worker(WorkerInfo("w-old", "old", "prod", "h", 1), {})
-    time.sleep(0.01)
+    CLOCK.advance(0.01)
     world.register_worker(WorkerInfo("w-new", "new", "prod", "h", 1), {})
     world.register_worker(WorkerInfo("w-new2", "new", "prod", "h", 2), {})
     world.register_worker(WorkerInfo("w-stg", "stg", "staging", "h", 1), {})
@@ -617,7 +652,7 @@ def test_list_deployments_counts_in_flight_runs_and_live_workers(world: World) -
     prod = world.list_deployments("prod", live_within=60)
     assert [d.deployment_id for d in prod] == ["new", "old", "ghost"]  # newest first
     # A worker whose heartbeat is older than live_within is not live.
-    time.sleep(0.3)
+    CLOCK.advance(0.3)
     stale = {d.deployment_id: d for d in world.list_deployments(None, live_within=0.2)}
     assert stale["new"].live_workers == 0 and stale["new"].stranded
     world.heartbeat("w-new", 10.0)
@@ -743,7 +778,7 @@ def test_async_hot_path_methods_match_the_blocking_ones(world: World) -> None:
         done = Activation("r1", 4, [ev("r1", 5, "step_completed", "0", payload='"out"')], "w1", 1)
         assert await world.finish_step_async(outcome("r1"), done)
         await world.create_run_async(new_run("r2"))
-        (task,) = await world.claim_tasks_async(DEP, "w1", 10, 30.0)
+        (task,), _ = await world.claim_due_async(DEP, "w1", 10, 30.0)
         end = [ev("r2", 2, "run_started"), ev("r2", 3, "run_completed", payload="1")]
         assert await world.commit_activation_async(Activation("r2", 1, end, "w1", 30.0))
         assert task.run_id == "r2"
@@ -790,15 +825,15 @@ def with_hook(world: World, run_id: str, token: str, *, webhook: bool = False) -
 
 def test_a_hook_is_resumed_by_its_token(world: World) -> None:
     with_hook(world, "r1", "tok-1")
-    hook = world.get_hook("tok-1")
+    hook = get_hook(world, "tok-1")
     assert hook is not None
     assert (hook.run_id, hook.hook_id, hook.status, hook.webhook) == ("r1", "0", "active", False)
     assert hook.metadata == {"who": "r1"} and hook.disposed_at is None
-    assert world.claim_tasks(DEP, "w1", 10, 30.0) == []  # waiting: nothing to do
+    assert claim(world, DEP, "w1", 10, 30.0) == []  # waiting: nothing to do
     assert world.resume_hook("tok-1", '"payload"') == "r1"
     last = world.list_events("r1")[-1]
     assert (last.type, last.correlation_id, last.payload) == ("hook_received", "0", '"payload"')
-    (task,) = world.claim_tasks(DEP, "w1", 10, 30.0)
+    (task,) = claim(world, DEP, "w1", 10, 30.0)
     assert (task.kind, task.run_id) == ("workflow", "r1")
     assert world.resume_hook("tok-1", '"again"') == "r1"  # a hook takes many payloads
     assert_dense(world, "r1")
@@ -815,7 +850,7 @@ def test_unknown_disposed_and_non_webhook_tokens_are_not_found(world: World) -> 
     world.cancel_runs(["r1"])
     assert types(world, "r1")[-2:] == ["hook_disposed", "run_cancelled"]
     assert world.list_events("r1")[-2].attrs == {"reason": "run cancelled"}
-    hook = world.get_hook("tok-plain")
+    hook = get_hook(world, "tok-plain")
     assert hook is not None and hook.status == "disposed" and hook.disposed_at is not None
     with pytest.raises(HookNotFoundError):
         world.resume_hook("tok-plain", "1")
@@ -839,14 +874,14 @@ def test_a_token_held_by_an_active_hook_is_a_conflict(world: World) -> None:
     # Once the holder's run ends, the token is free for a new hook.
     world.cancel_runs(["r1"])
     with_hook(world, "r3", "shared")
-    assert world.get_hook("shared").run_id == "r3"  # type: ignore[union-attr]
+    assert get_hook(world, "shared").run_id == "r3"  # type: ignore[union-attr]
     assert world.resume_hook("shared", "1") == "r3"
 
 
 def test_a_hook_conflict_makes_the_run_due_at_once(world: World, world_url: str) -> None:
     with_hook(world, "r1", "shared")
     with_hook(world, "r2", "shared")
-    assert [t.run_id for t in world.claim_tasks(DEP, "w1", 10, 30.0)] == ["r2"]
+    assert [t.run_id for t in claim(world, DEP, "w1", 10, 30.0)] == ["r2"]
 
 
 # -- streams -------------------------------------------------------------------------

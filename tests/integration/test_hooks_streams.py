@@ -20,6 +20,7 @@ from examples.http_app import export_report
 
 import tether
 from tests.apps import streaming
+from tests.conformance.probe import next_due
 from tests.integration.processes import REPO, WorkerProcess, wait_for
 from tether import create_hook, workflow
 from tether.worlds.records import NewRun, RunRecord
@@ -136,7 +137,7 @@ def test_approval_with_timeout_takes_both_branches(worker: tether.Worker) -> Non
 def _timer_held(run: tether.Run, sleep_ends: float) -> Callable[[], bool]:
     """Whether the run's workflow task is leased already: claimed ahead of ``sleep_ends``."""
     world = tether.config.resolve_world()
-    return lambda: (world.next_due(run.deployment_id) or 0) > sleep_ends + 5
+    return lambda: (next_due(world, run.deployment_id) or 0) > sleep_ends + 5
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import tether
 from tests.conformance.backends import (
     POSTGRES_URL,
     admin,
+    configured,
     fresh_schema,
-    postgres_world_url,
     require_postgres,
 )
 from tether import step, workflow
@@ -102,12 +102,20 @@ async def bumps(x: int) -> int:
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL schema, configured as this process's World."""
-    yield from postgres_world_url()
+    """A fresh PostgreSQL schema, whose connections are named after it (application_name).
+
+    The name lets a test cut only its own World's connections: the server is
+    shared with other test processes.
+    """
+    with fresh_schema() as url:
+        schema = url.rsplit("schema=", 1)[1]
+        with configured(f"{url}&application_name={schema}") as named:
+            yield named
 
 
 def test_killed_connections_are_replaced_and_nothing_is_written_twice(pg_url: str) -> None:
-    """Every connection of this process is cut, twice, while a worker is busy."""
+    """Every connection of this test's World is cut, twice, while a worker is busy."""
+    schema = pg_url.rsplit("application_name=", 1)[1]
     with tether.Worker(lease_seconds=5.0):
         runs: list[tether.Run] = []
         starter = threading.Thread(
@@ -117,13 +125,14 @@ def test_killed_connections_are_replaced_and_nothing_is_written_twice(pg_url: st
         for _ in range(2):
             time.sleep(0.3)
             with admin() as conn:
-                conn.execute(
+                cut = conn.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE application_name = 'tether' AND pid <> pg_backend_pid()"
-                )
+                    " WHERE application_name = %s AND pid <> pg_backend_pid()",
+                    (schema,),
+                ).fetchall()
+            assert cut, "the World's connections should have been found by their name"
         starter.join(timeout=60)
         assert [r.result(timeout=30) for r in runs] == [i + 3 for i in range(300)]
-    schema = pg_url.rsplit("schema=", 1)[1]
     with admin() as conn:
         twice = conn.execute(
             f"SELECT run_id, correlation_id FROM {schema}.events WHERE type = 'step_completed'"

@@ -24,18 +24,16 @@ class FailingWorld(SqliteWorld):
             self.failures[name] -= 1
             raise OSError(f"injected failure of {name}")
 
-    async def claim_tasks_async(
+    async def claim_due_async(
         self,
         deployment_id: str,
         worker_id: str,
         limit: int,
         lease_seconds: float,
         ahead: float = 0.0,
-    ) -> list[Task]:
+    ) -> tuple[list[Task], float | None]:
         self._maybe_fail("claim")
-        return await super().claim_tasks_async(
-            deployment_id, worker_id, limit, lease_seconds, ahead
-        )
+        return await super().claim_due_async(deployment_id, worker_id, limit, lease_seconds, ahead)
 
     async def finish_step_async(
         self, outcome: StepOutcome, activation: Activation | None = None

@@ -1,14 +1,27 @@
-"""The World protocol: storage, queue and change notification behind one narrow interface.
+"""The World protocol: what the engine, the client and the operator tools ask of storage.
 
 Everything above this module (runtime, client API, CLI, web UI) talks to a
-``World`` and never knows which backend runs. The event log is the truth:
-runs, steps and waits are views that each write derives from the events it
-appends, in the same transaction.
+``World`` and never knows which backend runs. A World is four parts, each an
+abstract class here, with what every method must do:
 
-Every method is blocking and thread-safe. Writes from many threads are
-grouped into few transactions by the backend (group commit), so callers that
-want throughput call from many threads (the worker does) instead of batching
-by hand.
+- ``RunStore``: runs and their event log, the views derived from it (steps,
+  waits), hooks, deployments and workers;
+- ``WorkQueue``: the tasks workers claim, the outcomes they commit;
+- ``StreamStore``: append-only chunk streams that runs write for readers;
+- ``ChangeFeed``: wake-ups for whoever waits for the World to change.
+
+The event log is the truth. Events per run have dense sequence numbers from
+1 (``run_created``); runs, steps, waits, hooks and the queue are views that
+each write derives from the events it appends, in the same transaction.
+Timestamps are epoch seconds read from the World's clock (``open_world``'s
+``clock``); payloads are serialized text the World stores as it is given.
+
+Every blocking method is thread-safe. Writes from many threads are grouped
+into few transactions by the backend (group commit), so callers that want
+throughput call from many threads (the worker does) instead of batching by
+hand. After ``close`` every method raises ``RuntimeError`` naming the World.
+A write the database refuses (a duplicate id) raises the driver's integrity
+error and writes nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +30,6 @@ import abc
 import asyncio
 import contextlib
 import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
@@ -41,8 +53,8 @@ from tether.worlds.records import (
 )
 
 
-class World(abc.ABC):
-    """Storage, queue and wake-ups for runs; one implementation per backend."""
+class RunStore(abc.ABC):
+    """Runs, their event log and its views, hooks, deployments and workers."""
 
     url: str
 
@@ -50,10 +62,14 @@ class World(abc.ABC):
 
     @abc.abstractmethod
     def create_run(self, run: NewRun, activation: Activation | None = None) -> RunRecord:
-        """Insert the run, its ``run_created`` event and its first workflow task.
+        """Insert the run (``pending``), its ``run_created`` event (seq 1) and its first task.
 
-        With an ``activation`` (the run's first, computed by an in-process
-        worker) that commits in the same transaction instead of a task.
+        The event's attrs name the deployment, and the parent and rerun when
+        given. Without ``activation`` a workflow task due now is queued on
+        the run's deployment. With one (the run's first, computed by an
+        in-process worker; ``expected_seq`` 1) its events commit in the same
+        transaction instead, as ``commit_activation`` would. A ``run_id``
+        already taken raises the driver's integrity error.
         """
 
     @abc.abstractmethod
@@ -62,181 +78,49 @@ class World(abc.ABC):
 
     @abc.abstractmethod
     def list_runs(self, filters: RunFilter) -> list[RunRecord]:
-        """Return runs matching ``filters``, newest first unless ascending."""
+        """Return up to ``filters.limit`` runs matching every filter that is not ``None``.
+
+        Ordered by ``created_at`` then ``run_id``, newest first unless
+        ``descending`` is false; ``cursor`` (``schema.encode_cursor`` of the
+        last run of the previous page) continues after that run. Raises
+        ``ValueError`` naming a cursor that ``encode_cursor`` did not make.
+        """
 
     @abc.abstractmethod
     def list_events(self, run_id: str, after_seq: int = 0) -> list[EventRecord]:
-        """Return the run's events with ``seq > after_seq`` in order."""
+        """Return the run's events with ``seq > after_seq`` in order; ``[]`` for no such run."""
 
     @abc.abstractmethod
     def list_steps(self, run_id: str) -> list[StepRecord]:
-        """Return the run's steps in the order they were created."""
+        """Return the run's steps in the order they were created (ids as numbers on ties)."""
 
     @abc.abstractmethod
     def list_waits(self, run_id: str) -> list[WaitRecord]:
-        """Return the run's sleeps in the order they were created."""
+        """Return the run's sleeps in the order they were created (ids as numbers on ties)."""
 
     @abc.abstractmethod
     def cancel_runs(self, run_ids: Sequence[str]) -> CancelResult:
-        """Append ``run_cancelled`` to each unfinished run, drop its queued work."""
+        """End each unfinished run of ``run_ids``: its active hooks, then the run.
+
+        Appends ``hook_disposed`` (reason ``"run cancelled"``) for each active
+        hook and ``run_cancelled``; the run's tasks are dropped, its pending,
+        running and retrying steps and its waits become ``cancelled``. Unknown
+        and finished runs are skipped and a repeated id counts once; returns
+        the runs cancelled, in the order given.
+        """
 
     @abc.abstractmethod
     def wake_sleeps(self, run_id: str) -> int:
-        """End the run's pending sleeps now (``wait_completed``); returns how many."""
+        """End the run's pending sleeps now; returns how many (0 for an unknown or ended run).
 
-    # -- hooks and streams ------------------------------------------------
-
-    @abc.abstractmethod
-    def resume_hook(self, token: str, payload: str, *, webhook_only: bool = False) -> str:
-        """Deliver a serialized payload to the active hook with ``token``; returns its run id.
-
-        Appends ``hook_received`` to the run and queues it on its own
-        deployment. Raises ``HookNotFoundError`` for an unknown or disposed
-        token (and, with ``webhook_only``, for a hook that is not a webhook).
+        Appends ``wait_completed`` with attrs ``{"woken": true}`` for each
+        and queues the run's workflow task, due now.
         """
 
-    @abc.abstractmethod
-    def get_hook(self, token: str) -> HookRecord | None:
-        """The newest hook with that token, active or not."""
-
-    @abc.abstractmethod
-    def list_hooks(self, run_id: str | None = None, status: str | None = None) -> list[HookRecord]:
-        """Hooks, oldest first, of one run or of all runs."""
-
-    @abc.abstractmethod
-    def append_chunks(
-        self, stream_id: str, run_id: str, namespace: str, chunks: Sequence[str], close: bool
-    ) -> int:
-        """Append serialized chunks to a stream (and close it); returns its next index.
-
-        Raises ``ValueError`` naming the stream if it is already closed.
-        """
-
-    @abc.abstractmethod
-    def read_chunks(
-        self, stream_id: str, start_index: int, limit: int
-    ) -> tuple[list[Chunk], StreamRecord | None]:
-        """Chunks from ``start_index`` on (negative counts from the end), and the stream."""
-
-    @abc.abstractmethod
-    def list_streams(self, run_id: str | None = None) -> list[StreamRecord]:
-        """Streams, oldest first, created by one run or by all runs."""
-
-    # -- worker side ------------------------------------------------------
-
-    @abc.abstractmethod
-    def claim_tasks(
-        self,
-        deployment_id: str,
-        worker_id: str,
-        limit: int,
-        lease_seconds: float,
-        ahead: float = 0.0,
-    ) -> list[Task]:
-        """Lease up to ``limit`` due tasks of ``deployment_id`` to ``worker_id``.
-
-        A task is due when its time has come or its previous lease expired
-        (the worker that held it died). Claiming a step appends its
-        ``step_started`` event. With ``ahead``, workflow tasks nobody holds
-        that fall due within that many seconds are leased too, with their
-        ``due_at``: the worker holds them until then, so that timers falling
-        due close together cost one claim, not one each.
-        """
-
-    @abc.abstractmethod
-    def next_due(self, deployment_id: str) -> float | None:
-        """Epoch seconds at which the next task of the deployment becomes due."""
-
-    @abc.abstractmethod
-    def has_due(self, deployment_id: str, now: float) -> bool:
-        """Whether a task of the deployment is due at ``now`` (a cheap read)."""
-
-    @abc.abstractmethod
-    def commit_activation(self, activation: Activation) -> bool:
-        """Append an activation's events if the log is still at ``expected_seq``.
-
-        Returns ``False`` (and writes nothing but re-queues the run) when the
-        log moved on or the run already ended.
-        """
-
-    @abc.abstractmethod
-    def finish_step(self, outcome: StepOutcome, activation: Activation | None = None) -> bool:
-        """Record a step attempt's end; returns whether ``activation`` was applied too.
-
-        With an ``activation`` (computed by feeding the outcome to a cached
-        run), both commit together if the log is still where the activation
-        expects it; otherwise only the outcome is recorded and the run is
-        queued for a workflow task. A result for a run that has ended or a
-        step already recorded is dropped.
-        """
-
-    @abc.abstractmethod
-    def heartbeat(self, worker_id: str, lease_seconds: float) -> None:
-        """Record that the worker is alive and extend every lease it holds."""
-
-    @abc.abstractmethod
-    def release_leases(self, worker_id: str) -> None:
-        """Give back every task ``worker_id`` holds, due now (a clean shutdown)."""
-
-    @abc.abstractmethod
-    def release_task(self, run_id: str, step_id: str, worker_id: str, delay: float) -> None:
-        """Give back one task ``worker_id`` holds, due in ``delay`` seconds.
-
-        ``step_id`` names a step's task; ``""`` the run's workflow task. A
-        worker that failed to handle it calls this, so that any worker
-        takes it again (a workflow task replays the run from its log)
-        instead of it staying leased, renewed by heartbeats, forever.
-        """
-
-    # -- deployments ----------------------------------------------------------
-
-    @abc.abstractmethod
-    def register_worker(self, worker: WorkerInfo, manifest: dict[str, Any]) -> None:
-        """Record a starting worker and its deployment.
-
-        The deployment's manifest becomes the union of what its processes
-        registered; its ``created_at`` is when it was first seen.
-        """
-
-    @abc.abstractmethod
-    def unregister_worker(self, worker_id: str) -> None:
-        """Mark the worker stopped and give back its leases."""
-
-    @abc.abstractmethod
-    def get_deployment(self, deployment_id: str) -> DeploymentRecord | None:
-        """The deployment with that id, or ``None`` if no worker ever registered it."""
-
-    @abc.abstractmethod
-    def latest_deployment(self, environment: str) -> DeploymentRecord | None:
-        """The newest registered deployment of the environment."""
-
-    @abc.abstractmethod
-    def list_deployments(
-        self, environment: str | None, live_within: float
-    ) -> list[DeploymentStatus]:
-        """Deployments, newest first, with runs in flight and workers whose
-        heartbeat is at most ``live_within`` seconds old."""
-
-    # -- the worker's hot path, awaited on its event loop ----------------------
+    # -- the same, awaited on a worker's event loop ----------------------------
     # Defaults run the blocking method on a thread; a backend that can commit
     # on the caller's loop (grouping what the loop asked for), or whose reads
     # are local and fast, overrides them.
-
-    async def get_run_async(self, run_id: str) -> RunRecord | None:
-        """``get_run`` for a worker's event loop."""
-        return await asyncio.to_thread(self.get_run, run_id)
-
-    async def list_events_async(self, run_id: str, after_seq: int = 0) -> list[EventRecord]:
-        """``list_events`` for a worker's event loop."""
-        return await asyncio.to_thread(self.list_events, run_id, after_seq)
-
-    async def has_due_async(self, deployment_id: str, now: float) -> bool:
-        """``has_due`` for a worker's event loop."""
-        return await asyncio.to_thread(self.has_due, deployment_id, now)
-
-    async def next_due_async(self, deployment_id: str) -> float | None:
-        """``next_due`` for a worker's event loop."""
-        return await asyncio.to_thread(self.next_due, deployment_id)
 
     async def create_run_async(
         self,
@@ -249,12 +133,156 @@ class World(abc.ABC):
         ``on_created`` is called with the record once the run is committed,
         from the thread that committed it, perhaps before this coroutine
         resumes: a caller blocked on the run's creation in another thread
-        need not wait for the loop.
+        need not wait for the loop. A write once asked for is committed even
+        if the caller stops waiting.
         """
         record = await asyncio.to_thread(self.create_run, run, activation)
         if on_created is not None:
             on_created(record)
         return record
+
+    async def get_run_async(self, run_id: str) -> RunRecord | None:
+        """``get_run`` for a worker's event loop."""
+        return await asyncio.to_thread(self.get_run, run_id)
+
+    async def list_events_async(self, run_id: str, after_seq: int = 0) -> list[EventRecord]:
+        """``list_events`` for a worker's event loop."""
+        return await asyncio.to_thread(self.list_events, run_id, after_seq)
+
+    # -- hooks ------------------------------------------------------------
+
+    @abc.abstractmethod
+    def resume_hook(self, token: str, payload: str, *, webhook_only: bool = False) -> str:
+        """Deliver a serialized payload to the active hook with ``token``; returns its run id.
+
+        Appends ``hook_received`` (the payload, the hook's id) to the run and
+        queues its workflow task, due now. A hook takes any number of
+        payloads. Raises ``HookNotFoundError`` naming the token when no
+        active hook has it (never existed, disposed, its run ended), and,
+        with ``webhook_only``, when the hook is not a webhook.
+        """
+
+    @abc.abstractmethod
+    def list_hooks(self, run_id: str | None = None, status: str | None = None) -> list[HookRecord]:
+        """Hooks, oldest first, of one run or of all runs, of one status or any.
+
+        A ``hook_created`` whose token an active hook holds is stored as
+        status ``conflict`` and answered at once with ``hook_disposed``
+        (reason ``"conflict"``); at most one hook per token is active.
+        """
+
+    # -- deployments and workers --------------------------------------------
+
+    @abc.abstractmethod
+    def register_worker(self, worker: WorkerInfo, manifest: dict[str, Any]) -> None:
+        """Record a starting worker (its heartbeat now) and its deployment.
+
+        The deployment's manifest becomes the union, section by section, of
+        what its workers registered; its ``created_at`` is when it was first
+        seen. A ``worker_id`` already registered raises the driver's
+        integrity error.
+        """
+
+    @abc.abstractmethod
+    def unregister_worker(self, worker_id: str) -> None:
+        """Mark the worker stopped and give back its leases, due now (unknown: no-op)."""
+
+    @abc.abstractmethod
+    def get_deployment(self, deployment_id: str) -> DeploymentRecord | None:
+        """The deployment with that id, or ``None`` if no worker ever registered it."""
+
+    @abc.abstractmethod
+    def latest_deployment(self, environment: str) -> DeploymentRecord | None:
+        """The newest registered deployment of the environment, or ``None``."""
+
+    @abc.abstractmethod
+    def list_deployments(
+        self, environment: str | None, live_within: float
+    ) -> list[DeploymentStatus]:
+        """Deployments of the environment (``None``: all), newest first.
+
+        Each with its runs in flight (pending or running) and its workers not
+        stopped whose heartbeat is at most ``live_within`` seconds old. A
+        deployment no worker registered but that runs are pinned to is listed
+        too, with environment ``""`` and its oldest in-flight run's time.
+        """
+
+
+class WorkQueue(abc.ABC):
+    """The tasks workers claim, and what they commit when they have handled one."""
+
+    @abc.abstractmethod
+    async def claim_due_async(
+        self,
+        deployment_id: str,
+        worker_id: str,
+        limit: int,
+        lease_seconds: float,
+        ahead: float = 0.0,
+    ) -> tuple[list[Task], float | None]:
+        """A worker's claim round: lease due tasks, and say when to claim again.
+
+        Leases up to ``limit`` tasks of ``deployment_id`` to ``worker_id``,
+        oldest due first, each until ``lease_seconds`` from now (heartbeats
+        extend it). A task is due when its time has come or its previous
+        lease expired (the worker that held it died). Claiming a step appends
+        its ``step_started`` event and hands out the next attempt number.
+        With ``ahead``, workflow tasks nobody holds that fall due within that
+        many seconds are leased too, with their ``due_at``: the worker holds
+        them until then, so that timers falling due close together cost one
+        claim, not one each. A step is never claimed ahead. Tasks of runs
+        that ended, and of steps already recorded, are dropped, not handed out.
+
+        The second value is when the next task falls due after the claim:
+        ``None`` when the deployment has no task at all; now when the claim
+        took ``limit`` tasks (more may be due); half of ``ahead`` before a
+        workflow task that may be claimed ahead (so that the next round
+        takes the timers of half a window at once). A round that finds
+        nothing due writes nothing. An unknown deployment has no tasks.
+        """
+
+    @abc.abstractmethod
+    def commit_activation(self, activation: Activation) -> bool:
+        """Append an activation's events if the log is still at ``expected_seq``.
+
+        Steps it creates are leased to its worker (a ``step_started`` right
+        after the ``step_created`` inserts the step running); afterwards the
+        run's workflow task is its earliest pending sleep, or none. Returns
+        ``False`` and writes nothing when the run is unknown or ended; when
+        the log moved on it also re-queues the run's workflow task, due now,
+        taking it back from whoever holds it.
+        """
+
+    @abc.abstractmethod
+    def finish_step(self, outcome: StepOutcome, activation: Activation | None = None) -> bool:
+        """Record a step attempt's end; returns whether ``activation`` was applied too.
+
+        ``completed``/``failed`` append ``step_completed``/``step_failed`` and
+        queue the run's workflow task, due now; ``retrying`` appends
+        ``step_retrying`` and makes the step's task due at ``retry_at``, for
+        any worker. With an ``activation`` (computed by feeding the outcome
+        to a cached run: the outcome's event is its first) both commit
+        together if the log is still at ``expected_seq``; otherwise only the
+        outcome is recorded. A result for an unknown or ended run or a step
+        already completed or failed is dropped (``False``, nothing written).
+        """
+
+    @abc.abstractmethod
+    def heartbeat(self, worker_id: str, lease_seconds: float) -> None:
+        """Record that the worker is alive and extend every lease it holds to from now."""
+
+    @abc.abstractmethod
+    def release_task(self, run_id: str, step_id: str, worker_id: str, delay: float) -> None:
+        """Give back one task ``worker_id`` holds, due in ``delay`` seconds.
+
+        ``step_id`` names a step's task; ``""`` the run's workflow task. A
+        worker that failed to handle it calls this, so that any worker
+        takes it again (a workflow task replays the run from its log)
+        instead of it staying leased, renewed by heartbeats, forever. A task
+        the worker does not hold is left alone.
+        """
+
+    # -- the same, awaited on a worker's event loop (defaults: on a thread) -----
 
     async def commit_activation_async(self, activation: Activation) -> bool:
         """``commit_activation`` for a worker's event loop."""
@@ -266,49 +294,38 @@ class World(abc.ABC):
         """``finish_step`` for a worker's event loop."""
         return await asyncio.to_thread(self.finish_step, outcome, activation)
 
-    async def claim_tasks_async(
-        self,
-        deployment_id: str,
-        worker_id: str,
-        limit: int,
-        lease_seconds: float,
-        ahead: float = 0.0,
-    ) -> list[Task]:
-        """``claim_tasks`` for a worker's event loop."""
-        return await asyncio.to_thread(
-            self.claim_tasks, deployment_id, worker_id, limit, lease_seconds, ahead
-        )
 
-    async def claim_due_async(
-        self,
-        deployment_id: str,
-        worker_id: str,
-        limit: int,
-        lease_seconds: float,
-        ahead: float = 0.0,
-    ) -> tuple[list[Task], float | None]:
-        """A worker's claim round: ``claim_tasks``, then when to claim again.
+class StreamStore(abc.ABC):
+    """Append-only streams of serialized chunks, written by runs, read by anyone."""
 
-        The second value is when the next task falls due after the claim
-        (``None``: no task at all; for a workflow task claimable ``ahead``,
-        half that before its time, so that the next round takes the timers
-        of half a window at once), or now when the claim took ``limit`` tasks
-        (more may be due). This default asks ``has_due`` first, so a round
-        that finds nothing due writes nothing, and answers ``next_due``,
-        without the half window; a backend that can claim and look ahead in
-        one round trip overrides it.
+    @abc.abstractmethod
+    def append_chunks(
+        self, stream_id: str, run_id: str, namespace: str, chunks: Sequence[str], close: bool
+    ) -> int:
+        """Append chunks to a stream (created by its first append), and close it if asked.
+
+        Chunks get the indexes that follow the stream's last; returns its
+        next index. Raises ``ValueError`` naming the stream if it is already
+        closed (nothing is written).
         """
-        now = time.time()
-        tasks: list[Task] = []
-        if await self.has_due_async(deployment_id, now + ahead):
-            tasks = await self.claim_tasks_async(
-                deployment_id, worker_id, limit, lease_seconds, ahead
-            )
-        if len(tasks) >= limit:
-            return tasks, now
-        return tasks, await self.next_due_async(deployment_id)
 
-    # -- wake-ups ---------------------------------------------------------
+    @abc.abstractmethod
+    def read_chunks(
+        self, stream_id: str, start_index: int, limit: int
+    ) -> tuple[list[Chunk], StreamRecord | None]:
+        """Up to ``limit`` chunks from ``start_index`` on, and the stream.
+
+        A negative ``start_index`` counts from the end (clamped at the
+        first chunk). An unknown stream reads as ``([], None)``.
+        """
+
+    @abc.abstractmethod
+    def list_streams(self, run_id: str | None = None) -> list[StreamRecord]:
+        """Streams, oldest first, created by one run or by all runs."""
+
+
+class ChangeFeed(abc.ABC):
+    """Wake-ups for code that waits until the World may have changed."""
 
     @abc.abstractmethod
     def add_listener(
@@ -321,12 +338,14 @@ class World(abc.ABC):
     ) -> Callable[[], None]:
         """Call ``callback`` (from any thread) whenever the world may have changed.
 
-        With ``skip_own_loop`` (called on an event loop), commits made by
+        Commits of other World instances and processes call it too. With
+        ``skip_own_loop`` (called on an event loop), commits made by
         ``*_async`` calls from that same loop do not call it: a worker knows
         what its own writes did. With ``work_only``, commits that made no
         work due (a run ended, a chunk was written), or none for
         ``deployment_id`` when given, may not call it either, if the World
-        can tell. Returns a function that removes the listener.
+        can tell. Returns a function that removes the listener. A callback
+        must be quick and must not raise.
         """
 
     @contextlib.contextmanager
@@ -374,6 +393,10 @@ class World(abc.ABC):
         finally:
             remove()
 
+
+class World(RunStore, WorkQueue, StreamStore, ChangeFeed):
+    """Storage, queue, streams and wake-ups for runs; one implementation per backend."""
+
     @abc.abstractmethod
     def close(self) -> None:
-        """Release connections and threads; the world is unusable afterwards."""
+        """Release connections and threads; the world is unusable afterwards (idempotent)."""

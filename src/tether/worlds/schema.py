@@ -1,4 +1,9 @@
-"""SQL shared by the backends: versioned migrations, the run listing, the next claim time."""
+"""The schema both backends keep: versioned migrations, the run listing and its cursors.
+
+The statements the backends send are in ``sql``; this module holds what
+builds on them: applying migrations, listing runs page by page, and when a
+claim round should next run.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +31,29 @@ def migrations(backend: str) -> list[tuple[int, list[str]]]:
         )
         found.append((version, split_statements(text)))
     return sorted(found)
+
+
+def apply_migrations(conn: Any, backend: str, *, param: str, real: str, now: float) -> None:
+    """Apply ``backend``'s migrations that ``conn``'s database lacks, recording each.
+
+    The caller holds the lock that keeps other processes from migrating at
+    the same time, and commits. ``param`` is the driver's placeholder,
+    ``real`` the column type of the time each one was applied.
+    """
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations"
+        f" (version INTEGER PRIMARY KEY, applied_at {real} NOT NULL)"
+    )
+    applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+    for version, statements in migrations(backend):
+        if version in applied:
+            continue
+        for statement in statements:
+            conn.execute(statement)
+        conn.execute(
+            f"INSERT INTO schema_migrations (version, applied_at) VALUES ({param}, {param})",
+            (version, now),
+        )
 
 
 def split_statements(text: str) -> list[str]:
@@ -76,19 +104,8 @@ def run_query(select: str, filters: RunFilter, *, placeholder: str) -> tuple[str
     return sql, params
 
 
-def first_due_query(placeholder: str) -> str:
-    """The deployment's first task to fall due, and whether a claim may take it ahead.
-
-    Only a workflow task nobody holds may be claimed ahead (``World.claim_tasks``).
-    """
-    return (
-        "SELECT available_at, kind = 'workflow' AND lease_owner IS NULL FROM tasks"
-        f" WHERE deployment_id = {placeholder} ORDER BY available_at LIMIT 1"
-    )
-
-
 def claim_again_at(row: Sequence[Any] | None, ahead: float) -> float | None:
-    """When a claim round with ``ahead`` should run next, from ``first_due_query``'s row.
+    """When a claim round with ``ahead`` should run next, from ``Statements.first_due``'s row.
 
     Half a window before a task that may be claimed ahead, so that the round
     takes the timers of half a window at once; else when the task falls due.

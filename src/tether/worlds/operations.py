@@ -1,0 +1,396 @@
+"""The writes both Worlds make, written once against a small transaction adapter (``Tx``).
+
+Each function runs inside the caller's transaction: a backend's writer opens
+it, hands every queued operation a ``Tx``, and commits them together. What
+only one backend does sits behind the adapter: how a run's row is locked,
+how events are appended and projected onto the views (Python for SQLite,
+the server-side ``tether_append`` for PostgreSQL), and whom a commit must
+wake.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from tether.clock import Clock
+from tether.worlds.records import (
+    TERMINAL_STATUSES,
+    Activation,
+    CancelResult,
+    EventRecord,
+    NewRun,
+    RunRecord,
+    StepOutcome,
+    WorkerInfo,
+)
+from tether.worlds.sql import Row, Statements
+
+#: A run's status, last sequence number and deployment.
+RunState = tuple[str, int, str]
+
+
+class Reader(Protocol):
+    """A connection to read from: the statements of ``sql``, run one by one."""
+
+    sql: Statements
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Run ``sql`` and return all its rows."""
+        ...
+
+    def query_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        """Run ``sql`` and return its first row, or ``None``."""
+        ...
+
+
+class Tx(Reader, Protocol):
+    """One open write transaction, as the shared operations see it."""
+
+    clock: Clock
+
+    @property
+    def fast(self) -> bool:
+        """Whether checks may travel with the writes (``append``'s ``expected_seq``)."""
+        ...
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run a statement whose rows nobody reads (the backend may send it later)."""
+        ...
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run a statement once per parameter row."""
+        ...
+
+    def query_together(self, *queries: tuple[str, Sequence[Any]]) -> list[list[Row]]:
+        """Run the queries in order, in one round trip where the backend can."""
+        ...
+
+    def lock_runs(self, run_ids: Sequence[str]) -> dict[str, RunState]:
+        """The state of each existing run of ``run_ids``, its row held until the commit."""
+        ...
+
+    def append(
+        self,
+        run_id: str,
+        deployment_id: str,
+        events: Sequence[EventRecord],
+        activation: Activation | None,
+        *,
+        expected_seq: int | None = None,
+        schedule: bool = False,
+    ) -> None:
+        """Insert events and derive the views from them.
+
+        Steps created with an ``activation`` are leased to its worker. A hook
+        created on a token another active hook holds is answered at once
+        (``hook_disposed``) and the run queued. With ``schedule`` the run's
+        workflow task becomes its earliest pending sleep. ``expected_seq``
+        (only when ``fast``): fail the batch, to be run again on the careful
+        path, unless the run is active and at that seq.
+        """
+        ...
+
+    def work_due(self, deployment_id: str) -> None:
+        """Note that the commit makes work due for the deployment (``"*"``: any)."""
+        ...
+
+    def readers_wait(self) -> None:
+        """Note that readers elsewhere may wait for this commit (a chunk was written)."""
+        ...
+
+
+# -- runs ----------------------------------------------------------------------
+
+
+def create_run(tx: Tx, run: NewRun, activation: Activation | None) -> RunRecord:
+    now = run.created_at or tx.clock.time()
+    tx.execute(
+        tx.sql.insert_run,
+        (
+            run.run_id,
+            run.workflow_name,
+            run.deployment_id,
+            run.input,
+            run.parent_run_id,
+            run.rerun_of,
+            now,
+        ),
+    )
+    attrs = {"deployment_id": run.deployment_id}
+    if run.parent_run_id:
+        attrs["parent_run_id"] = run.parent_run_id
+    if run.rerun_of:
+        attrs["rerun_of"] = run.rerun_of
+    tx.execute(
+        tx.sql.insert_run_created,
+        (run.run_id, run.workflow_name, run.input, json.dumps(attrs), now),
+    )
+    if activation is not None:
+        schedule = any(e.type == "wait_created" for e in activation.events)
+        tx.append(run.run_id, run.deployment_id, activation.events, activation, schedule=schedule)
+    else:
+        queue_workflow(tx, run.run_id, run.deployment_id, now)
+    return RunRecord(
+        run_id=run.run_id,
+        workflow_name=run.workflow_name,
+        deployment_id=run.deployment_id,
+        status="pending",
+        input=run.input,
+        output=None,
+        error=None,
+        parent_run_id=run.parent_run_id,
+        rerun_of=run.rerun_of,
+        created_at=now,
+        started_at=None,
+        completed_at=None,
+        last_seq=1,
+    )
+
+
+def commit_activation(tx: Tx, activation: Activation, deployment_id: str | None) -> bool:
+    """Append an activation's events if the run is still where it was computed from.
+
+    ``deployment_id`` is the deployment of the activation's worker, when this
+    World registered it: then the fast path sends the check with the writes
+    instead of reading first.
+    """
+    run_id = activation.run_id
+    if tx.fast and deployment_id is not None:
+        tx.append(
+            run_id,
+            deployment_id,
+            activation.events,
+            activation,
+            expected_seq=activation.expected_seq,
+            schedule=True,
+        )
+        return True
+    state = tx.query_one(tx.sql.lock_run, (run_id,))
+    if state is None:
+        return False
+    status, last_seq, deployment_id = state
+    if status in TERMINAL_STATUSES or last_seq != activation.expected_seq:
+        if status not in TERMINAL_STATUSES:
+            queue_workflow(tx, run_id, deployment_id, tx.clock.time(), force=True)
+        return False
+    tx.append(run_id, deployment_id, activation.events, activation, schedule=True)
+    return True
+
+
+def finish_step(
+    tx: Tx, outcome: StepOutcome, activation: Activation | None, deployment_id: str | None
+) -> bool:
+    """Record a step attempt's end, with the activation it led to when there is one.
+
+    ``deployment_id`` as for ``commit_activation``: it allows the fast path.
+    """
+    # The run's workflow task only changes if a sleep began or ended.
+    schedule = activation is not None and any(
+        e.type in ("wait_created", "wait_completed") for e in activation.events
+    )
+    run_id = outcome.run_id
+    if (
+        activation is not None
+        and outcome.status != "retrying"
+        and tx.fast
+        and deployment_id is not None
+    ):
+        # The step's outcome is the activation's first event (see below). The run
+        # being at the expected seq also means no other attempt recorded the step.
+        expected = activation.expected_seq
+        tx.append(
+            run_id,
+            deployment_id,
+            activation.events,
+            activation,
+            expected_seq=expected,
+            schedule=schedule,
+        )
+        return True
+    # Lock the run, then read the step in a statement of its own: it starts after the
+    # lock is granted, so it sees what the previous holder committed (one round trip).
+    runs, steps = tx.query_together(
+        (tx.sql.lock_run, (run_id,)), (tx.sql.step_status, (run_id, outcome.step_id))
+    )
+    if not runs or not steps:
+        return False
+    status, last_seq, deployment_id = runs[0]
+    if status in TERMINAL_STATUSES or steps[0][0] in ("completed", "failed"):
+        return False  # the run ended or another attempt already recorded the step
+    if (
+        activation is not None
+        and outcome.status != "retrying"
+        and activation.expected_seq == last_seq
+    ):
+        # The activation's first event is this outcome, fed to the cached run.
+        tx.append(run_id, deployment_id, activation.events, activation, schedule=schedule)
+        return True
+    now = tx.clock.time()
+    event_type = {"completed": "step_completed", "failed": "step_failed"}.get(
+        outcome.status, "step_retrying"
+    )
+    attrs: dict[str, Any] = {"attempt": outcome.attempt}
+    if outcome.retry_at is not None:
+        attrs["retry_at"] = outcome.retry_at
+    event = EventRecord(
+        run_id=run_id,
+        seq=last_seq + 1,
+        type=event_type,
+        correlation_id=outcome.step_id,
+        payload=outcome.payload,
+        attrs=attrs,
+        created_at=now,
+    )
+    tx.append(run_id, deployment_id, [event], None)
+    if outcome.status != "retrying":
+        queue_workflow(tx, run_id, deployment_id, now)
+    return False
+
+
+def cancel_runs(tx: Tx, run_ids: Sequence[str]) -> CancelResult:
+    result = CancelResult()
+    if not run_ids:
+        return result
+    states = tx.lock_runs(run_ids)
+    now = tx.clock.time()
+    for run_id in run_ids:
+        state = states.get(run_id)
+        if state is None or state[0] in TERMINAL_STATUSES:
+            continue
+        _, last_seq, deployment_id = state
+        states[run_id] = ("cancelled", last_seq, deployment_id)  # a repeated id: cancelled once
+        hooks = tx.query(tx.sql.run_hooks, (run_id,))
+        active = [hook_id for hook_id, hook_status in hooks if hook_status == "active"]
+        events = [
+            EventRecord(
+                run_id,
+                last_seq + i,
+                "hook_disposed",
+                hook_id,
+                attrs={"reason": "run cancelled"},
+                created_at=now,
+            )
+            for i, hook_id in enumerate(active, start=1)
+        ]
+        events.append(
+            EventRecord(run_id, last_seq + len(events) + 1, "run_cancelled", created_at=now)
+        )
+        tx.append(run_id, deployment_id, events, None)
+        result.cancelled.append(run_id)
+    return result
+
+
+def wake_sleeps(tx: Tx, run_id: str) -> int:
+    runs, waits = tx.query_together((tx.sql.lock_run, (run_id,)), (tx.sql.waiting, (run_id,)))
+    if not runs or runs[0][0] in TERMINAL_STATUSES or not waits:
+        return 0
+    _, last_seq, deployment_id = runs[0]
+    now = tx.clock.time()
+    events = [
+        EventRecord(
+            run_id, last_seq + i, "wait_completed", wait_id, attrs={"woken": True}, created_at=now
+        )
+        for i, (wait_id,) in enumerate(waits, start=1)
+    ]
+    tx.append(run_id, deployment_id, events, None)
+    queue_workflow(tx, run_id, deployment_id, now)
+    return len(waits)
+
+
+# -- hooks and streams ---------------------------------------------------------
+
+
+def resume_hook(tx: Tx, token: str, payload: str, webhook_only: bool) -> str | None:
+    """Append ``hook_received`` and queue the run; ``None`` when no active hook matches."""
+    hook = tx.query_one(tx.sql.active_hook, (token,))
+    if hook is None or (webhook_only and not hook[2]):
+        return None
+    run_id, hook_id = str(hook[0]), hook[1]
+    state = tx.query_one(tx.sql.lock_run, (run_id,))
+    if state is None or state[0] in TERMINAL_STATUSES:
+        return None
+    now = tx.clock.time()
+    event = EventRecord(
+        run_id, state[1] + 1, "hook_received", hook_id, payload=payload, created_at=now
+    )
+    tx.append(run_id, state[2], [event], None)
+    queue_workflow(tx, run_id, state[2], now)
+    return run_id
+
+
+def append_chunks(
+    tx: Tx, stream_id: str, run_id: str, namespace: str, chunks: Sequence[str], close: bool
+) -> int | None:
+    """Append to the stream (created if new); its next index, or ``None`` if it is closed."""
+    now = tx.clock.time()
+    tx.execute(tx.sql.create_stream, (stream_id, run_id, namespace, now))
+    row = tx.query_one(tx.sql.lock_stream, (stream_id,))
+    if row is None or row[1]:
+        return None
+    start = int(row[0])
+    if chunks:
+        tx.executemany(
+            tx.sql.insert_chunk,
+            [(stream_id, start + i, chunk, now) for i, chunk in enumerate(chunks)],
+        )
+    next_index = start + len(chunks)
+    tx.execute(tx.sql.update_stream, (next_index, close, now if close else None, stream_id))
+    tx.readers_wait()
+    return next_index
+
+
+# -- the queue -------------------------------------------------------------------
+
+
+def queue_workflow(
+    tx: Tx, run_id: str, deployment_id: str, at: float, *, force: bool = False
+) -> None:
+    """Make sure a workflow task for the run is due no later than ``at``.
+
+    A task leased to a worker is left alone (that worker's activation will
+    find the log moved and re-queue it) unless ``force`` takes the lease back.
+    """
+    sql = tx.sql.queue_workflow_force if force else tx.sql.queue_workflow
+    tx.execute(sql, (run_id, deployment_id, at))
+    tx.work_due(deployment_id)
+
+
+def release_task(tx: Tx, run_id: str, step_id: str, worker_id: str, delay: float) -> None:
+    tx.execute(tx.sql.release_task, (tx.clock.time() + delay, run_id, step_id, worker_id))
+    tx.work_due("*")
+
+
+def release_leases(tx: Tx, worker_id: str) -> None:
+    tx.execute(tx.sql.release_leases, (tx.clock.time(), worker_id))
+    tx.work_due("*")
+
+
+def heartbeat(tx: Tx, worker_id: str, lease_seconds: float) -> None:
+    now = tx.clock.time()
+    tx.execute(tx.sql.worker_heartbeat, (now, worker_id))
+    tx.execute(tx.sql.extend_leases, (now + lease_seconds, worker_id))
+
+
+# -- deployments and workers -------------------------------------------------------
+
+
+def register_worker(tx: Tx, worker: WorkerInfo, manifest: dict[str, Any]) -> None:
+    now = tx.clock.time()
+    dep = worker.deployment_id
+    created = tx.query_one(
+        tx.sql.create_deployment, (dep, worker.environment, json.dumps(manifest), now)
+    )
+    if created is None:
+        row = tx.query_one(tx.sql.lock_manifest, (dep,))
+        merged = json.loads(row[0]) if row else {}
+        for section, entries in manifest.items():
+            merged.setdefault(section, {}).update(entries)
+        tx.execute(tx.sql.update_manifest, (json.dumps(merged), dep))
+    tx.execute(tx.sql.insert_worker, (worker.worker_id, dep, worker.hostname, worker.pid, now, now))
+
+
+def unregister_worker(tx: Tx, worker_id: str) -> None:
+    tx.execute(tx.sql.worker_stopped, (tx.clock.time(), worker_id))
+    release_leases(tx, worker_id)

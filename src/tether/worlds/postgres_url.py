@@ -1,0 +1,67 @@
+"""PostgreSQL world URLs: parsing them into libpq's terms, and showing them without a password."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+#: Query parameters tether reads itself; every other one goes to libpq.
+_OWN_PARAMS = ("schema", "pool_max", "reconnect_timeout")
+
+
+class WorldUnavailableError(ConnectionError):
+    """The PostgreSQL server cannot be reached (or not within the reconnect timeout)."""
+
+
+def redact(url: str) -> str:
+    """The URL without its password (in the authority or a ``password=`` parameter)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        netloc = f"{userinfo}@{host}"
+    query = [
+        (key, "***" if key.lower() == "password" else value)
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="=-/:,")))
+
+
+def parse_url(url: str) -> tuple[str, dict[str, str]]:
+    """Split a world URL into a libpq conninfo string and tether's own options.
+
+    ``postgresql://user:pw@host:5432/db?schema=tether&pool_max=8`` puts the
+    tables in schema ``tether`` (created if missing); other query parameters
+    (``sslmode``, ``options``, ...) go to libpq as they are. Raises
+    ``ValueError`` naming the URL (not its password) when it is not one.
+    """
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("postgresql", "postgres"):
+        raise ValueError(f"invalid PostgreSQL world URL {redact(url)!r}: expected postgresql://...")
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    own = {key: value for key, value in params if key in _OWN_PARAMS}
+    libpq = urlencode([(key, value) for key, value in params if key not in _OWN_PARAMS])
+    base = urlunsplit(parts._replace(scheme="postgresql", query=libpq))
+    extra: dict[str, Any] = {}
+    if "connect_timeout" not in dict(params):
+        extra["connect_timeout"] = 5
+    if "application_name" not in dict(params):
+        extra["application_name"] = "tether"
+    name = own.get("schema")
+    if name is not None:
+        if not _IDENTIFIER.fullmatch(name):
+            raise ValueError(
+                f"invalid schema {name!r} in {redact(url)!r}: expected letters, digits and _"
+            )
+        extra["options"] = (dict(params).get("options", "") + f" -csearch_path={name}").strip()
+    try:
+        return make_conninfo(base, **extra), own
+    except psycopg.ProgrammingError as exc:
+        raise ValueError(f"invalid PostgreSQL world URL {redact(url)!r}: {exc}") from None

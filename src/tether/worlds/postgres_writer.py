@@ -1,0 +1,392 @@
+"""PostgreSQL's group commit: one writer connection, pipelined batches, crash-safe commits.
+
+A batch that loses its connection is run again on a new one, unless its
+``COMMIT`` was sent: then the server is asked for the transaction's status
+(``pg_xact_status``) before it is either retried or reported as committed,
+so nothing is written twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg.errors
+
+from tether.clock import Clock
+from tether.worlds.batches import Outcome, batches, resolve
+from tether.worlds.operations import RunState, Tx
+from tether.worlds.postgres_listener import BACKOFF_MAX, BACKOFF_MIN, CHANNEL
+from tether.worlds.postgres_url import WorldUnavailableError
+from tether.worlds.records import Activation, EventRecord
+from tether.worlds.signals import merge_signals, work_signal
+from tether.worlds.sql import POSTGRES, Row
+
+T = TypeVar("T")
+Connection = psycopg.Connection[Row]
+Cursor = psycopg.Cursor[Row]
+Op = Callable[[Tx], Any]
+
+log = logging.getLogger("tether.postgres")
+
+#: Retries of a batch the server aborted to break a deadlock (it wrote nothing).
+_ROLLBACK_RETRIES = 10
+#: The SQLSTATE ``tether_append`` raises when a run is not where its caller expected.
+_STALE = "TT001"
+#: Event types whose commit someone may wait for: a run's result, a retry due for any worker.
+_ENDING = frozenset({"run_completed", "run_failed", "run_cancelled"})
+_WORKING = frozenset({"step_retrying"})
+
+
+class PgTx:
+    """The transaction adapter (``operations.Tx``) on the writer's connection.
+
+    It also gathers what the commit must NOTIFY (``signal``). ``cur`` and
+    ``aux`` are two cursors of the batch: statements on both travel in one
+    round trip (the connection is in pipeline mode).
+    """
+
+    __slots__ = ("aux", "careful", "clock", "cur", "notify", "work")
+
+    sql = POSTGRES
+
+    def __init__(self, conn: Connection, careful: bool, clock: Clock) -> None:
+        self.cur: Cursor = conn.cursor()
+        #: A second cursor, for a read sent in the same round trip as one on ``cur``.
+        self.aux: Cursor = conn.cursor()
+        #: Read the state an operation depends on before writing (no fast path).
+        self.careful = careful
+        self.clock = clock
+        #: Readers elsewhere may be waiting for this commit (a result, a chunk).
+        self.notify = False
+        #: The deployments the commit made work due for (a task queued or released);
+        #: ``"*"``: some whose names the operation did not know.
+        self.work: set[str] = set()
+
+    @property
+    def fast(self) -> bool:
+        return not self.careful
+
+    @property
+    def signal(self) -> str:
+        """What the commit announces (``signals``): work due, ``"r"`` or ``""``."""
+        return work_signal(self.work) if self.work else "r" if self.notify else ""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.cur.execute(sql, params)  # type: ignore[arg-type]
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.cur.executemany(sql, rows)  # type: ignore[arg-type]
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        self.cur.execute(sql, params)  # type: ignore[arg-type]
+        return self.cur.fetchall()
+
+    def query_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        self.cur.execute(sql, params)  # type: ignore[arg-type]
+        return self.cur.fetchone()
+
+    def query_together(self, *queries: tuple[str, Sequence[Any]]) -> list[list[Row]]:
+        cursors = [self.cur, self.aux]
+        cursors += [self.cur.connection.cursor() for _ in queries[2:]]
+        for cursor, (sql, params) in zip(cursors, queries, strict=False):
+            cursor.execute(sql, params)  # type: ignore[arg-type]
+        return [cursor.fetchall() for cursor in cursors[: len(queries)]]
+
+    def lock_runs(self, run_ids: Sequence[str]) -> dict[str, RunState]:
+        # In run_id order, as every transaction that locks several runs does: no deadlock.
+        # Statements that take an array are planned for each execution (prepare=False):
+        # a prepared statement's generic plan, made while the table was small, would
+        # scan the whole table for ever after.
+        self.cur.execute(
+            "SELECT run_id, status, last_seq, deployment_id FROM runs WHERE run_id = ANY(%s)"
+            " ORDER BY run_id FOR UPDATE",
+            (sorted(set(run_ids)),),
+            prepare=False,
+        )
+        return {row[0]: (row[1], row[2], row[3]) for row in self.cur.fetchall()}
+
+    def append(
+        self,
+        run_id: str,
+        deployment_id: str,
+        events: Sequence[EventRecord],
+        activation: Activation | None,
+        *,
+        expected_seq: int | None = None,
+        schedule: bool = False,
+    ) -> None:
+        # One statement: tether_append (migrations 0005, 0006) does the work on the server.
+        if any(
+            e.type in _WORKING
+            or e.type == "hook_created"  # a token conflict queues the run
+            or (e.type == "step_created" and activation is None)  # due at once, for any worker
+            for e in events
+        ):
+            self.work.add(deployment_id)
+        elif any(e.type in _ENDING for e in events):
+            self.notify = True
+        encoded = json.dumps(
+            [
+                [e.seq, e.type, e.correlation_id, e.name, e.payload, e.attrs or None, e.created_at]
+                for e in events
+            ]
+        )
+        self.cur.execute(
+            "SELECT tether_append(%s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                run_id,
+                deployment_id,
+                expected_seq,
+                encoded,
+                activation.worker_id if activation else None,
+                activation.lease_seconds if activation else 0.0,
+                schedule,
+                self.clock.time(),
+            ),
+        )
+
+    def work_due(self, deployment_id: str) -> None:
+        self.work.add(deployment_id)
+
+    def readers_wait(self) -> None:
+        self.notify = True
+
+
+class StaleError(Exception):
+    """A fast-path check failed: the batch must run again on the careful path."""
+
+
+class _Item:
+    __slots__ = ("future", "op", "origin")
+
+    def __init__(self, op: Op, future: Future[Any], origin: asyncio.AbstractEventLoop | None):
+        self.op = op
+        self.future = future
+        self.origin = origin
+
+
+class Writer:
+    """Commits queued operations, many per transaction, on one connection of its own.
+
+    A batch that fails commits each operation alone, so one bad operation
+    fails only its caller. ``on_commit(origins, signal)`` is called after a
+    batch whose commit announced something, with the loops its operations
+    came from.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Connection],
+        *,
+        clock: Clock,
+        payload: str,
+        shown_url: str,
+        reconnect_timeout: float,
+        on_commit: Callable[[set[asyncio.AbstractEventLoop | None], str], None],
+    ) -> None:
+        self._connect = connect
+        self._clock = clock
+        self._payload = payload
+        self._shown_url = shown_url
+        self._reconnect_timeout = reconnect_timeout
+        self._on_commit = on_commit
+        self._conn: Connection | None = None
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._run, name="tether-postgres-writer", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, op: Callable[[Tx], T], origin: asyncio.AbstractEventLoop | None) -> Future[T]:
+        """Queue ``op``; the future resolves once it is committed.
+
+        The future cannot be cancelled: an operation once queued is committed
+        even if its caller stops waiting (a cancelled task), and the writer
+        must be able to resolve it.
+        """
+        future: Future[T] = Future()
+        future.set_running_or_notify_cancel()
+        self._queue.put(_Item(op, future, origin))
+        return future
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+        if self._conn is not None:
+            self._conn.close()
+
+    def _run(self) -> None:
+        for batch in batches(self._queue):
+            outcomes, signal = self._execute([i.op for i in batch])
+            if signal:
+                # Only commits someone else may wait for (a run ended, a task is due
+                # for any worker, a chunk was written) wake this process's listeners.
+                self._on_commit({i.origin for i in batch}, signal)
+            for entry, outcome in zip(batch, outcomes, strict=True):
+                resolve(entry.future, outcome)
+
+    def _execute(self, ops: list[Op]) -> tuple[list[Outcome], str]:
+        """Commit ``ops`` in one transaction; if that fails, commit each alone.
+
+        The batch first runs on the fast path, where operations check what
+        they depend on inside the statement stream; if a check fails, it runs
+        again on the careful path, where they read it first.
+        Returns each operation's outcome and what the commits announced
+        (``PgTx.signal``).
+        """
+        for careful in (False, True):
+            try:
+                results, signal = self._commit(ops, careful)
+                return [(result, None) for result in results], signal
+            except StaleError:
+                continue
+            except Exception as exc:
+                if len(ops) == 1 or isinstance(exc, WorldUnavailableError):
+                    return [(None, exc)] * len(ops), ""
+                break
+        outcomes: list[Outcome] = []
+        signal = ""
+        for op in ops:
+            try:
+                (result,), announced = self._commit([op], True)
+            except Exception as alone:
+                outcomes.append((None, alone))
+            else:
+                outcomes.append((result, None))
+                signal = merge_signals(signal, announced)
+        return outcomes, signal
+
+    def _commit(self, ops: list[Op], careful: bool) -> tuple[list[Any], str]:
+        """Run ``ops`` in one transaction; returns their results and what to announce.
+
+        The connection is in autocommit mode and the transaction is spelled
+        out, so that ``BEGIN`` and the statements travel in one round trip
+        and ``COMMIT`` in a second one. The transaction id, asked for after
+        the statements, is only assigned if they wrote something: a batch
+        that wrote nothing (an empty claim) commits without a log flush.
+        """
+        lost_since: float | None = None
+        rollbacks = 0
+        while True:
+            conn = self._connection(lost_since)
+            xid: str | None = None
+            commit_sent = False
+            results: list[Any] = []
+            try:
+                with conn.pipeline():
+                    conn.cursor().execute("BEGIN")
+                    tx = PgTx(conn, careful, self._clock)
+                    results = [op(tx) for op in ops]
+                    if tx.signal:
+                        tx.cur.execute(
+                            "SELECT pg_notify(%s, %s)", (CHANNEL, f"{self._payload}|{tx.signal}")
+                        )
+                    xact = conn.cursor()
+                    xact.execute("SELECT pg_current_xact_id_if_assigned()::text")
+                    row = xact.fetchone()
+                    xid = row[0] if row else None
+                    commit_sent = True
+                    xact.execute("COMMIT")
+                return results, tx.signal
+            except psycopg.Error as exc:
+                if not lost(conn, exc):
+                    _rollback(conn)
+                    if exc.sqlstate == _STALE:
+                        raise StaleError(str(exc)) from exc
+                    if (
+                        isinstance(exc, psycopg.errors.TransactionRollback)
+                        and rollbacks < _ROLLBACK_RETRIES
+                    ):
+                        # A deadlock victim: nothing was written, run it again, a little
+                        # later each time so that the two sides stop meeting.
+                        rollbacks += 1
+                        time.sleep(random.uniform(0, 0.002 * rollbacks))
+                        continue
+                    raise
+                conn.close()
+                self._conn = None
+                if lost_since is None:
+                    lost_since = time.monotonic()
+                    log.warning("writer lost its connection to %s: %s", self._shown_url, exc)
+                if commit_sent and xid is not None:
+                    committed = self._committed(xid, lost_since)
+                    log.warning(
+                        "a commit cut off by the lost connection had %s",
+                        "committed" if committed else "not committed: running it again",
+                    )
+                    if committed:
+                        return results, "w"  # announce everything: cheap, and rare
+            except BaseException:
+                if not (conn.broken or conn.closed):
+                    _rollback(conn)
+                raise
+
+    def _connection(self, lost_since: float | None) -> Connection:
+        """The writer's connection, reconnecting with backoff for up to the reconnect timeout."""
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        delay = BACKOFF_MIN
+        started = lost_since if lost_since is not None else time.monotonic()
+        while True:
+            try:
+                self._conn = self._connect()
+                if lost_since is not None:
+                    log.warning("writer reconnected to %s", self._shown_url)
+                return self._conn
+            except WorldUnavailableError:
+                if time.monotonic() - started > self._reconnect_timeout:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+
+    def _committed(self, xid: str, lost_since: float) -> bool:
+        """Whether the transaction whose ``COMMIT`` got no answer committed after all."""
+        delay = BACKOFF_MIN
+        while True:
+            conn = self._connection(lost_since)
+            try:
+                row = conn.execute("SELECT pg_xact_status(%s::xid8)", (xid,)).fetchone()
+            except psycopg.Error as exc:
+                if not lost(conn, exc):
+                    raise
+                conn.close()
+                self._conn = None
+                row = None
+            status = row[0] if row else None
+            if status in ("committed", "aborted"):
+                return bool(status == "committed")
+            if time.monotonic() - lost_since > self._reconnect_timeout:
+                raise WorldUnavailableError(
+                    f"cannot tell whether a commit to {self._shown_url} succeeded: "
+                    "the server is unreachable"
+                )
+            time.sleep(delay)  # still in progress on the server, or the server is away
+            delay = min(delay * 2, BACKOFF_MAX)
+
+
+def lost(conn: Connection, exc: psycopg.Error) -> bool:
+    """Whether ``exc`` means the connection is gone, rather than a statement refused."""
+    if conn.broken or conn.closed:
+        return True
+    state = exc.sqlstate
+    if state is None:
+        # Raised by the client itself: a dead socket, or a pipeline it could not finish.
+        return isinstance(exc, psycopg.OperationalError)
+    return state.startswith("08") or state in ("57P01", "57P02", "57P03")
+
+
+def _rollback(conn: Connection) -> None:
+    try:
+        conn.rollback()
+    except psycopg.Error:
+        conn.close()

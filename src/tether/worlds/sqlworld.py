@@ -1,0 +1,326 @@
+"""What a World on a SQL database does the same way whatever the database: ``SqlWorld``.
+
+A backend subclasses it and supplies how to read (``_read``), how to commit
+operations (``_write``, ``_write_async``: its group-commit writer), the claim
+and change notification. Every other World method is here, once: readers run
+the shared statements (``sql.Statements``), writers the shared operations
+(``operations``) on the backend's transaction adapter.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from tether.clock import Clock
+from tether.errors import HookNotFoundError
+from tether.worlds import operations, schema
+from tether.worlds.base import World
+from tether.worlds.operations import Reader, Tx
+from tether.worlds.records import (
+    Activation,
+    CancelResult,
+    Chunk,
+    DeploymentRecord,
+    DeploymentStatus,
+    EventRecord,
+    HookRecord,
+    NewRun,
+    RunFilter,
+    RunRecord,
+    StepOutcome,
+    StepRecord,
+    StreamRecord,
+    Task,
+    WaitRecord,
+    WorkerInfo,
+)
+from tether.worlds.signals import is_work_for
+from tether.worlds.sql import (
+    Row,
+    Statements,
+    chunk,
+    deployment_record,
+    event_record,
+    hook_record,
+    run_record,
+    step_record,
+    stream_record,
+    wait_record,
+)
+
+T = TypeVar("T")
+#: A listener: its callback, the loop whose own commits it skips, work_only, its deployment.
+_Listener = tuple[Callable[[], None], asyncio.AbstractEventLoop | None, bool, str | None]
+
+
+@dataclass(frozen=True)
+class ClaimRound:
+    """What a worker's claim round asks for (``World.claim_due_async``)."""
+
+    deployment_id: str
+    worker_id: str
+    limit: int
+    lease_seconds: float
+    ahead: float
+
+
+class SqlWorld(World):
+    """The World methods shared by the SQL backends."""
+
+    clock: Clock
+    #: The statements in the backend's dialect.
+    sql: Statements
+
+    def __init__(self, url: str, clock: Clock) -> None:
+        self.url = url
+        self.clock = clock
+        #: The deployment of each worker registered through this World: its commits
+        #: may take the writer's fast path (``operations.commit_activation``).
+        self._deployments: dict[str, str] = {}
+        self._listeners: list[_Listener] = []
+        self._closed = False
+
+    # -- what a backend supplies ---------------------------------------------------
+
+    @abc.abstractmethod
+    def _read(self, fn: Callable[[Reader], T]) -> T:
+        """Run ``fn`` on a connection for reading and return what it returns."""
+
+    @abc.abstractmethod
+    def _write(self, op: Callable[[Tx], T]) -> T:
+        """Commit ``op`` (perhaps with others' operations) and return its result."""
+
+    @abc.abstractmethod
+    async def _write_async(
+        self, op: Callable[[Tx], T], on_committed: Callable[[T], None] | None = None
+    ) -> T:
+        """``_write`` for an event loop; ``on_committed`` is called once it is committed."""
+
+    @abc.abstractmethod
+    async def _claim_round(self, claim: ClaimRound) -> tuple[list[Task], float | None]:
+        """``claim_due_async``: the backend's claim."""
+
+    def _start_watching(self) -> None:
+        """Start hearing other processes' commits (once): they call ``_notify``."""
+
+    def _stop(self) -> None:
+        """Stop the writer and the watching; release connections (``close``)."""
+
+    def _query(self, statement: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self._read(lambda reader: reader.query(statement, params))
+
+    # -- the claim and wake-ups ---------------------------------------------------
+
+    async def claim_due_async(
+        self,
+        deployment_id: str,
+        worker_id: str,
+        limit: int,
+        lease_seconds: float,
+        ahead: float = 0.0,
+    ) -> tuple[list[Task], float | None]:
+        return await self._claim_round(
+            ClaimRound(deployment_id, worker_id, limit, lease_seconds, ahead)
+        )
+
+    def add_listener(
+        self,
+        callback: Callable[[], None],
+        *,
+        skip_own_loop: bool = False,
+        work_only: bool = False,
+        deployment_id: str | None = None,
+    ) -> Callable[[], None]:
+        loop = asyncio.get_running_loop() if skip_own_loop else None
+        entry = (callback, loop, work_only, deployment_id)
+        self._listeners.append(entry)
+        self._start_watching()
+
+        def remove() -> None:
+            if entry in self._listeners:
+                self._listeners.remove(entry)
+
+        return remove
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop()
+
+    def _notify(self, origins: set[asyncio.AbstractEventLoop | None], signal: str = "w") -> None:
+        """Wake local listeners of a commit that announced ``signal`` (``signals``).
+
+        ``origins``: the loops the commit's operations came from (``None``: a
+        thread, another process); a listener on a loop skips commits only
+        that loop made.
+        """
+        for callback, own_loop, work_only, deployment_id in list(self._listeners):
+            if work_only and not is_work_for(signal, deployment_id):
+                continue
+            if own_loop is None or origins != {own_loop}:
+                callback()
+
+    # -- runs ----------------------------------------------------------------------
+
+    def create_run(self, run: NewRun, activation: Activation | None = None) -> RunRecord:
+        return self._write(lambda tx: operations.create_run(tx, run, activation))
+
+    async def create_run_async(
+        self,
+        run: NewRun,
+        activation: Activation | None = None,
+        on_created: Callable[[RunRecord], None] | None = None,
+    ) -> RunRecord:
+        return await self._write_async(
+            lambda tx: operations.create_run(tx, run, activation), on_created
+        )
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        rows = self._query(self.sql.get_run, (run_id,))
+        return run_record(rows[0]) if rows else None
+
+    def list_runs(self, filters: RunFilter) -> list[RunRecord]:
+        statement, params = schema.run_query(
+            self.sql.run_select, filters, placeholder=self.sql.dialect.param
+        )
+        return [run_record(row) for row in self._query(statement, params)]
+
+    def list_events(self, run_id: str, after_seq: int = 0) -> list[EventRecord]:
+        rows = self._query(self.sql.list_events, (run_id, after_seq))
+        return [event_record(row) for row in rows]
+
+    def list_steps(self, run_id: str) -> list[StepRecord]:
+        return [step_record(row) for row in self._query(self.sql.list_steps, (run_id,))]
+
+    def list_waits(self, run_id: str) -> list[WaitRecord]:
+        return [wait_record(row) for row in self._query(self.sql.list_waits, (run_id,))]
+
+    def cancel_runs(self, run_ids: Sequence[str]) -> CancelResult:
+        return self._write(lambda tx: operations.cancel_runs(tx, list(run_ids)))
+
+    def wake_sleeps(self, run_id: str) -> int:
+        return self._write(lambda tx: operations.wake_sleeps(tx, run_id))
+
+    # -- activations and step outcomes ----------------------------------------------
+
+    def commit_activation(self, activation: Activation) -> bool:
+        deployment_id = self._deployments.get(activation.worker_id)
+        return self._write(lambda tx: operations.commit_activation(tx, activation, deployment_id))
+
+    async def commit_activation_async(self, activation: Activation) -> bool:
+        deployment_id = self._deployments.get(activation.worker_id)
+        return await self._write_async(
+            lambda tx: operations.commit_activation(tx, activation, deployment_id)
+        )
+
+    def finish_step(self, outcome: StepOutcome, activation: Activation | None = None) -> bool:
+        deployment_id = self._deployments.get(outcome.worker_id)
+        return self._write(
+            lambda tx: operations.finish_step(tx, outcome, activation, deployment_id)
+        )
+
+    async def finish_step_async(
+        self, outcome: StepOutcome, activation: Activation | None = None
+    ) -> bool:
+        deployment_id = self._deployments.get(outcome.worker_id)
+        return await self._write_async(
+            lambda tx: operations.finish_step(tx, outcome, activation, deployment_id)
+        )
+
+    def heartbeat(self, worker_id: str, lease_seconds: float) -> None:
+        self._write(lambda tx: operations.heartbeat(tx, worker_id, lease_seconds))
+
+    def release_task(self, run_id: str, step_id: str, worker_id: str, delay: float) -> None:
+        self._write(lambda tx: operations.release_task(tx, run_id, step_id, worker_id, delay))
+
+    # -- hooks and streams ----------------------------------------------------------
+
+    def resume_hook(self, token: str, payload: str, *, webhook_only: bool = False) -> str:
+        run_id = self._write(lambda tx: operations.resume_hook(tx, token, payload, webhook_only))
+        if run_id is None:
+            kind = "webhook" if webhook_only else "hook"
+            raise HookNotFoundError(
+                f"no active {kind} has token {token!r}: it never existed or its run has ended"
+            )
+        return run_id
+
+    def list_hooks(self, run_id: str | None = None, status: str | None = None) -> list[HookRecord]:
+        where, params = self.sql.where({"run_id": run_id, "status": status})
+        rows = self._query(self.sql.hook_select + where + " ORDER BY created_at", params)
+        return [hook_record(row) for row in rows]
+
+    def append_chunks(
+        self, stream_id: str, run_id: str, namespace: str, chunks: Sequence[str], close: bool
+    ) -> int:
+        next_index = self._write(
+            lambda tx: operations.append_chunks(tx, stream_id, run_id, namespace, chunks, close)
+        )
+        if next_index is None:
+            raise ValueError(f"stream {stream_id!r} is closed: nothing more can be written to it")
+        return next_index
+
+    def read_chunks(
+        self, stream_id: str, start_index: int, limit: int
+    ) -> tuple[list[Chunk], StreamRecord | None]:
+        def read(reader: Reader) -> tuple[list[Chunk], StreamRecord | None]:
+            row = reader.query_one(self.sql.get_stream, (stream_id,))
+            if row is None:
+                return [], None
+            stream = stream_record(row)
+            start = max(0, stream.next_index + start_index) if start_index < 0 else start_index
+            rows = reader.query(self.sql.read_chunks, (stream_id, start, limit))
+            return [chunk(r) for r in rows], stream
+
+        return self._read(read)
+
+    def list_streams(self, run_id: str | None = None) -> list[StreamRecord]:
+        where, params = self.sql.where({"run_id": run_id})
+        rows = self._query(self.sql.stream_select + where + " ORDER BY created_at", params)
+        return [stream_record(row) for row in rows]
+
+    # -- deployments ----------------------------------------------------------------
+
+    def register_worker(self, worker: WorkerInfo, manifest: dict[str, Any]) -> None:
+        self._write(lambda tx: operations.register_worker(tx, worker, manifest))
+        self._deployments[worker.worker_id] = worker.deployment_id
+
+    def unregister_worker(self, worker_id: str) -> None:
+        self._write(lambda tx: operations.unregister_worker(tx, worker_id))
+
+    def get_deployment(self, deployment_id: str) -> DeploymentRecord | None:
+        rows = self._query(self.sql.get_deployment, (deployment_id,))
+        return deployment_record(rows[0]) if rows else None
+
+    def latest_deployment(self, environment: str) -> DeploymentRecord | None:
+        rows = self._query(self.sql.latest_deployment, (environment,))
+        return deployment_record(rows[0]) if rows else None
+
+    def list_deployments(
+        self, environment: str | None, live_within: float
+    ) -> list[DeploymentStatus]:
+        since = self.clock.time() - live_within
+
+        def read(reader: Reader) -> tuple[list[Row], dict[str, int], dict[str, Row]]:
+            in_flight = {row[0]: int(row[1]) for row in reader.query(self.sql.runs_in_flight)}
+            workers = {row[0]: row[1:] for row in reader.query(self.sql.workers_live, (since,))}
+            return reader.query(self.sql.deployments_seen), in_flight, workers
+
+        rows, in_flight, workers = self._read(read)
+        statuses = [
+            DeploymentStatus(
+                deployment_id=deployment_id,
+                environment=env,
+                created_at=created_at,
+                in_flight=in_flight.get(deployment_id, 0),
+                live_workers=int(workers.get(deployment_id, (0, None))[0] or 0),
+                last_heartbeat_at=workers.get(deployment_id, (0, None))[1],
+            )
+            for deployment_id, env, created_at in rows
+            if environment is None or env in (environment, "")
+        ]
+        return sorted(statuses, key=lambda d: d.created_at, reverse=True)
