@@ -318,7 +318,7 @@ def _create(
         input=payload,
         parent_run_id=parent_run_id,
         rerun_of=rerun_of,
-        created_at=time.time(),
+        created_at=target.clock.time(),
     )
     worker = local_worker(target.url, deployment)
     handed = worker.start_local(run) if worker is not None else None

@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from tether import config, manifest
-from tether.clock import SYSTEM_CLOCK, Clock
+from tether.clock import Clock
 from tether.runtime.activation import Activations
 from tether.runtime.pacing import ClaimPacer
 from tether.runtime.retry import DEFAULT_POLICY, RetryPolicy
@@ -67,11 +67,12 @@ class Worker:
         cache_size: int = 10_000,
         lease_seconds: float = 10.0,
         drain_timeout: float = 30.0,
-        clock: Clock = SYSTEM_CLOCK,
+        clock: Clock | None = None,
         retry_policy: RetryPolicy = DEFAULT_POLICY,
     ) -> None:
         self.world = config.resolve_world(world)
-        self.clock = clock
+        #: The World's own clock unless told otherwise: due times are the World's.
+        self.clock = clock or self.world.clock
         self.deployment_id = deployment_id or manifest.current_deployment_id()
         self.environment = manifest.current_environment()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -81,7 +82,7 @@ class Worker:
         self.drain_timeout = drain_timeout
         self._runs = Activations(
             world=self.world,
-            clock=clock,
+            clock=self.clock,
             worker_id=self.worker_id,
             deployment_id=self.deployment_id,
             lease_seconds=lease_seconds,
@@ -93,7 +94,7 @@ class Worker:
             worker_id=self.worker_id,
             deployment_id=self.deployment_id,
             world_url=self.world.url,
-            clock=clock,
+            clock=self.clock,
             policy=retry_policy,
             threads=step_threads,
         )

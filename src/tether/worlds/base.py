@@ -33,6 +33,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
+from tether.clock import Clock
 from tether.worlds.records import (
     Activation,
     CancelResult,
@@ -57,6 +58,9 @@ class RunStore(abc.ABC):
     """Runs, their event log and its views, hooks, deployments and workers."""
 
     url: str
+    #: What the World reads for event times, due times and leases; a worker serving the
+    #: World reads the same clock unless it is given another.
+    clock: Clock
 
     # -- runs -------------------------------------------------------------
 
