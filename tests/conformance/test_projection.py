@@ -128,6 +128,8 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
             postgres.close()
 
 
+# Passing takes about 7 s; a failure's shrinking may take minutes: let it finish.
+@pytest.mark.timeout(900)
 @settings(
     max_examples=60,
     deadline=None,

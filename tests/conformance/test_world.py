@@ -370,20 +370,20 @@ def test_claims_take_due_tasks_of_their_deployment_only(world: World) -> None:
 
 
 def test_a_claim_round_claims_and_says_when_to_look_again(world: World) -> None:
-    async def claim(limit: int) -> tuple[list[str], float | None]:
+    async def claim_round(limit: int) -> tuple[list[str], float | None]:
         tasks, due = await world.claim_due_async(DEP, "w1", limit, 30.0)
         return [t.run_id for t in tasks], due
 
-    assert asyncio.run(claim(10)) == ([], None)  # nothing at all: no due time
+    assert asyncio.run(claim_round(10)) == ([], None)  # nothing at all: no due time
     for i in range(3):
         world.create_run(new_run(f"r{i}", created_at=CLOCK.time() - 10 + i))
-    got, due = asyncio.run(claim(2))
+    got, due = asyncio.run(claim_round(2))
     assert got == ["r0", "r1"] and due == CLOCK.time()  # more is due
-    got, due = asyncio.run(claim(10))
+    got, due = asyncio.run(claim_round(10))
     assert got == ["r2"]
     # All leased now: the next due time is the first lease's expiry.
     assert due == CLOCK.time() + 30.0
-    assert asyncio.run(claim(10))[0] == []
+    assert asyncio.run(claim_round(10))[0] == []
 
 
 def test_claims_respect_the_limit_and_go_oldest_first(world: World) -> None:
@@ -516,18 +516,18 @@ def test_a_claim_may_take_a_sleep_ahead_of_its_end_but_never_a_step(
 
 
 def test_a_claim_round_looks_again_half_a_window_before_a_sleep_ends(world: World) -> None:
-    async def claim(ahead: float) -> tuple[list[str], float | None]:
+    async def claim_round(ahead: float) -> tuple[list[str], float | None]:
         tasks, due = await world.claim_due_async(DEP, "w1", 10, 30.0, ahead)
         return [t.run_id for t in tasks], due
 
     resume_at = sleeping(world, "r1", 60)
-    assert asyncio.run(claim(0.0)) == ([], pytest.approx(resume_at, abs=0.001))
-    assert asyncio.run(claim(2.0)) == ([], pytest.approx(resume_at - 1.0, abs=0.001))
+    assert asyncio.run(claim_round(0.0)) == ([], pytest.approx(resume_at, abs=0.001))
+    assert asyncio.run(claim_round(2.0)) == ([], pytest.approx(resume_at - 1.0, abs=0.001))
     started_with_step(world, "r2")
     retry_at = CLOCK.time() + 30
     world.finish_step(outcome("r2", "retrying", retry_at=retry_at))
     # A step is never claimed ahead: the round looks again when it falls due.
-    assert asyncio.run(claim(2.0)) == ([], pytest.approx(retry_at, abs=0.001))
+    assert asyncio.run(claim_round(2.0)) == ([], pytest.approx(retry_at, abs=0.001))
 
 
 def test_a_step_outcome_that_starts_a_sleep_reschedules_the_run(world: World) -> None:
