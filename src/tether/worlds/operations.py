@@ -105,6 +105,7 @@ class Tx(Reader, Protocol):
 
 
 def create_run(tx: Tx, run: NewRun, activation: Activation | None) -> RunRecord:
+    """Insert the run, its ``run_created`` event, and its first activation or workflow task."""
     now = run.created_at or tx.clock.time()
     tx.execute(
         tx.sql.insert_run,
@@ -250,6 +251,7 @@ def finish_step(
 
 
 def cancel_runs(tx: Tx, run_ids: Sequence[str]) -> CancelResult:
+    """Append ``run_cancelled`` (after disposing active hooks) to each unfinished run."""
     result = CancelResult()
     if not run_ids:
         return result
@@ -283,6 +285,7 @@ def cancel_runs(tx: Tx, run_ids: Sequence[str]) -> CancelResult:
 
 
 def wake_sleeps(tx: Tx, run_id: str) -> int:
+    """End the run's pending sleeps now and queue it; returns how many ended."""
     runs, waits = tx.query_together((tx.sql.lock_run, (run_id,)), (tx.sql.waiting, (run_id,)))
     if not runs or runs[0][0] in TERMINAL_STATUSES or not waits:
         return 0
@@ -358,16 +361,19 @@ def queue_workflow(
 
 
 def release_task(tx: Tx, run_id: str, step_id: str, worker_id: str, delay: float) -> None:
+    """Give back one task the worker holds, due in ``delay`` seconds."""
     tx.execute(tx.sql.release_task, (tx.clock.time() + delay, run_id, step_id, worker_id))
     tx.work_due("*")
 
 
 def release_leases(tx: Tx, worker_id: str) -> None:
+    """Give back every task the worker holds, due now."""
     tx.execute(tx.sql.release_leases, (tx.clock.time(), worker_id))
     tx.work_due("*")
 
 
 def heartbeat(tx: Tx, worker_id: str, lease_seconds: float) -> None:
+    """Record that the worker lives and extend every lease it holds."""
     now = tx.clock.time()
     tx.execute(tx.sql.worker_heartbeat, (now, worker_id))
     tx.execute(tx.sql.extend_leases, (now + lease_seconds, worker_id))
@@ -377,6 +383,7 @@ def heartbeat(tx: Tx, worker_id: str, lease_seconds: float) -> None:
 
 
 def register_worker(tx: Tx, worker: WorkerInfo, manifest: dict[str, Any]) -> None:
+    """Record a starting worker; its deployment's manifest joins what was registered."""
     now = tx.clock.time()
     dep = worker.deployment_id
     created = tx.query_one(
@@ -392,5 +399,6 @@ def register_worker(tx: Tx, worker: WorkerInfo, manifest: dict[str, Any]) -> Non
 
 
 def unregister_worker(tx: Tx, worker_id: str) -> None:
+    """Mark the worker stopped and give back its leases."""
     tx.execute(tx.sql.worker_stopped, (tx.clock.time(), worker_id))
     release_leases(tx, worker_id)

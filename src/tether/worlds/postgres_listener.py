@@ -55,6 +55,7 @@ class Listener:
                 self._thread.start()
 
     def stop(self) -> None:
+        """Stop listening and wait for the thread to end."""
         self._closed = True
         if self._thread is not None:
             self._thread.join(timeout=2 * LISTEN_TICK)

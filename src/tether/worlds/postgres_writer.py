@@ -220,6 +220,7 @@ class Writer:
         return future
 
     def stop(self) -> None:
+        """Finish the queued batches and stop the writer thread."""
         self._queue.put(None)
         self._thread.join(timeout=10)
         if self._conn is not None:

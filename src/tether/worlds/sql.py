@@ -218,34 +218,42 @@ POSTGRES = Statements(POSTGRES_DIALECT)
 
 
 def run_record(row: Row) -> RunRecord:
+    """A ``runs`` row as a ``RunRecord``."""
     return RunRecord(*row)
 
 
 def event_record(row: Row) -> EventRecord:
+    """An ``events`` row as an ``EventRecord`` (``attrs`` decoded from JSON)."""
     attrs = json.loads(row[6]) if row[6] else None
     return EventRecord(row[0], row[1], row[2], row[3], row[4], row[5], attrs, row[7])
 
 
 def step_record(row: Row) -> StepRecord:
+    """A ``steps`` row as a ``StepRecord``."""
     return StepRecord(*row)
 
 
 def wait_record(row: Row) -> WaitRecord:
+    """A ``waits`` row as a ``WaitRecord``."""
     return WaitRecord(*row)
 
 
 def hook_record(row: Row) -> HookRecord:
+    """A ``hooks`` row as a ``HookRecord`` (metadata decoded from JSON)."""
     metadata = json.loads(row[5]) if row[5] else None
     return HookRecord(row[0], row[1], row[2], row[3], bool(row[4]), metadata, row[6], row[7])
 
 
 def stream_record(row: Row) -> StreamRecord:
+    """A ``streams`` row as a ``StreamRecord``."""
     return StreamRecord(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6])
 
 
 def chunk(row: Row) -> Chunk:
+    """A ``stream_chunks`` row as a ``Chunk``."""
     return Chunk(*row)
 
 
 def deployment_record(row: Row) -> DeploymentRecord:
+    """A ``deployments`` row as a ``DeploymentRecord`` (manifest decoded)."""
     return DeploymentRecord(row[0], row[1], json.loads(row[2]), row[3])

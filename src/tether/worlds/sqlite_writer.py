@@ -73,6 +73,7 @@ class Writer:
         return await future
 
     def stop(self) -> None:
+        """Finish the queued batches and stop the writer thread."""
         self._queue.put(None)
         self._thread.join(timeout=5)
         with self._lock:
