@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from tether import config, manifest
-from tether.clock import Clock
+from tether.clock import Clock, SystemClock
 from tether.runtime.activation import Activations
 from tether.runtime.pacing import ClaimPacer
 from tether.runtime.retry import DEFAULT_POLICY, RetryPolicy
@@ -254,17 +254,20 @@ class Worker:
         Returns whether the full time passed. ``wake`` lets a wake-up cut it short.
         """
         assert self._wake is not None and self._stopping is not None
-        timer = asyncio.ensure_future(
-            self.clock.sleep(seconds) if on_clock else asyncio.sleep(seconds)
-        )
-        waits = [timer, asyncio.ensure_future(self._stopping.wait())]
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stopping.wait())]
         if wake:
             waits.append(asyncio.ensure_future(self._wake.wait()))
-        await asyncio.wait(waits, return_when="FIRST_COMPLETED")
-        over = timer.done()
+        if on_clock and not isinstance(self.clock, SystemClock):
+            # Time passes when the clock is advanced: wait for it as for any event.
+            waits.append(asyncio.ensure_future(self.clock.sleep(seconds)))
+            done, _ = await asyncio.wait(waits, return_when="FIRST_COMPLETED")
+            timed_out = waits[-1] in done
+        else:
+            done, _ = await asyncio.wait(waits, timeout=seconds, return_when="FIRST_COMPLETED")
+            timed_out = not done
         for waiter in waits:
             waiter.cancel()
-        return over and not self._stopping.is_set() and not (wake and self._wake.is_set())
+        return timed_out and not self._stopping.is_set() and not (wake and self._wake.is_set())
 
     async def _claim_round(self) -> tuple[bool, float]:
         """Claim what is due; return whether anything was, and how long to sleep."""
