@@ -16,10 +16,13 @@ from pathlib import Path
 import pytest
 
 import tether
-from tests.conformance.backends import SERVER, WORLDS, configured, new_world_url
+from tests.conformance import backends
+from tests.conformance.backends import WORLDS, configured, new_world_url
 
-#: Tests that cut every tether connection on the shared PostgreSQL server: each runs
-#: alone on it (``ServerLock``), as the others' connections would be cut too.
+#: Tests that cut every connection named ``tether`` (tether's default application_name)
+#: on the shared PostgreSQL server, meaning their own: only theirs get that name
+#: (``backends.APPLICATION_NAME``), and their module runs on one xdist worker, as its
+#: other tests may use the server under the default name.
 ALONE_ON_THE_SERVER = frozenset(
     {
         "tests/integration/test_postgres_connections.py"
@@ -33,14 +36,18 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "both_worlds: run the test once per World (sqlite, postgres) via world_url"
     )
     config.addinivalue_line(
-        "markers", "postgres_alone: no other test may use the PostgreSQL server meanwhile"
+        "markers", "postgres_alone: the test's PostgreSQL connections keep tether's default name"
     )
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    alone_modules = {nodeid.split("::")[0] for nodeid in ALONE_ON_THE_SERVER}
     for item in items:
         if item.nodeid in ALONE_ON_THE_SERVER:
             item.add_marker(pytest.mark.postgres_alone)
+        if item.nodeid.split("::")[0] in alone_modules:
+            item.add_marker(pytest.mark.xdist_group("postgres_alone"))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -62,20 +69,12 @@ def deployment_id(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _postgres_server_use(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Share the PostgreSQL server with the tests beside it, or have it alone.
-
-    Tests that make a fresh schema share it through ``fresh_schema``; this
-    covers the PostgreSQL modules' tests that reach the server otherwise.
-    """
+def _postgres_application_name(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Name a ``postgres_alone`` test's connections as tether does by default."""
     if request.node.get_closest_marker("postgres_alone"):
-        with SERVER.exclusive():
-            yield
-    elif "postgres" in request.node.path.name:
-        with SERVER.shared():
-            yield
-    else:
-        yield
+        monkeypatch.setattr(backends, "APPLICATION_NAME", "tether")
 
 
 @pytest.fixture
