@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,12 +22,24 @@ from tests.conformance.backends import WORLDS, configured, new_world_url
 
 #: Tests that cut every connection named ``tether`` (tether's default application_name)
 #: on the shared PostgreSQL server, meaning their own: only theirs get that name
-#: (``backends.APPLICATION_NAME``), and their module runs on one xdist worker, as its
+#: (``backends.APPLICATION_NAME``). Their module runs on one xdist worker, as its
 #: other tests may use the server under the default name.
 ALONE_ON_THE_SERVER = frozenset(
     {
         "tests/integration/test_postgres_connections.py"
         "::test_killed_connections_are_replaced_and_nothing_is_written_twice",
+    }
+)
+
+#: Modules whose tests pytest-xdist runs on one worker, one after the other.
+ONE_WORKER_MODULES = frozenset(
+    {
+        # A worker process per backend for the whole module (the ``served`` fixture).
+        "tests/cli/test_served.py",
+        # Fleets of worker processes under load: one fleet at a time.
+        "tests/integration/test_postgres_faults.py",
+        # ALONE_ON_THE_SERVER.
+        *(nodeid.split("::")[0] for nodeid in ALONE_ON_THE_SERVER),
     }
 )
 
@@ -40,14 +53,30 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    alone_modules = {nodeid.split("::")[0] for nodeid in ALONE_ON_THE_SERVER}
     for item in items:
         if item.nodeid in ALONE_ON_THE_SERVER:
             item.add_marker(pytest.mark.postgres_alone)
-        if item.nodeid.split("::")[0] in alone_modules:
-            item.add_marker(pytest.mark.xdist_group("postgres_alone"))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With ``-n``: tests spread one by one, but ``ONE_WORKER_MODULES`` kept together.
+
+    (``--dist loadgroup`` would do it with ``xdist_group`` marks, but pytest-xdist
+    3.8 cannot group under pytest 9: it renames ``item._nodeid``, which pytest 9
+    no longer reads.) Another ``--dist`` mode given on the command line wins.
+    """
+    if config.getoption("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesKeptTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in ONE_WORKER_MODULES else nodeid
+
+    return ModulesKeptTogether(config, log)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

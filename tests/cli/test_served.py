@@ -34,9 +34,6 @@ from tether.worlds.base import World
 
 NEW = "cli-new"
 
-# One xdist worker runs the module: one worker process per backend, not one per xdist worker.
-pytestmark = pytest.mark.xdist_group("cli_served")
-
 
 @dataclass(frozen=True)
 class Served:

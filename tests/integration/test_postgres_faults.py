@@ -32,9 +32,6 @@ from tether.worlds.records import RunFilter
 
 APP = "tests.integration.test_postgres_faults"
 
-# Each test runs a fleet of worker processes under load: one at a time (one xdist worker).
-pytestmark = pytest.mark.xdist_group("postgres_fleets")
-
 
 @step
 def checkpoint(path: str, key: str, index: int, seconds: float) -> int:
