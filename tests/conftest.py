@@ -57,6 +57,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.nodeid in ALONE_ON_THE_SERVER:
             item.add_marker(pytest.mark.postgres_alone)
+        elif isinstance(item, pytest.Function):
+            _check_alone_still_exist(item)
+
+
+def _check_alone_still_exist(item: pytest.Function) -> None:
+    """A renamed ALONE_ON_THE_SERVER test would cut no one's connections but its neighbours'."""
+    for nodeid in ALONE_ON_THE_SERVER:
+        module, name = nodeid.split("::", 1)
+        if item.nodeid.startswith(module + "::") and not hasattr(item.module, name):
+            raise pytest.UsageError(
+                f"ALONE_ON_THE_SERVER in tests/conftest.py names {nodeid}, "
+                "which does not exist: update it"
+            )
 
 
 @pytest.hookimpl(optionalhook=True)
