@@ -12,18 +12,34 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import tether
-from tests.conformance.backends import SERVER, WORLDS, configured, new_world_url
+from tests.conformance import backends
+from tests.conformance.backends import WORLDS, configured, new_world_url
 
-#: Tests that cut every tether connection on the shared PostgreSQL server: each runs
-#: alone on it (``ServerLock``), as the others' connections would be cut too.
+#: Tests that cut every connection named ``tether`` (tether's default application_name)
+#: on the shared PostgreSQL server, meaning their own: only theirs get that name
+#: (``backends.APPLICATION_NAME``). Their module runs on one xdist worker, as its
+#: other tests may use the server under the default name.
 ALONE_ON_THE_SERVER = frozenset(
     {
         "tests/integration/test_postgres_connections.py"
         "::test_killed_connections_are_replaced_and_nothing_is_written_twice",
+    }
+)
+
+#: Modules whose tests pytest-xdist runs on one worker, one after the other.
+ONE_WORKER_MODULES = frozenset(
+    {
+        # A worker process per backend for the whole module (the ``served`` fixture).
+        "tests/cli/test_served.py",
+        # Fleets of worker processes under load: one fleet at a time.
+        "tests/integration/test_postgres_faults.py",
+        # ALONE_ON_THE_SERVER.
+        *(nodeid.split("::")[0] for nodeid in ALONE_ON_THE_SERVER),
     }
 )
 
@@ -33,7 +49,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "both_worlds: run the test once per World (sqlite, postgres) via world_url"
     )
     config.addinivalue_line(
-        "markers", "postgres_alone: no other test may use the PostgreSQL server meanwhile"
+        "markers", "postgres_alone: the test's PostgreSQL connections keep tether's default name"
     )
 
 
@@ -41,6 +57,39 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.nodeid in ALONE_ON_THE_SERVER:
             item.add_marker(pytest.mark.postgres_alone)
+        elif isinstance(item, pytest.Function):
+            _check_alone_still_exist(item)
+
+
+def _check_alone_still_exist(item: pytest.Function) -> None:
+    """A renamed ALONE_ON_THE_SERVER test would cut no one's connections but its neighbours'."""
+    for nodeid in ALONE_ON_THE_SERVER:
+        module, name = nodeid.split("::", 1)
+        if item.nodeid.startswith(module + "::") and not hasattr(item.module, name):
+            raise pytest.UsageError(
+                f"ALONE_ON_THE_SERVER in tests/conftest.py names {nodeid}, "
+                "which does not exist: update it"
+            )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With ``-n``: tests spread one by one, but ``ONE_WORKER_MODULES`` kept together.
+
+    (``--dist loadgroup`` would do it with ``xdist_group`` marks, but pytest-xdist
+    3.8 cannot group under pytest 9: it renames ``item._nodeid``, which pytest 9
+    no longer reads.) Another ``--dist`` mode given on the command line wins.
+    """
+    if config.getoption("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesKeptTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in ONE_WORKER_MODULES else nodeid
+
+    return ModulesKeptTogether(config, log)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -62,20 +111,12 @@ def deployment_id(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _postgres_server_use(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Share the PostgreSQL server with the tests beside it, or have it alone.
-
-    Tests that make a fresh schema share it through ``fresh_schema``; this
-    covers the PostgreSQL modules' tests that reach the server otherwise.
-    """
+def _postgres_application_name(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Name a ``postgres_alone`` test's connections as tether does by default."""
     if request.node.get_closest_marker("postgres_alone"):
-        with SERVER.exclusive():
-            yield
-    elif "postgres" in request.node.path.name:
-        with SERVER.shared():
-            yield
-    else:
-        yield
+        monkeypatch.setattr(backends, "APPLICATION_NAME", "tether")
 
 
 @pytest.fixture

@@ -18,16 +18,14 @@ def test_cancel_one_run(url: str, world: World) -> None:
     run_id = create_run(world, HELLO, ["a"])
     refused = tether_exe("cancel", run_id, url=url)
     assert refused.code == 2
-    assert "refusing to cancel 1 run without confirmation" in error_line(
-        tether_exe("cancel", run_id, url=url)
-    )
+    assert "refusing to cancel 1 run without confirmation" in error_line(refused)
     assert run_id in refused.err  # it showed what it would have cancelled
     assert statuses(world, [run_id]) == ["pending"]
     done = tether_exe("cancel", run_id, "-y", url=url)
     assert done.code == 0, done
     assert done.lines == [run_id] and "cancelled 1 run" in done.err
     assert statuses(world, [run_id]) == ["cancelled"]
-    again = tether_exe("cancel", run_id, "--yes", url=url)
+    again = tether("cancel", run_id, "--yes", url=url)
     assert again.code == 1
     assert "has already ended (cancelled): nothing to cancel" in error_line(again)
 

@@ -34,9 +34,6 @@ from tether.worlds.base import World
 
 NEW = "cli-new"
 
-# One xdist worker runs the module: one worker process per backend, not one per xdist worker.
-pytestmark = pytest.mark.xdist_group("cli_served")
-
 
 @dataclass(frozen=True)
 class Served:
@@ -133,6 +130,9 @@ def test_wake_a_sleeping_run(served: Served) -> None:
     wait_until(lambda: served.world.list_waits(run_id), 20, "the run to sleep")
     (sleep,) = json.loads(tether("inspect", "sleeps", run_id, "--json", url=served.url).out)
     assert sleep["status"] == "waiting" and sleep["wait_id"] == "0"
+    table = tether("inspect", "sleeps", run_id, url=served.url)
+    (row,) = [line for line in table.lines if line.startswith("0 ")]
+    assert row.split()[1] == "waiting" and "(in 59m)" in row and row.rstrip().endswith("-")
     woke = tether_exe("sleeps", "wake", run_id, url=served.url)
     assert woke.code == 0, woke
     assert f"woke 1 sleep of {run_id}" in woke.err
@@ -175,6 +175,15 @@ def test_steps_and_events_of_a_finished_run(served: Served) -> None:
         ).out
     )
     assert newest[0]["type"] == "run_completed"
+    events_table = tether("inspect", "events", run_id, "--with-data", url=served.url)
+    assert events_table.code == 0, events_table
+    rows = [line.split() for line in events_table.lines if line.split()[:1] in (["1"], ["3"])]
+    assert rows[0][:3] == ["1", "run_created", "hello"] and rows[0][-2:] == [
+        'deployment_id="cli-new"',
+        '"cy"',
+    ]
+    assert rows[1][:5] == ["3", "step_created", "step", "0", "greet"]
+    assert '"hello cy!"' in events_table.out and "attempt=1" in events_table.out
 
 
 def test_resume_a_hook_by_its_token(served: Served) -> None:

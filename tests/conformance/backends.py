@@ -7,11 +7,8 @@ the reason, except under ``CI=true``, where they fail: CI must run them.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import os
-import tempfile
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +23,12 @@ from tether.worlds.postgres import redact
 
 #: Every World a test can run on: ``world_url`` gives ``sqlite`` unless the test asks for both.
 WORLDS = ("sqlite", "postgres")
+
+#: How the tests' World connections are named on the server (``application_name``).
+#: Not tether's default, ``tether``: a test that cuts every ``tether`` connection
+#: (``ALONE_ON_THE_SERVER`` in tests/conftest.py, which names its own so) must not cut
+#: those of the tests running beside it under pytest-xdist.
+APPLICATION_NAME = "tether_tests"
 
 POSTGRES_URL = os.environ.get(
     "TETHER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -61,8 +64,13 @@ def admin() -> psycopg.Connection[tuple[object, ...]]:
 
 def with_schema(url: str, name: str) -> str:
     """``url`` with tether's ``schema`` query parameter set to ``name``."""
+    return with_param(url, "schema", name)
+
+
+def with_param(url: str, key: str, value: str) -> str:
+    """``url`` with the query parameter ``key=value`` added at the end."""
     parts = urlsplit(url)
-    query = f"{parts.query}&schema={name}" if parts.query else f"schema={name}"
+    query = f"{parts.query}&{key}={value}" if parts.query else f"{key}={value}"
     return urlunsplit(parts._replace(query=query))
 
 
@@ -70,84 +78,23 @@ def with_schema(url: str, name: str) -> str:
 def fresh_schema() -> Iterator[str]:
     """A world URL on a new, uniquely named schema, dropped (with its tables) afterwards.
 
-    The schema's user holds the server shared (``SERVER.shared()``) meanwhile.
+    Its connections are named ``APPLICATION_NAME`` on the server (see there).
     """
     require_postgres()
     name = f"tether_test_{uuid.uuid4().hex[:12]}"
-    with SERVER.shared():
+    with admin() as conn:
+        conn.execute(f"CREATE SCHEMA {name}")
+    named = POSTGRES_URL
+    if APPLICATION_NAME != "tether":
+        named = with_param(named, "application_name", APPLICATION_NAME)
+    # The schema last: tests read its name as what follows "schema=".
+    url = with_schema(named, name)
+    try:
+        yield url
+    finally:
+        close_worlds(url)
         with admin() as conn:
-            conn.execute(f"CREATE SCHEMA {name}")
-        url = with_schema(POSTGRES_URL, name)
-        try:
-            yield url
-        finally:
-            close_worlds(url)
-            with admin() as conn:
-                conn.execute(f"DROP SCHEMA {name} CASCADE")
-
-
-class ServerLock:
-    """Who may use the shared test server: many tests at once, or one test alone.
-
-    A test that cuts every tether connection on the server (``exclusive``)
-    would break the others running beside it under pytest-xdist, so it waits
-    for them and they wait for it. Two ``flock`` files shared by the test
-    processes of the machine: ``gate`` lets the exclusive user in first
-    (new shared users queue behind it), ``users`` counts the shared ones. A
-    process takes them once; nested shared uses (a module's schema and a
-    test's) only count.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self._gate = folder / "tether-tests-postgres.gate"
-        self._users = folder / "tether-tests-postgres.users"
-        self._mutex = threading.Lock()
-        self._holders = 0
-        self._held: int | None = None  # the fd of ``users`` while this process holds it
-        self._exclusive = False
-
-    @contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._mutex:
-            if self._holders == 0 and not self._exclusive:
-                with self._locked(self._gate, fcntl.LOCK_SH):
-                    self._held = self._lock(self._users, fcntl.LOCK_SH)
-            self._holders += 1
-        try:
-            yield
-        finally:
-            with self._mutex:
-                self._holders -= 1
-                if self._holders == 0 and self._held is not None:
-                    os.close(self._held)  # closing the file releases its lock
-                    self._held = None
-
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        assert self._holders == 0, "a test alone on the server cannot also share it"
-        with self._locked(self._gate, fcntl.LOCK_EX), self._locked(self._users, fcntl.LOCK_EX):
-            self._exclusive = True
-            try:
-                yield
-            finally:
-                self._exclusive = False
-
-    @contextmanager
-    def _locked(self, path: Path, mode: int) -> Iterator[None]:
-        fd = self._lock(path, mode)
-        try:
-            yield
-        finally:
-            os.close(fd)
-
-    @staticmethod
-    def _lock(path: Path, mode: int) -> int:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        fcntl.flock(fd, mode)
-        return fd
-
-
-SERVER = ServerLock(Path(tempfile.gettempdir()))
+            conn.execute(f"DROP SCHEMA {name} CASCADE")
 
 
 def close_worlds(url: str) -> None:

@@ -27,6 +27,7 @@ class WorkerProcess:
         env: dict[str, str] | None = None,
         lease_seconds: float = 2.0,
         concurrency: int = 512,
+        wait_ready: bool = True,
     ) -> None:
         self.log_path = log_path
         full_env = {
@@ -57,7 +58,8 @@ class WorkerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        self._wait_ready()
+        if wait_ready:
+            self._wait_ready()
 
     @property
     def pid(self) -> int:

@@ -138,6 +138,12 @@ def retry_delays(run: tether.Run) -> list[float]:
     ]
 
 
+def within(delay: float, policy: float) -> bool:
+    """Whether a recorded delay is the policy's: the event is written a moment after the
+    worker computed ``retry_at`` (never before), so the delay is at most the policy's."""
+    return policy - 0.4 < delay <= policy + 0.01
+
+
 def wait_for_events(run: tether.Run, kind: str, count: int, timeout: float = 10) -> None:
     """Wait (on the World's change notifications) until ``run`` logged ``count`` ``kind`` events."""
     deadline = time.monotonic() + timeout
@@ -165,7 +171,7 @@ def test_plain_exception_retries_with_backoff(worker: tether.Worker) -> None:
     assert only.retry_at is not None and only.status == "retrying"
     # The default policy: 1 s after the first failure, then 2 s (BACKOFF_BASE * 2**n).
     first, second = retry_delays(run)
-    assert first == pytest.approx(1.0, abs=0.25) and second == pytest.approx(2.0, abs=0.25)
+    assert within(first, 1.0) and within(second, 2.0), (first, second)
     assert only.retry_at == (run.events()[-1].attrs or {})["retry_at"]
     assert_attempts_waited(run)
     run.cancel()
@@ -189,7 +195,7 @@ def test_retryable_error_retries_after_the_delay_it_names(worker: tether.Worker)
     assert CALLS["retry-after"] == 2
     # 1.5 s, as the error said, not the default backoff's 1 s.
     (delay,) = retry_delays(run)
-    assert delay == pytest.approx(1.5, abs=0.25)
+    assert within(delay, 1.5), delay
     assert_attempts_waited(run)
 
 

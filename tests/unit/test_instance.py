@@ -136,6 +136,34 @@ async def catches(order: str) -> str:
     return "not reached"
 
 
+@workflow
+async def gives_up() -> None:
+    await pick("x")
+    raise asyncio.CancelledError
+
+
+@workflow
+async def returns_a_lock() -> Any:
+    await pick("x")
+    return asyncio.Lock()
+
+
+@workflow
+async def reads_its_hook() -> Any:
+    try:
+        return await tether.create_hook(token="unreadable")
+    except Exception as exc:
+        return f"{type(exc).__name__}"
+
+
+@workflow
+async def reads_its_step() -> Any:
+    try:
+        return await pick("x")
+    except Exception as exc:
+        return f"{type(exc).__name__}"
+
+
 # -- driving a run by hand -------------------------------------------------------------
 
 
@@ -426,6 +454,50 @@ def test_arguments_that_cannot_be_read_fail_the_run_at_its_start() -> None:
     instance.close()
 
 
+def test_a_step_failure_that_is_not_an_exception_raises_as_a_runtime_error() -> None:
+    run = Driven(catches, ("o-13",))
+    run.start()
+    # A step_failed payload written by other code: a plain message, not an exception.
+    end = run.feed(run.answer("step_failed", "0", serde.dumps("card declined")))
+    error = failure(end[-1])  # not a FatalError: catches does not catch it
+    assert error["type"] == "builtins.RuntimeError" and error["message"] == "card declined"
+    run.close()
+
+
+def test_unreadable_answers_raise_inside_the_workflow() -> None:
+    step_run = Driven(reads_its_step, ())
+    step_run.start()
+    assert output(step_run.feed(step_run.answer("step_completed", "0", "{oops"))[-1]) == (
+        "JSONDecodeError"
+    )
+    hook_run = Driven(reads_its_hook, ())
+    hook_run.start()
+    end = hook_run.feed(hook_run.answer("hook_received", "0", "{oops"))
+    assert output(end[-1]) == "JSONDecodeError"
+    step_run.close()
+    hook_run.close()
+
+
+def test_a_workflow_whose_main_task_is_cancelled_fails_the_run() -> None:
+    run = Driven(gives_up, ())
+    run.start()
+    error = failure(run.complete("0", "picked x")[-1])
+    assert error["message"] == "the workflow's main task was cancelled"
+    run.close()
+
+
+def test_a_return_value_that_cannot_be_stored_fails_the_run_naming_it() -> None:
+    run = Driven(returns_a_lock, ())
+    run.start()
+    error = failure(run.complete("0", "picked x")[-1])
+    assert error["type"] == "tether.errors.SerializationError"
+    assert (
+        "Lock" in error["message"]
+        and f"return value of {returns_a_lock.name}" in (error["message"])
+    )
+    run.close()
+
+
 def _fields(run: RunRecord) -> dict[str, Any]:
     return {name: getattr(run, name) for name in RunRecord.__dataclass_fields__}
 
@@ -467,6 +539,17 @@ def test_divergence_a_sleep_where_the_log_holds_a_step() -> None:
     message = diverged(checkout_sleep_first, run.log, "o-9")
     assert "at request #1: the log holds step" in message
     assert f"{pick.name!r} (event 3), the code asked for a sleep" in message
+
+
+def test_divergence_a_step_where_the_log_holds_a_hook() -> None:
+    run = Driven(approval_or_timeout, ("o-14",))
+    run.start()
+    message = diverged(checkout, run.log, "o-14")
+    assert message == (
+        "run run_unit diverged from its event log at request #1: the log holds a hook "
+        f"(event 3), the code asked for step {pick.name!r}"
+    )
+    run.close()
 
 
 def test_divergence_the_code_finished_without_a_request_the_log_holds() -> None:
