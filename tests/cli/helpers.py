@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from tether import cli, config, manifest, serde
+from tether import cli, manifest, serde
 from tether.cli import render
 from tether.worlds.base import World
 from tether.worlds.records import NewRun, WorkerInfo
@@ -85,7 +85,6 @@ def tether(
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(manifest, "defines_workflows", lambda: False)
         outcome = CliRunner().invoke(cli.main, list(args), env=full_env)
-    _forget_closed_worlds(url, args)
     result = Result(outcome.exit_code, outcome.stdout, outcome.stderr)
     if outcome.exception is not None and not isinstance(outcome.exception, SystemExit):
         raise AssertionError(f"tether {' '.join(args)} raised: {result}") from outcome.exception
@@ -120,19 +119,6 @@ def tether_exe(
     result = Result(proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stdout + proc.stderr, result
     return result
-
-
-def _forget_closed_worlds(url: str | None, args: tuple[str, ...]) -> None:
-    """Drop the Worlds the command closed from this process's cache.
-
-    A command closes the World it used when it ends, but ``config`` keeps
-    handing out that closed instance (see ``test_product_bugs.py``); the
-    executable never notices, as its process ends with the command.
-    """
-    urls = {url} if url is not None else set()
-    urls |= {args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--backend"}
-    for each in urls:
-        config.close(each)
 
 
 def error_line(result: Result) -> str:
