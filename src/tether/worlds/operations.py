@@ -71,6 +71,14 @@ class Tx(Reader, Protocol):
         """The state of each existing run of ``run_ids``, its row held until the commit."""
         ...
 
+    def lock_run_and_step(self, run_id: str, step_id: str) -> tuple[RunState, str] | None:
+        """The run's state (its row held until the commit) and its step's status, if both exist.
+
+        The step is read after the run's lock is granted, so it is what the lock's
+        previous holder committed.
+        """
+        ...
+
     def append(
         self,
         run_id: str,
@@ -210,15 +218,11 @@ def finish_step(
             schedule=schedule,
         )
         return True
-    # Lock the run, then read the step in a statement of its own: it starts after the
-    # lock is granted, so it sees what the previous holder committed (one round trip).
-    runs, steps = tx.query_together(
-        (tx.sql.lock_run, (run_id,)), (tx.sql.step_status, (run_id, outcome.step_id))
-    )
-    if not runs or not steps:
+    found = tx.lock_run_and_step(run_id, outcome.step_id)
+    if found is None:
         return False
-    status, last_seq, deployment_id = runs[0]
-    if status in TERMINAL_STATUSES or steps[0][0] in ("completed", "failed"):
+    (status, last_seq, deployment_id), step_status = found
+    if status in TERMINAL_STATUSES or step_status in ("completed", "failed"):
         return False  # the run ended or another attempt already recorded the step
     if (
         activation is not None

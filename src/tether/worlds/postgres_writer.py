@@ -102,6 +102,16 @@ class PgTx:
             cursor.execute(sql, params)  # type: ignore[arg-type]
         return [cursor.fetchall() for cursor in cursors[: len(queries)]]
 
+    def lock_run_and_step(self, run_id: str, step_id: str) -> tuple[RunState, str] | None:
+        # The step in a statement of its own, sent with the lock in one round trip: it
+        # starts after the lock is granted.
+        runs, steps = self.query_together(
+            (self.sql.lock_run, (run_id,)), (self.sql.step_status, (run_id, step_id))
+        )
+        if not runs or not steps:
+            return None
+        return (runs[0][0], runs[0][1], runs[0][2]), steps[0][0]
+
     def lock_runs(self, run_ids: Sequence[str]) -> dict[str, RunState]:
         # In run_id order, as every transaction that locks several runs does: no deadlock.
         # Statements that take an array are planned for each execution (prepare=False):

@@ -104,6 +104,10 @@ class Statements:
             f" ORDER BY created_at, {d.order_ids('step_id')}"
         )
         self.step_status = q("SELECT status FROM steps WHERE run_id = ? AND step_id = ?")
+        self.run_and_step = q(
+            "SELECT r.status, r.last_seq, r.deployment_id, s.status FROM runs r"
+            " JOIN steps s ON s.run_id = r.run_id WHERE r.run_id = ? AND s.step_id = ?"
+        )
         self.list_waits = q(
             "SELECT run_id, wait_id, status, resume_at, created_at, completed_at"
             f" FROM waits WHERE run_id = ? ORDER BY created_at, {d.order_ids('wait_id')}"

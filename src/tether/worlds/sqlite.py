@@ -210,6 +210,11 @@ class SqliteTx:
     def query_together(self, *queries: tuple[str, Sequence[Any]]) -> list[list[Row]]:
         return [self.query(sql, params) for sql, params in queries]
 
+    def lock_run_and_step(self, run_id: str, step_id: str) -> tuple[RunState, str] | None:
+        # SQLite's write transaction holds the whole database: one joined read will do.
+        row = self.query_one(self.sql.run_and_step, (run_id, step_id))
+        return None if row is None else ((row[0], row[1], row[2]), row[3])
+
     def lock_runs(self, run_ids: Sequence[str]) -> dict[str, RunState]:
         states: dict[str, RunState] = {}
         for run_id in dict.fromkeys(run_ids):
