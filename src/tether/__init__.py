@@ -24,8 +24,10 @@ from tether.errors import (
     RunFailedError,
     RunNotFoundError,
     SerializationError,
+    StreamClosedError,
     TetherError,
     WorkflowNotFoundError,
+    WorldUnavailableError,
 )
 from tether.hooks import Hook, create_hook, create_webhook
 from tether.primitives import now, random, sleep, uuid4
@@ -48,10 +50,12 @@ __all__ = [
     "RunFailedError",
     "RunNotFoundError",
     "SerializationError",
+    "StreamClosedError",
     "StreamHandle",
     "TetherError",
     "Worker",
     "WorkflowNotFoundError",
+    "WorldUnavailableError",
     "cancel_run",
     "cancel_runs",
     "close",

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tether.config import resolve_world
+from tether.errors import DeploymentNotFoundError
 from tether.manifest import (
     DEFAULT_ENVIRONMENT,
     build_manifest,
@@ -17,6 +18,7 @@ from tether.manifest import (
     current_environment,
     defines_workflows,
 )
+from tether.redaction import redact
 from tether.worlds.base import World
 from tether.worlds.records import DeploymentStatus
 
@@ -69,7 +71,7 @@ def diff(
     """Compare two deployments (ids looked up in the World, or manifests) workflow by workflow.
 
     Unsafe to bridge: a workflow removed, its parameters changed
-    incompatibly, or a step it used removed or renamed. Raises ``LookupError``
+    incompatibly, or a step it used removed or renamed. Raises ``DeploymentNotFoundError``
     naming an id that no worker ever registered.
     """
     old_id, old_manifest = _manifest(old, world)
@@ -100,9 +102,16 @@ def diff(
 def _manifest(ref: str | dict[str, Any], world: World | str | None) -> tuple[str, dict[str, Any]]:
     if isinstance(ref, dict):
         return "(manifest)", ref
-    record = resolve_world(world).get_deployment(ref)
+    target = resolve_world(world)
+    record = target.get_deployment(ref)
     if record is None:
-        raise LookupError(f"deployment {ref!r} is not registered: no worker of it ever started")
+        known = sorted(d.deployment_id for d in target.list_deployments(None, LIVE_WITHIN_SECONDS))
+        shown = ", ".join(known[:10]) or "none"
+        raise DeploymentNotFoundError(
+            f"deployment {ref!r} is not registered in {redact(target.url)}: no worker of it ever"
+            f" started (registered: {shown}); start a worker with TETHER_DEPLOYMENT_ID={ref}"
+            " or compare deployments that exist"
+        )
     return ref, record.manifest
 
 

@@ -10,6 +10,14 @@ class TetherError(Exception):
     """Base class of tether's own errors."""
 
 
+class WorldUnavailableError(TetherError, ConnectionError):
+    """The World's database cannot be reached (or not within its reconnect timeout)."""
+
+
+class StreamClosedError(TetherError, ValueError):
+    """A write to a stream that was closed: nothing more can be written to it."""
+
+
 class FatalError(TetherError):
     """Raise in a step to fail it at once, without retries."""
 

@@ -100,6 +100,26 @@ def test_unreachable_backend_names_the_url_without_its_password() -> None:
         assert result.code == 2
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "postgresql://app@127.0.0.1:1/prod?password=s3cret",
+            "postgresql://app@127.0.0.1:1/prod?password=***",
+        ),
+        (
+            "postgresql://app:s3cret@127.0.0.1:1/prod?sslmode=disable&password=s3cret",
+            "postgresql://app:***@127.0.0.1:1/prod?sslmode=disable&password=***",
+        ),
+    ],
+)
+def test_a_password_in_the_query_is_masked_too(url: str, shown: str) -> None:
+    result = tether("inspect", "runs", "--backend", url, url=None)
+    assert result.code == 1
+    assert shown in error_line(result)
+    assert "s3cret" not in result.out + result.err
+
+
 def test_a_file_that_is_not_a_database(tmp_path: Path) -> None:
     (tmp_path / "junk.db").write_text("not sqlite at all " * 100)
     result = tether("inspect", "runs", url=f"sqlite:///{tmp_path}/junk.db")

@@ -19,7 +19,7 @@ from psycopg.errors import UniqueViolation
 
 from tests.conformance.probe import claim, get_hook, has_due, next_due
 from tether.clock import ManualClock
-from tether.errors import HookNotFoundError
+from tether.errors import HookNotFoundError, StreamClosedError, TetherError
 from tether.worlds import open_world
 from tether.worlds.base import World
 from tether.worlds.records import (
@@ -900,8 +900,9 @@ def test_streams_append_read_and_close(world: World) -> None:
     assert world.append_chunks("s1", "r1", "default", [], True) == 3
     chunks, stream = world.read_chunks("s1", 3, 10)
     assert chunks == [] and stream is not None and stream.closed and stream.closed_at
-    with pytest.raises(ValueError, match="s1"):
+    with pytest.raises(StreamClosedError, match="s1") as closed:
         world.append_chunks("s1", "r1", "default", ["d"], False)
+    assert isinstance(closed.value, TetherError) and isinstance(closed.value, ValueError)
     world.append_chunks("s2", "r2", "logs", ["x"], True)
     assert [s.stream_id for s in world.list_streams()] == ["s1", "s2"]
     (only,) = world.list_streams(run_id="r2")

@@ -190,3 +190,16 @@ def test_diff_reports_removed_steps_and_changed_signatures(fleet: Fleet) -> None
     assert {c.workflow_name.rsplit("//", 1)[-1]: c.status for c in back.workflows}[
         "gift_wrap"
     ] == "removed"
+
+
+def test_diff_of_a_deployment_never_registered_names_the_registered_ones(world_url: str) -> None:
+    with (
+        tether.Worker(deployment_id="v-known"),
+        pytest.raises(
+            tether.DeploymentNotFoundError,
+            match=r"'v-missing' is not registered .*registered: v-known",
+        ) as missing,
+    ):
+        tether.deployments.diff("v-missing", "v-known")
+    assert isinstance(missing.value, LookupError)
+    assert "TETHER_DEPLOYMENT_ID=v-missing" in str(missing.value)

@@ -17,6 +17,7 @@ from tests.conformance.backends import (
     require_postgres,
 )
 from tether import step, workflow
+from tether.errors import TetherError
 from tether.worlds import open_world
 from tether.worlds.postgres import PostgresWorld, WorldUnavailableError, parse_url, redact
 from tether.worlds.schema import migrations
@@ -42,6 +43,7 @@ def test_an_unreachable_server_is_a_clear_error_without_the_password() -> None:
     with pytest.raises(WorldUnavailableError) as info:
         open_world(url)
     message = str(info.value)
+    assert isinstance(info.value, TetherError) and isinstance(info.value, ConnectionError)
     assert "postgresql://tether:***@127.0.0.1:1/nowhere" in message
     assert "hunter2" not in message
 

@@ -13,8 +13,9 @@ from typing import Any, TypeVar
 import click
 
 from tether import config
-from tether.cli.errors import CliError, is_backend_error, redact
+from tether.cli.errors import CliError, is_backend_error
 from tether.errors import RunNotFoundError
+from tether.redaction import redact
 from tether.worlds import DEFAULT_WORLD_URL
 from tether.worlds.base import World
 from tether.worlds.records import RunRecord

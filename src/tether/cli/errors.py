@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 import sqlite3
 from typing import ClassVar
-from urllib.parse import urlsplit
 
 import click
 
 from tether.errors import TetherError
+from tether.redaction import redact, scrub
 
 #: Exit codes: 1 for something not found or an operation that failed, 2 for bad input.
 FAILED = 1
@@ -31,20 +31,6 @@ class UsageProblem(CliError):
     """Bad input (a value, a name, a JSON argument): exit code 2."""
 
     exit_code: ClassVar[int] = USAGE
-
-
-def redact(url: str) -> str:
-    """The URL with its password (if any) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return url
-    if not password:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
 
 def translate(exc: Exception, backend_url: str | None) -> CliError:
@@ -64,21 +50,12 @@ def translate(exc: Exception, backend_url: str | None) -> CliError:
         message = f"backend {shown} failed: {message}"
     else:
         message = f"unexpected {type(exc).__name__}: {message} (TETHER_DEBUG=1 shows the traceback)"
-    return kind(_without_password(message, backend_url) if backend_url else message)
+    return kind(scrub(message, backend_url) if backend_url else message)
 
 
 def debugging() -> bool:
     """Whether ``$TETHER_DEBUG`` asks for tracebacks instead of one-line errors."""
     return os.environ.get("TETHER_DEBUG", "") not in ("", "0")
-
-
-def _without_password(text: str, url: str) -> str:
-    text = text.replace(url, redact(url))
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        password = None
-    return text.replace(password, "***") if password else text
 
 
 def _one_line(text: str) -> str:

@@ -9,29 +9,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from tether.errors import WorldUnavailableError
+from tether.redaction import redact
+
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 #: Query parameters tether reads itself; every other one goes to libpq.
 _OWN_PARAMS = ("schema", "pool_max", "reconnect_timeout")
-
-
-class WorldUnavailableError(ConnectionError):
-    """The PostgreSQL server cannot be reached (or not within the reconnect timeout)."""
-
-
-def redact(url: str) -> str:
-    """The URL without its password (in the authority or a ``password=`` parameter)."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":***"
-        netloc = f"{userinfo}@{host}"
-    query = [
-        (key, "***" if key.lower() == "password" else value)
-        for key, value in parse_qsl(parts.query, keep_blank_values=True)
-    ]
-    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="=-/:,")))
 
 
 def parse_url(url: str) -> tuple[str, dict[str, str]]:
@@ -65,3 +48,6 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
         return make_conninfo(base, **extra), own
     except psycopg.ProgrammingError as exc:
         raise ValueError(f"invalid PostgreSQL world URL {redact(url)!r}: {exc}") from None
+
+
+__all__ = ["WorldUnavailableError", "parse_url", "redact"]

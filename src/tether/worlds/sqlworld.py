@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tether.clock import Clock
-from tether.errors import HookNotFoundError
+from tether.errors import HookNotFoundError, StreamClosedError
 from tether.worlds import operations, schema
 from tether.worlds.base import World
 from tether.worlds.operations import Reader, Tx
@@ -261,7 +261,10 @@ class SqlWorld(World):
             lambda tx: operations.append_chunks(tx, stream_id, run_id, namespace, chunks, close)
         )
         if next_index is None:
-            raise ValueError(f"stream {stream_id!r} is closed: nothing more can be written to it")
+            raise StreamClosedError(
+                f"stream {stream_id!r} is closed: nothing more can be written to it"
+                " (write every chunk before close(), or write to another namespace)"
+            )
         return next_index
 
     def read_chunks(
