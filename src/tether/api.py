@@ -139,6 +139,12 @@ def start(
     ever registered, and ``SerializationError`` when an argument cannot be stored.
     """
     target = resolve_world(world)
+    if not isinstance(workflow, registry.Workflow | str):
+        shown = getattr(workflow, "__qualname__", None) or type(workflow).__name__
+        raise TypeError(
+            f"start() takes a @workflow function or a workflow name, got {shown!r}: "
+            "decorate it with @tether.workflow, or pass 'workflow//<module>//<function>'"
+        )
     name = workflow.name if isinstance(workflow, registry.Workflow) else workflow
     registry.parse_workflow_name(name)
     if isinstance(args, str | bytes) or not isinstance(args, Sequence):

@@ -11,6 +11,7 @@ import pytest
 
 import tether
 from tether import FatalError, RetryableError, step, workflow
+from tether.worlds.records import RunFilter
 
 ATTEMPTS: dict[str, int] = {}
 _lock = threading.Lock()
@@ -128,3 +129,13 @@ def test_short_sleep_ends_on_time(worker: tether.Worker) -> None:
     (wait,) = tether.config.resolve_world().list_waits(run.run_id)
     assert wait.status == "completed"
     assert wait.completed_at is not None and wait.completed_at >= wait.resume_at
+
+
+@pytest.mark.parametrize("not_a_workflow", [print, len, 42, None])
+def test_start_of_something_that_is_not_a_workflow_says_what_it_takes(
+    world_url: str, not_a_workflow: object
+) -> None:
+    with pytest.raises(TypeError, match=r"takes a @workflow function or a workflow name") as info:
+        tether.start(not_a_workflow, [])  # type: ignore[arg-type]
+    assert "@tether.workflow" in str(info.value)
+    assert tether.config.resolve_world().list_runs(RunFilter()) == []  # nothing was written
