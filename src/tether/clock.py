@@ -24,6 +24,14 @@ class Clock(Protocol):
         """Return once ``seconds`` have passed on this clock."""
         ...
 
+    async def sleep_until(self, deadline: float) -> None:
+        """Return once this clock reads ``deadline`` or later (at once if it does already).
+
+        Waiting for a time, not a duration, leaves no gap between reading the
+        clock and starting to wait in which a stepped clock could move unseen.
+        """
+        ...
+
 
 class SystemClock:
     """The real clock: ``time.time()`` and ``asyncio.sleep``."""
@@ -35,6 +43,10 @@ class SystemClock:
     async def sleep(self, seconds: float) -> None:
         """Sleep for real."""
         await asyncio.sleep(seconds)
+
+    async def sleep_until(self, deadline: float) -> None:
+        """Sleep for real until ``deadline``."""
+        await asyncio.sleep(max(deadline - time.time(), 0.0))
 
 
 SYSTEM_CLOCK: Clock = SystemClock()
@@ -71,10 +83,13 @@ class ManualClock:
 
     async def sleep(self, seconds: float) -> None:
         """Return once the clock has been advanced by ``seconds`` from now."""
+        await self.sleep_until(self.time() + max(seconds, 0.0))
+
+    async def sleep_until(self, deadline: float) -> None:
+        """Return once the clock has been advanced to ``deadline`` (at once if it is there)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._lock:
-            deadline = self._now + max(seconds, 0.0)
             if deadline <= self._now:
                 return
             self._sleepers.append((deadline, loop, future))

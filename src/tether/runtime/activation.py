@@ -119,8 +119,8 @@ class Activations:
         refused and the run replayed from its log.
         """
         timer = due_at > self.clock.time()
-        while (left := due_at - self.clock.time()) > 0:
-            await self.clock.sleep(left)  # the loop's clock may wake us a little early
+        while due_at > self.clock.time():
+            await self.clock.sleep_until(due_at)  # the loop's clock may wake us a little early
         async with self._lock(run_id):
             instance = self._cache.pop(run_id, None)
             events: list[EventRecord] = []

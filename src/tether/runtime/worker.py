@@ -232,48 +232,60 @@ class Worker:
         while not self._stopping.is_set():
             self._wake.clear()
             try:
-                claimed, delay = await self._claim_round()
+                claimed, until = await self._claim_round()
                 pacer.found(claimed)
             except Exception:
                 # The World is unreachable or failing: keep the worker, retry with backoff.
                 delay = pacer.failed()
+                until = self.clock.time() + delay
                 log.exception("claiming work failed; retrying in %.1f s", delay)
             if self._stopping.is_set():
                 break
             round_end = time.monotonic()
-            if not await self._sleep(delay, wake=True):
+            if not await self._sleep_until(until):
                 # Woken: if the last rounds found nothing, peers claimed the work first;
-                # leave them the next too for a moment (ClaimPacer).
+                # leave them the next too for a moment (ClaimPacer), in real time.
                 left = round_end + pacer.pause_after_wake() - time.monotonic()
                 if left > 0:
-                    await self._sleep(left, wake=False, on_clock=False)
+                    await self._pause(left)
 
-    async def _sleep(self, seconds: float, *, wake: bool, on_clock: bool = True) -> bool:
-        """Wait ``seconds`` of the worker's clock (or of real time), less if stopping or woken.
+    async def _sleep_until(self, until: float) -> bool:
+        """Wait until ``until`` on the worker's clock, less if woken or stopping.
 
-        Returns whether the full time passed. ``wake`` lets a wake-up cut it short.
+        Returns whether the time came (neither a wake-up nor a stop cut it short).
         """
         assert self._wake is not None and self._stopping is not None
-        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stopping.wait())]
-        if wake:
-            waits.append(asyncio.ensure_future(self._wake.wait()))
-        if on_clock and not isinstance(self.clock, SystemClock):
-            # Time passes when the clock is advanced: wait for it as for any event.
-            waits.append(asyncio.ensure_future(self.clock.sleep(seconds)))
-            done, _ = await asyncio.wait(waits, return_when="FIRST_COMPLETED")
-            timed_out = waits[-1] in done
-        else:
-            done, _ = await asyncio.wait(waits, timeout=seconds, return_when="FIRST_COMPLETED")
+        waits: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(self._stopping.wait()),
+            asyncio.ensure_future(self._wake.wait()),
+        ]
+        if isinstance(self.clock, SystemClock):
+            timeout = max(until - self.clock.time(), 0.0)
+            done, _ = await asyncio.wait(waits, timeout=timeout, return_when="FIRST_COMPLETED")
             timed_out = not done
+        else:
+            # A stepped clock: its time coming is one more event to wait for.
+            timer = asyncio.ensure_future(self.clock.sleep_until(until))
+            waits.append(timer)
+            done, _ = await asyncio.wait(waits, return_when="FIRST_COMPLETED")
+            timed_out = timer in done
         for waiter in waits:
             waiter.cancel()
-        return timed_out and not self._stopping.is_set() and not (wake and self._wake.is_set())
+        return timed_out and not self._stopping.is_set() and not self._wake.is_set()
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` of real time, less if stopping; wake-ups do not cut it short."""
+        assert self._stopping is not None
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait([stopping], timeout=seconds)
+        stopping.cancel()
 
     async def _claim_round(self) -> tuple[bool, float]:
-        """Claim what is due; return whether anything was, and how long to sleep."""
+        """Claim what is due; return whether anything was, and when to claim again."""
+        now = self.clock.time()
         free = min(self.concurrency - len(self._inflight), CLAIM_BATCH)
         if free <= 0:
-            return True, 0.05  # full: look again when some work has finished
+            return True, now + 0.05  # full: look again when some work has finished
         tasks, due = await self.world.claim_due_async(
             self.deployment_id, self.worker_id, free, self.lease_seconds, CLAIM_AHEAD
         )
@@ -283,9 +295,8 @@ class Worker:
             else:
                 job = StepJob(task.run_id, task.step_id, task.step_name, task.input, task.attempt)
                 self._spawn(self._run_step(job))
-        if due is None:
-            return bool(tasks), 1.0  # a slow safety net; commits and timers wake us sooner
-        return bool(tasks), min(max(due - self.clock.time(), 0.0), 1.0)
+        # A slow safety net of a second: commits and timers wake us sooner.
+        return bool(tasks), min(due if due is not None else now + 1.0, now + 1.0)
 
     def _spawn(self, coro: Any, run_id: str | None = None) -> None:
         task = asyncio.ensure_future(coro if run_id is None else self._guarded(coro, run_id))
