@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -152,8 +153,9 @@ def start(
             f"start() takes the workflow's arguments as a list, got {type(args).__name__}: "
             f"start({name.rsplit('//', 1)[-1]}, [arg1, arg2])"
         )
+    deployment, parameters = _resolve_target(target, name, deployment_id)
+    _check_arguments(name, deployment, parameters, args)
     payload = serde.dumps([list(args), {}], where=f"arguments of {name}")
-    deployment = resolve_deployment(target, name, deployment_id)
     parent = current_step.get()
     return _create(target, name, deployment, payload, parent.run_id if parent else None, None)
 
@@ -271,6 +273,13 @@ def iter_runs(world: World, filters: RunFilter) -> Iterator[RunRecord]:
 
 def resolve_deployment(target: World, workflow_name: str, deployment_id: str | None) -> str:
     """The deployment a new run of ``workflow_name`` is pinned to; checks it defines it."""
+    return _resolve_target(target, workflow_name, deployment_id)[0]
+
+
+def _resolve_target(
+    target: World, workflow_name: str, deployment_id: str | None
+) -> tuple[str, inspect.Signature]:
+    """``resolve_deployment``, and the workflow's parameters as that deployment records them."""
     if deployment_id == "latest" or (deployment_id is None and not manifest.defines_workflows()):
         environment = manifest.current_environment()
         latest = target.latest_deployment(environment)
@@ -280,11 +289,12 @@ def resolve_deployment(target: World, workflow_name: str, deployment_id: str | N
                 "start a worker first (tether worker MODULE)"
             )
         _check_defines(latest, workflow_name)
-        return latest.deployment_id
+        return latest.deployment_id, _recorded_signature(latest, workflow_name)
     own = manifest.current_deployment_id()
     wanted = own if deployment_id is None else deployment_id
     if wanted == own and workflow_name in registry.WORKFLOWS:
-        return own  # this process is that code: a worker of it may start later
+        # This process is that code: a worker of it may start later.
+        return own, inspect.signature(registry.WORKFLOWS[workflow_name].fn)
     record = target.get_deployment(wanted)
     if record is None:
         if deployment_id is None:
@@ -296,7 +306,45 @@ def resolve_deployment(target: World, workflow_name: str, deployment_id: str | N
             f"deployment {wanted!r} is not registered in {target.url}: no worker of it has started"
         )
     _check_defines(record, workflow_name)
-    return wanted
+    return wanted, _recorded_signature(record, workflow_name)
+
+
+def _recorded_signature(record: DeploymentRecord, workflow_name: str) -> inspect.Signature:
+    """The workflow's parameters as the deployment's manifest records them."""
+    params = record.manifest["workflows"][workflow_name].get("params", [])
+    return inspect.Signature(
+        [
+            inspect.Parameter(
+                p["name"],
+                getattr(inspect.Parameter, p["kind"]),
+                default=_RECORDED_DEFAULT if p.get("default") else inspect.Parameter.empty,
+            )
+            for p in params
+        ]
+    )
+
+
+#: Stands for a default value a manifest records only the presence of.
+_RECORDED_DEFAULT = object()
+
+
+def _check_arguments(
+    name: str, deployment: str, parameters: inspect.Signature, args: Sequence[Any]
+) -> None:
+    """Raise ``TypeError`` before anything is written if ``args`` do not fit the workflow."""
+    try:
+        parameters.bind(*args)
+    except TypeError as exc:
+        shown = ", ".join(
+            str(p.replace(annotation=p.empty, default=p.empty))
+            + ("=..." if p.default is not p.empty else "")
+            for p in parameters.parameters.values()
+        )
+        short = name.rsplit("//", 1)[-1]
+        raise TypeError(
+            f"arguments {list(args)!r} do not fit workflow {name} on deployment "
+            f"{deployment!r}: {exc}; it takes ({shown}), e.g. start({short}, [...])"
+        ) from None
 
 
 def _check_defines(record: DeploymentRecord, workflow_name: str) -> None:

@@ -161,11 +161,19 @@ def create_run(
 
 
 def workflow_entry(params: list[str], steps: list[str], fingerprint: str = "f1") -> dict[str, Any]:
-    """One workflow of a hand-written manifest: untyped positional parameters."""
+    """One workflow of a hand-written manifest: untyped positional parameters.
+
+    A parameter written ``"name="`` has a default.
+    """
     return {
         "fingerprint": fingerprint,
         "params": [
-            {"name": p, "kind": "POSITIONAL_OR_KEYWORD", "default": False, "annotation": ""}
+            {
+                "name": p.rstrip("="),
+                "kind": "POSITIONAL_OR_KEYWORD",
+                "default": p.endswith("="),
+                "annotation": "",
+            }
             for p in params
         ],
         "returns": "",
@@ -192,7 +200,7 @@ def hello_deployment(world: World, deployment_id: str) -> None:
         world,
         deployment_id,
         {
-            HELLO: workflow_entry(["name", "punctuation"], [f"step//{APP}//greet"]),
+            HELLO: workflow_entry(["name", "punctuation="], [f"step//{APP}//greet"]),
             NAPPER: workflow_entry(["seconds"], []),
             TOTALS: workflow_entry(["order"], []),
         },

@@ -31,6 +31,7 @@ from tests.conformance.backends import WORLDS, new_world_url
 from tests.integration.processes import WorkerProcess, worker_process
 from tether.worlds import open_world
 from tether.worlds.base import World
+from tether.worlds.records import RunFilter
 
 NEW = "cli-new"
 
@@ -70,6 +71,12 @@ def test_start_with_json_args_and_wait(served: Served) -> None:
     assert f"started {run_id} (totals on {NEW})" in result.err
     two_args = tether("start", HELLO, '"ann"', '"?"', "--wait", url=served.url)
     assert two_args.code == 0 and json.loads(two_args.lines[1]) == "hello ann?"
+    before = len(served.world.list_runs(RunFilter()))
+    too_many = tether("start", HELLO, '"a"', '"b"', '"c"', url=served.url)
+    assert too_many.code == 2, too_many
+    line = error_line(too_many)
+    assert HELLO in line and "(name, punctuation=...)" in line and "['a', 'b', 'c']" in line
+    assert len(served.world.list_runs(RunFilter())) == before  # nothing was started
 
 
 def test_start_on_a_chosen_deployment(served: Served) -> None:

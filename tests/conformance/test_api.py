@@ -11,7 +11,7 @@ import pytest
 
 import tether
 from tether import FatalError, RetryableError, step, workflow
-from tether.worlds.records import RunFilter
+from tether.worlds.records import NewRun, RunFilter
 
 ATTEMPTS: dict[str, int] = {}
 _lock = threading.Lock()
@@ -139,3 +139,52 @@ def test_start_of_something_that_is_not_a_workflow_says_what_it_takes(
         tether.start(not_a_workflow, [])  # type: ignore[arg-type]
     assert "@tether.workflow" in str(info.value)
     assert tether.config.resolve_world().list_runs(RunFilter()) == []  # nothing was written
+
+
+@workflow
+async def order(order_id: str, cents: int, note: str = "") -> str:
+    return f"{order_id}:{cents}{note}"
+
+
+def _runs_of(name: str) -> list[str]:
+    world = tether.config.resolve_world()
+    return [r.run_id for r in world.list_runs(RunFilter(workflow_name=name))]
+
+
+@pytest.mark.parametrize("args", [["only-one"], ["o-1", 100, "x", "too many"], []])
+def test_arguments_that_do_not_fit_are_refused_at_start(
+    worker: tether.Worker, args: list[object]
+) -> None:
+    with pytest.raises(TypeError) as info:
+        tether.start(order, args)
+    message = str(info.value)
+    assert order.name in message and repr(args) in message
+    assert "(order_id, cents, note=...)" in message
+    assert _runs_of(order.name) == []  # nothing was written
+    assert tether.start(order, ["o-1", 100]).result(timeout=10) == "o-1:100"
+
+
+def test_a_client_on_latest_checks_the_recorded_parameters(
+    worker: tether.Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pure client: it has not imported the workflow, so only the manifest knows it.
+    monkeypatch.setattr(tether.manifest, "defines_workflows", lambda: False)
+    with pytest.raises(TypeError, match=r"on deployment 'tests'.*\(order_id, cents, note=\.\.\.\)"):
+        tether.start(order.name, ["only-one"], deployment_id="latest")
+    assert _runs_of(order.name) == []
+    assert tether.start(order.name, ["o-2", 5, "!"]).result(timeout=10) == "o-2:5!"
+
+
+def test_a_run_whose_arguments_do_not_fit_fails_once_instead_of_looping(
+    worker: tether.Worker,
+) -> None:
+    # Written past start()'s check (another tool, an older client): the worker fails it.
+    world = tether.config.resolve_world()
+    bad = tether.serde.dumps([["only-one"], {}])
+    world.create_run(NewRun("run_bad_args", order.name, "tests", bad))
+    run = tether.get_run("run_bad_args")
+    with pytest.raises(tether.RunFailedError) as info:
+        run.result(timeout=10)
+    assert info.value.error["type"].endswith("TypeError")
+    assert "cents" in info.value.error["message"]
+    assert [e.type for e in run.events()].count("run_failed") == 1

@@ -41,9 +41,9 @@ def translate(exc: Exception, backend_url: str | None) -> CliError:
         # Not found (run, deployment, workflow) or a run that failed, was
         # cancelled or did not finish in time: the message says which.
         pass
-    elif isinstance(exc, ValueError):
-        # The parse functions (workflow names, cursors, statuses, URLs) say what
-        # they expected.
+    elif isinstance(exc, ValueError | TypeError):
+        # The parse functions (workflow names, cursors, statuses, URLs) and start()'s
+        # argument check say what they expected.
         kind = UsageProblem
     elif is_backend_error(exc):
         shown = redact(backend_url) if backend_url else "the backend"

@@ -217,7 +217,13 @@ class RunInstance:
             return
         context = contextvars.copy_context()
         context.run(current_instance.set, self)
-        coro = self.definition.fn(*args, **kwargs)
+        try:
+            coro = self.definition.fn(*args, **kwargs)
+        except Exception as exc:
+            # Arguments that do not fit (a run started before a check, or by another
+            # tool): the run fails once, with the error, instead of replaying forever.
+            self.failure = exc
+            return
         self._main = self.loop.create_task(coro, name=self.run_id, context=context)
 
     def _answer(self, event: EventRecord) -> None:
