@@ -294,7 +294,7 @@ def _resolve_target(
     wanted = own if deployment_id is None else deployment_id
     if wanted == own and workflow_name in registry.WORKFLOWS:
         # This process is that code: a worker of it may start later.
-        return own, inspect.signature(registry.WORKFLOWS[workflow_name].fn)
+        return own, registry.WORKFLOWS[workflow_name].signature
     record = target.get_deployment(wanted)
     if record is None:
         if deployment_id is None:

@@ -37,6 +37,8 @@ class Workflow(Generic[P, R]):
         functools.update_wrapper(self, fn)
         self.fn = fn
         self.name = f"{WORKFLOW_PREFIX}//{fn.__module__}//{fn.__qualname__}"
+        #: Its parameters, read once: ``start()`` binds every run's arguments to them.
+        self.signature = inspect.signature(fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
         return self.fn(*args, **kwargs)
