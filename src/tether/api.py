@@ -22,6 +22,7 @@ from tether.errors import (
     WorkflowNotFoundError,
 )
 from tether.readers import Readable
+from tether.redaction import redact
 from tether.streams import DEFAULT_NAMESPACE
 from tether.worlds.base import World
 from tether.worlds.records import (
@@ -118,7 +119,7 @@ class Run:
 
     def _found(self, record: RunRecord | None) -> RunRecord:
         if record is None:
-            raise RunNotFoundError(f"run {self.run_id!r} not found in {self._world.url}")
+            raise RunNotFoundError(f"run {self.run_id!r} not found in {redact(self._world.url)}")
         return record
 
 
@@ -176,7 +177,7 @@ def get_run(run_id: str, *, world: World | str | None = None) -> Run:
     target = resolve_world(world)
     record = target.get_run(run_id)
     if record is None:
-        raise RunNotFoundError(f"run {run_id!r} not found in {target.url}")
+        raise RunNotFoundError(f"run {run_id!r} not found in {redact(target.url)}")
     return Run(record, target)
 
 
@@ -199,7 +200,7 @@ def rerun(
     target = resolve_world(world)
     original = target.get_run(run_id)
     if original is None:
-        raise RunNotFoundError(f"run {run_id!r} not found in {target.url}")
+        raise RunNotFoundError(f"run {run_id!r} not found in {redact(target.url)}")
     if deployment_id is None:
         deployment = original.deployment_id
     else:
@@ -285,8 +286,8 @@ def _resolve_target(
         latest = target.latest_deployment(environment)
         if latest is None:
             raise DeploymentNotFoundError(
-                f"no deployment is registered in environment {environment!r} of {target.url}: "
-                "start a worker first (tether worker MODULE)"
+                f"no deployment is registered in environment {environment!r} of "
+                f"{redact(target.url)}: start a worker first (tether worker MODULE)"
             )
         _check_defines(latest, workflow_name)
         return latest.deployment_id, _recorded_signature(latest, workflow_name)
@@ -303,7 +304,8 @@ def _resolve_target(
                 f"{own!r}): import its module, or pass deployment_id='latest'"
             )
         raise DeploymentNotFoundError(
-            f"deployment {wanted!r} is not registered in {target.url}: no worker of it has started"
+            f"deployment {wanted!r} is not registered in {redact(target.url)}:"
+            " no worker of it has started"
         )
     _check_defines(record, workflow_name)
     return wanted, _recorded_signature(record, workflow_name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tether.redaction import redact, scrub
+from tether.worlds import open_world
 
 
 @pytest.mark.parametrize(
@@ -31,3 +32,8 @@ def test_scrub_hides_the_url_and_its_passwords_anywhere_in_a_message() -> None:
     scrubbed = scrub(message, url)
     assert "pw1" not in scrubbed and "pw2" not in scrubbed
     assert "postgresql://app:***@db/prod?password=***" in scrubbed
+
+
+def test_an_error_naming_a_world_url_hides_its_password() -> None:
+    with pytest.raises(ValueError, match=r"unsupported world URL 'mysql://app:\*\*\*@db/prod'"):
+        open_world("mysql://app:s3cret@db/prod")

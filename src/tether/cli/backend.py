@@ -113,7 +113,7 @@ def require_run(world: World, run_id: str) -> RunRecord:
     """The run with that id; ``RunNotFoundError`` (exit code 1) if there is none."""
     record = world.get_run(run_id)
     if record is None:
-        raise RunNotFoundError(f"run {run_id!r} not found in {world.url}")
+        raise RunNotFoundError(f"run {run_id!r} not found in {redact(world.url)}")
     return record
 
 

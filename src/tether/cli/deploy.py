@@ -13,6 +13,7 @@ from tether import deployments as tether_deployments
 from tether.cli import backend, params, render, views
 from tether.cli.backend import backend_option
 from tether.errors import DeploymentNotFoundError
+from tether.redaction import redact
 from tether.worlds.base import World
 from tether.worlds.records import DeploymentStatus
 
@@ -107,7 +108,7 @@ def show_deployment(world: World, deployment_id: str, *, as_json: bool) -> None:
     record = world.get_deployment(deployment_id)
     if record is None:
         raise DeploymentNotFoundError(
-            f"deployment {deployment_id!r} is not registered in {world.url}: "
+            f"deployment {deployment_id!r} is not registered in {redact(world.url)}: "
             "no worker of it ever started"
         )
     status = next(
@@ -212,6 +213,6 @@ def _resolve(world: World, ref: str) -> str:
     latest = world.latest_deployment(environment)
     if latest is None:
         raise DeploymentNotFoundError(
-            f"no deployment is registered in environment {environment!r} of {world.url}"
+            f"no deployment is registered in environment {environment!r} of {redact(world.url)}"
         )
     return latest.deployment_id

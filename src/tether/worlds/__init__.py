@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tether.clock import SYSTEM_CLOCK, Clock
+from tether.redaction import redact
 from tether.worlds.base import World
 
 DEFAULT_WORLD_URL = "sqlite:///.tether/tether.db"
@@ -25,6 +26,6 @@ def open_world(url: str, clock: Clock = SYSTEM_CLOCK) -> World:
 
         return PostgresWorld(url, clock)
     raise ValueError(
-        f"unsupported world URL {url!r}: expected sqlite:///path/to/file.db"
+        f"unsupported world URL {redact(url)!r}: expected sqlite:///path/to/file.db"
         " (or sqlite:////absolute/path.db) or postgresql://user@host:5432/database"
     )
