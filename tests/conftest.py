@@ -137,3 +137,11 @@ def worker(world_url: str) -> Iterator[tether.Worker]:
     """An in-process worker serving every workflow the tests imported."""
     with tether.Worker(lease_seconds=2.0) as w:
         yield w
+
+
+@pytest.fixture
+def registered(world_url: str) -> str:
+    """The test deployment registered (a worker of it started and stopped), none serving now."""
+    with tether.Worker():
+        pass
+    return world_url

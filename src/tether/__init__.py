@@ -6,6 +6,8 @@ from tether.api import (
     cancel_run,
     cancel_runs,
     get_run,
+    get_run_async,
+    list_runs,
     rerun,
     resume_hook,
     resume_hook_async,
@@ -14,13 +16,18 @@ from tether.api import (
 )
 from tether.config import close, configure
 from tether.errors import (
+    ConfigurationError,
+    DeploymentConflictError,
     DeploymentNotFoundError,
     FatalError,
     HookConflictError,
     HookNotFoundError,
+    InvalidRunIdError,
     NonDeterminismError,
+    OutsideWorkerError,
     RetryableError,
     RunCancelledError,
+    RunExistsError,
     RunFailedError,
     RunNotFoundError,
     SerializationError,
@@ -29,27 +36,35 @@ from tether.errors import (
     WorkflowNotFoundError,
     WorldUnavailableError,
 )
+from tether.handles import RunHook
 from tether.hooks import Hook, create_hook, create_webhook
-from tether.primitives import now, random, sleep, uuid4
+from tether.primitives import StepInfo, now, random, sleep, step_info, uuid4
 from tether.readers import Readable, get_readable
 from tether.registry import parse_workflow_name, step, workflow
 from tether.runtime.worker import Worker
 from tether.streams import StreamHandle, get_writable
 
 __all__ = [
+    "ConfigurationError",
+    "DeploymentConflictError",
     "DeploymentNotFoundError",
     "FatalError",
     "Hook",
     "HookConflictError",
     "HookNotFoundError",
+    "InvalidRunIdError",
     "NonDeterminismError",
+    "OutsideWorkerError",
     "Readable",
     "RetryableError",
     "Run",
     "RunCancelledError",
+    "RunExistsError",
     "RunFailedError",
+    "RunHook",
     "RunNotFoundError",
     "SerializationError",
+    "StepInfo",
     "StreamClosedError",
     "StreamHandle",
     "TetherError",
@@ -65,7 +80,9 @@ __all__ = [
     "deployments",
     "get_readable",
     "get_run",
+    "get_run_async",
     "get_writable",
+    "list_runs",
     "now",
     "parse_workflow_name",
     "random",
@@ -76,6 +93,7 @@ __all__ = [
     "start",
     "start_async",
     "step",
+    "step_info",
     "uuid4",
     "workflow",
 ]

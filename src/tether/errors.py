@@ -60,6 +60,26 @@ class RunNotFoundError(TetherError, LookupError):
     """No run has that id."""
 
 
+class RunExistsError(TetherError):
+    """A start named a run id that a run of another workflow already holds."""
+
+
+class InvalidRunIdError(TetherError, ValueError):
+    """A run id given to ``start(run_id=...)`` is empty, too long or has characters ids cannot."""
+
+
+class DeploymentConflictError(TetherError):
+    """A worker's code differs from what its deployment id was registered with."""
+
+
+class ConfigurationError(TetherError, RuntimeError):
+    """A setting the call needs is missing or malformed; the message names it and an example."""
+
+
+class OutsideWorkerError(TetherError, RuntimeError):
+    """Code that only means something on a worker (a workflow, ``step_info``) ran elsewhere."""
+
+
 class HookConflictError(TetherError):
     """The hook's token is already held by another active hook."""
 

@@ -15,10 +15,11 @@ import asyncio
 import json
 import os
 import secrets
+import urllib.parse
 from typing import Any
 
 from tether.context import current_instance
-from tether.errors import SerializationError
+from tether.errors import ConfigurationError, SerializationError
 
 WEBHOOK_PATH = "/.well-known/workflow/v1/webhook/{token}"
 
@@ -26,20 +27,26 @@ WEBHOOK_PATH = "/.well-known/workflow/v1/webhook/{token}"
 class Hook(asyncio.Future[Any]):
     """A hook of a running workflow; resolves with its first payload.
 
-    ``token`` is what ``resume_hook`` takes; ``url`` is set for webhooks.
-    Iterate it (``async for``) to receive every payload in order.
+    ``token`` is what ``resume_hook`` takes; ``url`` is the absolute URL of a
+    webhook (``None`` for a plain hook). Iterate it (``async for``) to
+    receive every payload in order.
     """
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, token: str, metadata: Any, url: str | None
+        self, loop: asyncio.AbstractEventLoop, token: str, metadata: Any, webhook: bool
     ) -> None:
         super().__init__(loop=loop)
         self.token = token
         self.metadata = metadata
-        self.url = url
+        self.webhook = webhook
         self._payloads: list[Any] = []
         self._waiters: list[tuple[int, asyncio.Future[Any]]] = []
         self._error: BaseException | None = None
+
+    @property
+    def url(self) -> str | None:
+        """The webhook's absolute URL; raises ``ConfigurationError`` if no base URL is set."""
+        return webhook_url(self.token) if self.webhook else None
 
     def __aiter__(self) -> _HookPayloads:
         return _HookPayloads(self)
@@ -110,9 +117,20 @@ def create_webhook(token: str | None = None, metadata: Any = None) -> Hook:
 
 
 def webhook_url(token: str) -> str:
-    """Where a webhook with ``token`` is served: ``$TETHER_WEBHOOK_BASE_URL`` + the path."""
+    """Where a webhook with ``token`` is served: ``$TETHER_WEBHOOK_BASE_URL`` + the path.
+
+    Raises ``ConfigurationError`` when the base URL is unset or not absolute:
+    a URL handed to another system must say which server answers it.
+    """
+    path = WEBHOOK_PATH.format(token=urllib.parse.quote(token, safe=""))
     base = os.environ.get("TETHER_WEBHOOK_BASE_URL", "").rstrip("/")
-    return base + WEBHOOK_PATH.format(token=token)
+    if not base.startswith(("http://", "https://")):
+        raise ConfigurationError(
+            f"the webhook URL of hook {token!r} needs TETHER_WEBHOOK_BASE_URL, the absolute"
+            f" URL where tether.asgi.app is served (got {base!r}): set e.g."
+            f" TETHER_WEBHOOK_BASE_URL=https://api.example.com; the path is {path}"
+        )
+    return base + path
 
 
 def _create(token: str | None, metadata: Any, *, webhook: bool) -> Hook:
@@ -130,6 +148,6 @@ def _create(token: str | None, metadata: Any, *, webhook: bool) -> Hook:
     loop = instance.loop
 
     def make(token: str, metadata: Any, webhook: bool) -> Hook:
-        return Hook(loop, token, metadata, webhook_url(token) if webhook else None)
+        return Hook(loop, token, metadata, webhook)
 
     return instance.create_hook(token or secrets.token_urlsafe(24), metadata, webhook, make)

@@ -26,10 +26,12 @@ _module_hashes: dict[str, str] = {}
 
 def current_deployment_id() -> str:
     """This process's deployment: ``$TETHER_DEPLOYMENT_ID``, else a fingerprint of its code."""
-    explicit = os.environ.get("TETHER_DEPLOYMENT_ID")
-    if explicit:
-        return explicit
-    return _fingerprint(len(registry.WORKFLOWS), len(registry.STEPS))
+    return explicit_deployment_id() or _fingerprint(len(registry.WORKFLOWS), len(registry.STEPS))
+
+
+def explicit_deployment_id() -> str | None:
+    """``$TETHER_DEPLOYMENT_ID`` when it is set (to something), else ``None``."""
+    return os.environ.get("TETHER_DEPLOYMENT_ID") or None
 
 
 @functools.lru_cache(maxsize=8)

@@ -10,11 +10,46 @@ import asyncio
 import random as _random
 import time
 import uuid as _uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from tether.context import current_instance
+from tether.context import current_instance, current_step
 from tether.durations import Duration, seconds_until
+from tether.errors import OutsideWorkerError
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """The step attempt running now: what an idempotency key is built from."""
+
+    run_id: str
+    #: The step's id in its run: the same on every attempt and replay.
+    step_id: str
+    step_name: str
+    #: 1 for the first attempt, 2 for the first retry, ...
+    attempt: int
+    deployment_id: str
+
+    @property
+    def idempotency_key(self) -> str:
+        """``run_id:step_id``: one value for every attempt of this step, unique otherwise."""
+        return f"{self.run_id}:{self.step_id}"
+
+
+def step_info() -> StepInfo:
+    """Which run, step and attempt the calling code runs in; only inside a ``@step`` on a worker.
+
+    Pass ``step_info().idempotency_key`` to a payment or email API so that a
+    retried attempt is not charged or sent twice.
+    """
+    step = current_step.get()
+    if step is None:
+        raise OutsideWorkerError(
+            "step_info() is called inside a @step that a worker runs (a step called as a plain"
+            " function, or a workflow's own code, has no step attempt)"
+        )
+    return StepInfo(step.run_id, step.step_id, step.step_name, step.attempt, step.deployment_id)
 
 
 def sleep(duration: Duration) -> asyncio.Future[Any]:

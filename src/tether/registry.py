@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from tether.context import current_instance
+from tether.errors import OutsideWorkerError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -24,8 +25,10 @@ STEPS: dict[str, Step[..., Any]] = {}
 class Workflow(Generic[P, R]):
     """A durable workflow: an ``async def`` replayed from its event log.
 
-    Calling it directly runs the coroutine as plain Python (handy in tests);
-    ``tether.start(wf, [args])`` runs it durably.
+    ``tether.start(wf, [args])`` runs it durably. Calling it is only for
+    workflow code (it runs inline, part of the caller's run); anywhere else it
+    raises ``OutsideWorkerError``, since nothing would be durable.
+    ``wf.fn`` is the plain ``async def``.
     """
 
     def __init__(self, fn: Callable[P, Awaitable[R]]) -> None:
@@ -41,6 +44,13 @@ class Workflow(Generic[P, R]):
         self.signature = inspect.signature(fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
+        if current_instance.get() is None:
+            short = self.name.rsplit("//", 1)[-1]
+            raise OutsideWorkerError(
+                f"{short}() is a @workflow: calling it outside a run would run nothing durably."
+                f" Start a run with tether.start({short}, [args]) (it returns a Run; "
+                f"run.result() waits for it), or call {short}.fn(...) for the plain coroutine"
+            )
         return self.fn(*args, **kwargs)
 
     def __repr__(self) -> str:

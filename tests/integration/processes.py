@@ -28,6 +28,7 @@ class WorkerProcess:
         lease_seconds: float = 2.0,
         concurrency: int = 512,
         wait_ready: bool = True,
+        extra_args: list[str] | None = None,
     ) -> None:
         self.log_path = log_path
         full_env = {
@@ -52,6 +53,7 @@ class WorkerProcess:
                 str(lease_seconds),
                 "--concurrency",
                 str(concurrency),
+                *(extra_args or []),
             ],
             cwd=REPO,
             env=full_env,

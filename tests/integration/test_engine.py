@@ -327,7 +327,7 @@ class Opaque:
     pass
 
 
-def test_unserializable_argument_raises_at_start(world_url: str) -> None:
+def test_unserializable_argument_raises_at_start(registered: str) -> None:
     with pytest.raises(tether.SerializationError, match="Opaque") as info:
         tether.start(three_steps, [Opaque()])
     assert isinstance(info.value, TypeError)
@@ -358,7 +358,7 @@ def test_cancel_stops_a_sleeping_run(worker: tether.Worker) -> None:
     assert tether.cancel_run(run.run_id) is False
 
 
-def test_result_times_out_naming_the_run(world_url: str) -> None:
+def test_result_times_out_naming_the_run(registered: str) -> None:
     run = tether.start(three_steps, [1])  # no worker: it stays pending
     with pytest.raises(TimeoutError, match=run.run_id):
         run.result(timeout=0.2)

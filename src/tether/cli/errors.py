@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import click
 
-from tether.errors import TetherError
+from tether.errors import DeploymentConflictError, TetherError
 from tether.redaction import redact, scrub
 
 #: Exit codes: 1 for something not found or an operation that failed, 2 for bad input.
@@ -37,7 +37,10 @@ def translate(exc: Exception, backend_url: str | None) -> CliError:
     """The one-line error a command's exception becomes; the password never shows."""
     message = _one_line(str(exc)) or type(exc).__name__
     kind: type[CliError] = CliError
-    if isinstance(exc, LookupError | TimeoutError | TetherError):
+    if isinstance(exc, DeploymentConflictError):
+        # A worker's configuration (its deployment id) is wrong: bad input.
+        kind = UsageProblem
+    elif isinstance(exc, LookupError | TimeoutError | TetherError):
         # Not found (run, deployment, workflow) or a run that failed, was
         # cancelled or did not finish in time: the message says which.
         pass

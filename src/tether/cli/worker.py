@@ -26,9 +26,21 @@ from tether.runtime.worker import Worker
     help="How long a task stays claimed without a heartbeat (a dead worker's work "
     "is taken over after this).",
 )
+@click.option(
+    "--replace-deployment",
+    is_flag=True,
+    help="Development only: serve under the deployment id even if it was registered with "
+    "other code (runs pinned to it then resume into this code).",
+)
 @backend_option
-def worker(modules: tuple[str, ...], concurrency: int, lease_seconds: float) -> None:
-    """Serve the workflows and steps defined in MODULES until Ctrl-C (which drains)."""
+def worker(
+    modules: tuple[str, ...], concurrency: int, lease_seconds: float, replace_deployment: bool
+) -> None:
+    """Serve the workflows and steps defined in MODULES until Ctrl-C (which drains).
+
+    A deployment id is immutable: if it was registered with other code for a
+    workflow or step these modules define, the worker refuses to start (exit 2).
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -42,7 +54,10 @@ def worker(modules: tuple[str, ...], concurrency: int, lease_seconds: float) -> 
     serving = backend.current()
     config.configure(serving.url)  # runs started from steps go to the same World
     w = Worker(
-        world=serving.world(create=True), concurrency=concurrency, lease_seconds=lease_seconds
+        world=serving.world(create=True),
+        concurrency=concurrency,
+        lease_seconds=lease_seconds,
+        replace_deployment=replace_deployment,
     )
     w.run(
         on_ready=lambda: click.echo(

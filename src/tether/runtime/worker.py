@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -69,8 +70,12 @@ class Worker:
         drain_timeout: float = 30.0,
         clock: Clock | None = None,
         retry_policy: RetryPolicy = DEFAULT_POLICY,
+        replace_deployment: bool = False,
     ) -> None:
         self.world = config.resolve_world(world)
+        #: Development only: take over the deployment id even if it was registered
+        #: with other code (the default refuses, with ``DeploymentConflictError``).
+        self.replace_deployment = replace_deployment
         #: The World's own clock unless told otherwise: due times are the World's.
         self.clock = clock or self.world.clock
         self.deployment_id = deployment_id or manifest.current_deployment_id()
@@ -172,7 +177,14 @@ class Worker:
                 socket.gethostname(),
                 os.getpid(),
             )
-            await self._io(self.world.register_worker, info, manifest.build_manifest())
+            await self._io(
+                functools.partial(
+                    self.world.register_worker,
+                    info,
+                    manifest.build_manifest(),
+                    replace=self.replace_deployment,
+                )
+            )
             remove_listener = self.world.add_listener(
                 self._wake_threadsafe,
                 skip_own_loop=True,

@@ -73,7 +73,9 @@ class RunStore(abc.ABC):
         the run's deployment. With one (the run's first, computed by an
         in-process worker; ``expected_seq`` 1) its events commit in the same
         transaction instead, as ``commit_activation`` would. A ``run_id``
-        already taken raises the driver's integrity error.
+        already taken raises the driver's integrity error, unless
+        ``run.if_absent``: then the run holding it is returned and nothing is
+        written (the caller compares its workflow).
         """
 
     @abc.abstractmethod
@@ -178,13 +180,17 @@ class RunStore(abc.ABC):
     # -- deployments and workers --------------------------------------------
 
     @abc.abstractmethod
-    def register_worker(self, worker: WorkerInfo, manifest: dict[str, Any]) -> None:
+    def register_worker(
+        self, worker: WorkerInfo, manifest: dict[str, Any], *, replace: bool = False
+    ) -> None:
         """Record a starting worker (its heartbeat now) and its deployment.
 
         The deployment's manifest becomes the union, section by section, of
         what its workers registered; its ``created_at`` is when it was first
-        seen. A ``worker_id`` already registered raises the driver's
-        integrity error.
+        seen. A worker that defines a workflow or step differently from what
+        the deployment registered raises ``DeploymentConflictError`` naming
+        them, and nothing is written, unless ``replace`` (its entries win).
+        A ``worker_id`` already registered raises the driver's integrity error.
         """
 
     @abc.abstractmethod

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from tether.clock import Clock
+from tether.errors import DeploymentConflictError
+from tether.worlds import manifests
 from tether.worlds.records import (
     TERMINAL_STATUSES,
     Activation,
@@ -25,7 +27,7 @@ from tether.worlds.records import (
     StepOutcome,
     WorkerInfo,
 )
-from tether.worlds.sql import Row, Statements
+from tether.worlds.sql import Row, Statements, run_record
 
 #: A run's status, last sequence number and deployment.
 RunState = tuple[str, int, str]
@@ -113,20 +115,27 @@ class Tx(Reader, Protocol):
 
 
 def create_run(tx: Tx, run: NewRun, activation: Activation | None) -> RunRecord:
-    """Insert the run, its ``run_created`` event, and its first activation or workflow task."""
+    """Insert the run, its ``run_created`` event, and its first activation or workflow task.
+
+    With ``run.if_absent``, a run that already has the id is returned as it is
+    and nothing is written: of two racing starts with one id, one creates it.
+    """
     now = run.created_at or tx.clock.time()
-    tx.execute(
-        tx.sql.insert_run,
-        (
-            run.run_id,
-            run.workflow_name,
-            run.deployment_id,
-            run.input,
-            run.parent_run_id,
-            run.rerun_of,
-            now,
-        ),
+    row = (
+        run.run_id,
+        run.workflow_name,
+        run.deployment_id,
+        run.input,
+        run.parent_run_id,
+        run.rerun_of,
+        now,
     )
+    if not run.if_absent:
+        tx.execute(tx.sql.insert_run, row)
+    elif tx.query_one(tx.sql.insert_run_if_absent, row) is None:
+        existing = tx.query_one(tx.sql.get_run, (run.run_id,))
+        assert existing is not None  # the conflict was with this row, and runs are never deleted
+        return run_record(existing)
     attrs = {"deployment_id": run.deployment_id}
     if run.parent_run_id:
         attrs["parent_run_id"] = run.parent_run_id
@@ -386,8 +395,14 @@ def heartbeat(tx: Tx, worker_id: str, lease_seconds: float) -> None:
 # -- deployments and workers -------------------------------------------------------
 
 
-def register_worker(tx: Tx, worker: WorkerInfo, manifest: dict[str, Any]) -> None:
-    """Record a starting worker; its deployment's manifest joins what was registered."""
+def register_worker(
+    tx: Tx, worker: WorkerInfo, manifest: dict[str, Any], *, replace: bool = False
+) -> None:
+    """Record a starting worker; its deployment's manifest joins what was registered.
+
+    Raises ``DeploymentConflictError`` when the deployment was registered with
+    other code for a workflow or step this worker defines, unless ``replace``.
+    """
     now = tx.clock.time()
     dep = worker.deployment_id
     created = tx.query_one(
@@ -395,11 +410,26 @@ def register_worker(tx: Tx, worker: WorkerInfo, manifest: dict[str, Any]) -> Non
     )
     if created is None:
         row = tx.query_one(tx.sql.lock_manifest, (dep,))
-        merged = json.loads(row[0]) if row else {}
-        for section, entries in manifest.items():
-            merged.setdefault(section, {}).update(entries)
-        tx.execute(tx.sql.update_manifest, (json.dumps(merged), dep))
+        registered = json.loads(row[0]) if row else {}
+        differ = manifests.conflicts(registered, manifest)
+        if differ and not replace:
+            raise DeploymentConflictError(_conflict_message(dep, differ))
+        joined = manifests.merged(registered, manifest)
+        if joined != registered:
+            tx.execute(tx.sql.update_manifest, (json.dumps(joined), dep))
     tx.execute(tx.sql.insert_worker, (worker.worker_id, dep, worker.hostname, worker.pid, now, now))
+
+
+def _conflict_message(deployment_id: str, differ: list[str]) -> str:
+    shown = "; ".join(differ[:5]) + (f"; and {len(differ) - 5} more" if len(differ) > 5 else "")
+    return (
+        f"deployment {deployment_id!r} was registered with other code, and a deployment id"
+        f" names one version of the code: runs pinned to it would resume into code they"
+        f" never saw. This worker differs in {shown}. Fix: give this code a new id"
+        f" (TETHER_DEPLOYMENT_ID=<git sha or release>, or unset for a fingerprint of the"
+        f" code); the same source compiled by another Python version differs too. In"
+        f" development only, `tether worker --replace-deployment` replaces {deployment_id!r}"
+    )
 
 
 def unregister_worker(tx: Tx, worker_id: str) -> None:

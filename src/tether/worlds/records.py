@@ -138,6 +138,9 @@ class NewRun:
     rerun_of: str | None = None
     #: Creation time; ``None`` means when the write happens.
     created_at: float | None = None
+    #: The caller named the run: if a run with that id exists, ``create_run``
+    #: returns it unchanged instead of failing (an idempotent start).
+    if_absent: bool = False
 
 
 @dataclass(slots=True)

@@ -87,6 +87,11 @@ class Statements:
             "INSERT INTO runs (run_id, workflow_name, deployment_id, status, input, parent_run_id,"
             " rerun_of, created_at, last_seq) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, 1)"
         )
+        self.insert_run_if_absent = q(
+            "INSERT INTO runs (run_id, workflow_name, deployment_id, status, input, parent_run_id,"
+            " rerun_of, created_at, last_seq) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, 1)"
+            " ON CONFLICT (run_id) DO NOTHING RETURNING run_id"
+        )
         self.insert_run_created = q(
             "INSERT INTO events (run_id, seq, type, name, payload, attrs, created_at)"
             " VALUES (?, 1, 'run_created', ?, ?, ?, ?)"

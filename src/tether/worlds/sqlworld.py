@@ -288,8 +288,10 @@ class SqlWorld(World):
 
     # -- deployments ----------------------------------------------------------------
 
-    def register_worker(self, worker: WorkerInfo, manifest: dict[str, Any]) -> None:
-        self._write(lambda tx: operations.register_worker(tx, worker, manifest))
+    def register_worker(
+        self, worker: WorkerInfo, manifest: dict[str, Any], *, replace: bool = False
+    ) -> None:
+        self._write(lambda tx: operations.register_worker(tx, worker, manifest, replace=replace))
         self._deployments[worker.worker_id] = worker.deployment_id
 
     def unregister_worker(self, worker_id: str) -> None:

@@ -1,0 +1,136 @@
+"""The client names users reach for on day one: list_runs, step_info, run.hooks(), async reads."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+import tether
+from tether import step, workflow
+
+pytestmark = pytest.mark.both_worlds
+
+
+@step
+def key_of(label: str) -> list[object]:
+    info = tether.step_info()
+    return [label, info.run_id, info.step_id, info.attempt, info.deployment_id, info.step_name]
+
+
+@step
+def flaky_key(path: str) -> str:
+    marker = Path(path)
+    info = tether.step_info()
+    if not marker.exists():
+        marker.write_text(info.idempotency_key)
+        raise RuntimeError("first attempt fails")
+    assert marker.read_text() == info.idempotency_key  # the same key on the retry
+    return f"{info.idempotency_key}@{info.attempt}"
+
+
+@workflow
+async def keyed(path: str) -> list[object]:
+    first = await key_of("a")
+    second = await key_of("b")
+    return [first, second, await flaky_key(path)]
+
+
+def test_step_info_names_the_run_step_and_attempt(
+    worker: tether.Worker, deployment_id: str, tmp_path: Path
+) -> None:
+    run = tether.start(keyed, [str(tmp_path / "marker")])
+    first, second, retried = run.result(timeout=20)
+    assert first[:2] == ["a", run.run_id] and second[:2] == ["b", run.run_id]
+    assert first[2] != second[2]  # a step id per step
+    assert first[3:] == [1, deployment_id, key_of.name]
+    assert retried == f"{run.run_id}:{run.steps()[2].step_id}@2"
+
+
+def test_step_info_outside_a_worker_says_where_it_works() -> None:
+    with pytest.raises(tether.OutsideWorkerError, match=r"inside a @step that a worker runs"):
+        tether.step_info()
+    with pytest.raises(tether.OutsideWorkerError):
+        key_of("plain call")  # a step called as a plain function has no attempt
+
+
+def test_calling_a_workflow_directly_says_to_start_it() -> None:
+    with pytest.raises(tether.OutsideWorkerError, match=r"tether\.start\(keyed, \[args\]\)"):
+        keyed("x")
+
+
+@workflow
+async def quiet(n: int) -> int:
+    return n
+
+
+def test_list_runs_filters_like_the_cli(worker: tether.Worker, deployment_id: str) -> None:
+    runs = [tether.start(quiet, [i]) for i in range(5)]
+    for run in runs:
+        run.result(timeout=10)
+    failed = tether.start(keyed, [42])  # a str path is expected: the step fails
+    with pytest.raises(tether.RunFailedError):
+        failed.result(timeout=20)
+    newest_first = [r.run_id for r in reversed(runs)]
+    assert [r.run_id for r in tether.list_runs(workflow_name=quiet.name)] == newest_first
+    assert [r.run_id for r in tether.list_runs(workflow_name=quiet.name, limit=2)] == (
+        newest_first[:2]
+    )
+    assert [r.run_id for r in tether.list_runs(status="failed")] == [failed.run_id]
+    assert len(tether.list_runs(deployment_id=deployment_id, limit=None)) == 6
+    assert tether.list_runs(deployment_id="nope") == []
+    with pytest.raises(ValueError, match=r"invalid status 'done': expected one of pending"):
+        tether.list_runs(status="done")
+
+
+@workflow
+async def approvals() -> list[object]:
+    plain = tether.create_hook(token="plain-token", metadata={"who": "ops"})
+    web = tether.create_webhook(token="web token")
+    return [await plain, await web]
+
+
+def test_a_runs_hooks_and_their_webhook_urls(
+    worker: tether.Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tether.start(approvals, [])
+    wait_for_hooks(run, 2)
+    plain, web = run.hooks()
+    assert (plain.token, plain.webhook, plain.status, plain.metadata) == (
+        "plain-token",
+        False,
+        "active",
+        {"who": "ops"},
+    )
+    assert plain.url is None and web.webhook
+    monkeypatch.delenv("TETHER_WEBHOOK_BASE_URL", raising=False)
+    with pytest.raises(tether.ConfigurationError, match="TETHER_WEBHOOK_BASE_URL"):
+        _ = web.url
+    monkeypatch.setenv("TETHER_WEBHOOK_BASE_URL", "https://api.example.com/")
+    assert web.url == "https://api.example.com/.well-known/workflow/v1/webhook/web%20token"
+    tether.resume_hook("plain-token", 1)
+    tether.resume_hook("web token", 2)
+    assert run.result(timeout=10) == [1, 2]
+    assert [h.status for h in run.hooks()] == ["disposed", "disposed"]
+
+
+def wait_for_hooks(run: tether.Run, count: int) -> None:
+    with run._world.watch() as changed:
+        for _ in range(200):
+            if len(run.hooks()) >= count:
+                return
+            changed(0.1)
+    raise AssertionError(f"{run.run_id} created {len(run.hooks())} hooks, not {count}")
+
+
+def test_async_reads(worker: tether.Worker) -> None:
+    async def main() -> str:
+        run = await tether.start_async(quiet, [3])
+        assert await run.result_async(timeout=10) == 3
+        again = await tether.get_run_async(run.run_id)
+        with pytest.raises(tether.RunNotFoundError, match="run_nope"):
+            await tether.get_run_async("run_nope")
+        return await again.status_async()
+
+    assert asyncio.run(main()) == "completed"
