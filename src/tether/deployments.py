@@ -41,14 +41,21 @@ def list_deployments(
 class WorkflowChange:
     """How one workflow differs between two deployments, and whether bridging is safe.
 
-    Bridging means moving work from the old deployment to the new one: a
-    rerun on latest, or a run that continues itself on latest.
+    ``status`` and ``changes`` say what changed, in the workflow and in the
+    steps it calls: code, parameters, return type, steps added, removed or
+    renamed. ``safe`` and ``reasons`` are the separate verdict on bridging:
+    moving work from the old deployment to the new one (a rerun on latest,
+    or a run that continues itself on latest). A step whose code changed is
+    a change, yet safe to bridge; a parameter without a default is not.
     """
 
     workflow_name: str
     status: str  # "unchanged", "changed", "added" or "removed"
     safe: bool
+    #: Why bridging is unsafe (empty when it is safe).
     reasons: list[str] = field(default_factory=list)
+    #: Everything that changed, safe or not (empty when unchanged).
+    changes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,22 +84,24 @@ def diff(
     old_id, old_manifest = _manifest(old, world)
     new_id, new_manifest = _manifest(new, world)
     old_wfs, new_wfs = old_manifest.get("workflows", {}), new_manifest.get("workflows", {})
-    new_steps = new_manifest.get("steps", {})
+    old_steps, new_steps = old_manifest.get("steps", {}), new_manifest.get("steps", {})
     changes: list[WorkflowChange] = []
     for name in sorted(set(old_wfs) | set(new_wfs)):
         if name not in new_wfs:
-            changes.append(WorkflowChange(name, "removed", False, [f"workflow {name} was removed"]))
+            reasons = [f"workflow {name} was removed"]
+            changes.append(WorkflowChange(name, "removed", False, reasons, ["workflow removed"]))
             continue
         if name not in old_wfs:
-            changes.append(WorkflowChange(name, "added", True, []))
+            changes.append(WorkflowChange(name, "added", True, [], ["workflow added"]))
             continue
         was, now = old_wfs[name], new_wfs[name]
         reasons = _signature_changes(was, now)
-        reasons += _step_changes(was, now, old_manifest.get("steps", {}), new_steps)
-        changed = was["fingerprint"] != now["fingerprint"] or bool(reasons)
-        changes.append(
-            WorkflowChange(name, "changed" if changed else "unchanged", not reasons, reasons)
-        )
+        renames = _step_changes(was, now, old_steps, new_steps)
+        reasons += renames
+        what = _what_changed(was, now, old_steps, new_steps)
+        what += [r for r in reasons if r not in what]
+        status = "changed" if what else "unchanged"
+        changes.append(WorkflowChange(name, status, not reasons, reasons, what))
     return DeploymentDiff(old_id, new_id, changes)
 
 
@@ -140,25 +149,68 @@ def _signature_changes(was: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return reasons
 
 
+def _what_changed(
+    was: dict[str, Any],
+    now: dict[str, Any],
+    old_steps: dict[str, Any],
+    new_steps: dict[str, Any],
+) -> list[str]:
+    """The changes bridging tolerates, in the workflow and in the steps both versions call."""
+    found: list[str] = []
+    if was["fingerprint"] != now["fingerprint"]:
+        found.append("workflow code changed")
+    for param in now["params"][len(was["params"]) :]:
+        if param["default"] or param["kind"] in ("VAR_POSITIONAL", "VAR_KEYWORD"):
+            found.append(f"parameter {param['name']!r} added")
+    renamed_to = set(_renames(was, now, old_steps, new_steps).values())
+    for step_name in sorted(set(now["steps"]) - set(was["steps"]) - renamed_to):
+        found.append(f"step {step_name} is new")
+    for step_name in sorted(set(was["steps"]) & set(now["steps"])):
+        before, after = old_steps.get(step_name), new_steps.get(step_name)
+        if before is None or after is None:
+            continue
+        for key, what in (
+            ("fingerprint", "code"),
+            ("params", "parameters"),
+            ("returns", "return type"),
+        ):
+            if before[key] != after[key]:
+                found.append(f"step {step_name}: {what} changed")
+    return found
+
+
 def _step_changes(
     was: dict[str, Any],
     now: dict[str, Any],
     old_steps: dict[str, Any],
     new_steps: dict[str, Any],
 ) -> list[str]:
-    removed = sorted(set(was["steps"]) - set(now["steps"]))
+    """Why bridging is unsafe for the workflow's steps: one removed or renamed."""
+    return [
+        f"step {old} was renamed to {new}" if new else f"step {old} was removed"
+        for old, new in _renames(was, now, old_steps, new_steps).items()
+    ]
+
+
+def _renames(
+    was: dict[str, Any],
+    now: dict[str, Any],
+    old_steps: dict[str, Any],
+    new_steps: dict[str, Any],
+) -> dict[str, str | None]:
+    """Each step the old workflow called and the new one does not: its new name, or ``None``.
+
+    A step is renamed when a step new to the workflow has its code fingerprint.
+    """
     added = set(now["steps"]) - set(was["steps"])
-    reasons: list[str] = []
-    for step_name in removed:
+    found: dict[str, str | None] = {}
+    for step_name in sorted(set(was["steps"]) - set(now["steps"])):
         old_fp = old_steps.get(step_name, {}).get("fingerprint")
-        renamed_to = sorted(
+        same = sorted(
             s for s in added if old_fp and new_steps.get(s, {}).get("fingerprint") == old_fp
         )
-        if renamed_to:
-            reasons.append(f"step {step_name} was renamed to {renamed_to[0]}")
-        else:
-            reasons.append(f"step {step_name} was removed")
-    return reasons
+        found[step_name] = same[0] if same else None
+    return found
 
 
 __all__ = [

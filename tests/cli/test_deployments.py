@@ -91,8 +91,10 @@ def _manifest_pair(world: World) -> None:
             "workflow//shop//retyped": workflow_entry(["order"], []),
             "workflow//shop//dropped": workflow_entry(["order"], []),
             "workflow//shop//steps_moved": workflow_entry(["order"], ["step//shop//pack"]),
+            "workflow//shop//step_edited": workflow_entry(["order"], ["step//shop//charge"]),
+            "workflow//shop//grown": workflow_entry(["order"], []),
         },
-        {"step//shop//pick": step, "step//shop//pack": step},
+        {"step//shop//pick": step, "step//shop//pack": step, "step//shop//charge": step},
     )
     register_deployment(
         world,
@@ -102,8 +104,16 @@ def _manifest_pair(world: World) -> None:
             "workflow//shop//retyped": workflow_entry(["order", "coupon"], []),
             "workflow//shop//steps_moved": workflow_entry(["order"], ["step//shop//box"]),
             "workflow//shop//brand_new": workflow_entry([], []),
+            "workflow//shop//step_edited": workflow_entry(["order"], ["step//shop//charge"]),
+            "workflow//shop//grown": workflow_entry(
+                ["order", "note="], ["step//shop//pick"], fingerprint="f2"
+            ),
         },
-        {"step//shop//pick": step, "step//shop//box": step},
+        {
+            "step//shop//pick": step,
+            "step//shop//box": step,
+            "step//shop//charge": {**step, "fingerprint": "s2", "returns": "int"},
+        },
     )
 
 
@@ -120,14 +130,30 @@ def test_diff_says_per_workflow_whether_bridging_is_safe(url: str, world: World)
         "dropped": ("removed", False),
         "steps_moved": ("changed", False),
         "brand_new": ("added", True),
+        "step_edited": ("changed", True),
+        "grown": ("changed", True),
     }
     assert changes["retyped"]["reasons"] == ["new parameter 'coupon' has no default"]
+    assert changes["retyped"]["changes"] == ["new parameter 'coupon' has no default"]
     assert changes["steps_moved"]["reasons"] == [
         "step step//shop//pack was renamed to step//shop//box"
     ]
+    # What changed is listed apart from the verdict: a step's new code is a change,
+    # safe to bridge; so are new code and a new parameter with a default.
+    assert changes["step_edited"]["changes"] == [
+        "step step//shop//charge: code changed",
+        "step step//shop//charge: return type changed",
+    ]
+    assert changes["step_edited"]["reasons"] == []
+    assert changes["grown"]["changes"] == [
+        "workflow code changed",
+        "parameter 'note' added",
+        "step step//shop//pick is new",
+    ]
+    assert changes["same"]["changes"] == []
     table = tether("deployments", "diff", "v1", "latest", url=url)
     assert table.code == 0, table
-    assert "v1 -> v2" in table.out and "NOT safe for 3 of 5 workflows" in table.out
+    assert "v1 -> v2" in table.out and "NOT safe for 3 of 7 workflows" in table.out
     dropped = next(line for line in table.out.splitlines() if "//dropped" in line)
     assert "UNSAFE" in dropped and "was removed" in dropped
     same = tether("deployments", "diff", "v2", "v2", url=url)

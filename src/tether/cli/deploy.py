@@ -158,10 +158,13 @@ def _param(param: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 @backend_option
 def diff(old: str, new: str, as_json: bool) -> None:
-    """Compare deployments OLD and NEW workflow by workflow: is bridging safe?
+    """Compare deployments OLD and NEW workflow by workflow: what changed, is bridging safe?
 
-    Bridging moves work from OLD to NEW (a rerun on latest, or a run that
-    continues itself on latest). NEW (or OLD) may be "latest".
+    WHAT CHANGED lists changes to each workflow and to the steps it calls
+    (code, parameters, return type, steps new, removed or renamed). BRIDGE is
+    the separate verdict: bridging moves work from OLD to NEW (a rerun on
+    latest, or a run that continues itself on latest). NEW (or OLD) may be
+    "latest".
     """
     world = backend.world()
     old_id, new_id = _resolve(world, old), _resolve(world, new)
@@ -178,19 +181,21 @@ def diff(old: str, new: str, as_json: bool) -> None:
                         "status": c.status,
                         "safe": c.safe,
                         "reasons": c.reasons,
+                        "changes": c.changes,
                     }
                     for c in result.workflows
                 ],
             }
         )
         return
-    out = render.table("WORKFLOW", "CHANGE", "BRIDGE", "WHY")
+    out = render.table("WORKFLOW", "CHANGE", "WHAT CHANGED", "BRIDGE", "WHY UNSAFE")
     for change in result.workflows:
         out.add_row(
             change.workflow_name,
             change.status,
+            "\n".join(change.changes) or "-",
             Text("safe", "green") if change.safe else Text("UNSAFE", "bold red"),
-            "; ".join(change.reasons) or "-",
+            "\n".join(change.reasons) or "-",
         )
     unsafe = [c for c in result.workflows if not c.safe]
     summary = (
