@@ -17,6 +17,7 @@ from tether.api import (
 from tether.config import close, configure
 from tether.errors import (
     ConfigurationError,
+    ContextError,
     DeploymentConflictError,
     DeploymentNotFoundError,
     FatalError,
@@ -24,7 +25,6 @@ from tether.errors import (
     HookNotFoundError,
     InvalidRunIdError,
     NonDeterminismError,
-    OutsideWorkerError,
     RetryableError,
     RunCancelledError,
     RunExistsError,
@@ -46,6 +46,7 @@ from tether.streams import StreamHandle, get_writable
 
 __all__ = [
     "ConfigurationError",
+    "ContextError",
     "DeploymentConflictError",
     "DeploymentNotFoundError",
     "FatalError",
@@ -54,7 +55,6 @@ __all__ = [
     "HookNotFoundError",
     "InvalidRunIdError",
     "NonDeterminismError",
-    "OutsideWorkerError",
     "Readable",
     "RetryableError",
     "Run",

@@ -76,8 +76,8 @@ class ConfigurationError(TetherError, RuntimeError):
     """A setting the call needs is missing or malformed; the message names it and an example."""
 
 
-class OutsideWorkerError(TetherError, RuntimeError):
-    """Code that only means something on a worker (a workflow, ``step_info``) ran elsewhere."""
+class ContextError(TetherError, RuntimeError):
+    """A call made where it cannot work: a workflow, ``step_info`` or a hook outside a run."""
 
 
 class HookConflictError(TetherError):

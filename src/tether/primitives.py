@@ -16,7 +16,7 @@ from typing import Any
 
 from tether.context import current_instance, current_step
 from tether.durations import Duration, seconds_until
-from tether.errors import OutsideWorkerError
+from tether.errors import ContextError
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,7 @@ def step_info() -> StepInfo:
     """
     step = current_step.get()
     if step is None:
-        raise OutsideWorkerError(
+        raise ContextError(
             "step_info() is called inside a @step that a worker runs (a step called as a plain"
             " function, or a workflow's own code, has no step attempt)"
         )

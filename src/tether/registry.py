@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from tether.context import current_instance
-from tether.errors import OutsideWorkerError
+from tether.errors import ContextError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -27,7 +27,7 @@ class Workflow(Generic[P, R]):
 
     ``tether.start(wf, [args])`` runs it durably. Calling it is only for
     workflow code (it runs inline, part of the caller's run); anywhere else it
-    raises ``OutsideWorkerError``, since nothing would be durable.
+    raises ``ContextError``, since nothing would be durable.
     ``wf.fn`` is the plain ``async def``.
     """
 
@@ -46,7 +46,7 @@ class Workflow(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
         if current_instance.get() is None:
             short = self.name.rsplit("//", 1)[-1]
-            raise OutsideWorkerError(
+            raise ContextError(
                 f"{short}() is a @workflow: calling it outside a run would run nothing durably."
                 f" Start a run with tether.start({short}, [args]) (it returns a Run; "
                 f"run.result() waits for it), or call {short}.fn(...) for the plain coroutine"

@@ -49,14 +49,14 @@ def test_step_info_names_the_run_step_and_attempt(
 
 
 def test_step_info_outside_a_worker_says_where_it_works() -> None:
-    with pytest.raises(tether.OutsideWorkerError, match=r"inside a @step that a worker runs"):
+    with pytest.raises(tether.ContextError, match=r"inside a @step that a worker runs"):
         tether.step_info()
-    with pytest.raises(tether.OutsideWorkerError):
+    with pytest.raises(tether.ContextError):
         key_of("plain call")  # a step called as a plain function has no attempt
 
 
 def test_calling_a_workflow_directly_says_to_start_it() -> None:
-    with pytest.raises(tether.OutsideWorkerError, match=r"tether\.start\(keyed, \[args\]\)"):
+    with pytest.raises(tether.ContextError, match=r"tether\.start\(keyed, \[args\]\)"):
         keyed("x")
 
 
