@@ -68,6 +68,15 @@ class HookNotFoundError(TetherError, LookupError):
     """No active hook has that token (it never existed, or its run has ended)."""
 
 
+class InvalidIdentifierError(TetherError, ValueError):
+    """An id or name no World can store (a hook token, stream namespace, run or deployment id).
+
+    Identifiers are non-empty strings of at most 256 characters, without NUL
+    and without lone surrogates (``tether.serde.check_identifier``); the
+    message names the value and what is allowed.
+    """
+
+
 class RunFailedError(TetherError):
     """The run ended in failure; ``error`` holds its type, message and traceback."""
 
