@@ -2,8 +2,9 @@
 
 ``POST /.well-known/workflow/v1/webhook/{token}`` delivers the request to the
 webhook with that token: ``202`` when delivered, ``404`` for a token that is
-not an active webhook, ``413`` for a body over ``$TETHER_WEBHOOK_MAX_BYTES``
-(default 1 MiB), ``400`` for a body declared JSON that is not. The payload
+not an active webhook (a token no World can store included), ``413`` for a
+body over ``$TETHER_WEBHOOK_MAX_BYTES`` (default 1 MiB), ``400`` for a body
+declared JSON that is not, or whose strings UTF-8 cannot hold. The payload
 the workflow receives is ``{"method", "headers", "body"}``: ``body`` is the
 parsed JSON, else the text, else the bytes.
 """
@@ -21,7 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tether.config import resolve_world
-from tether.errors import HookNotFoundError
+from tether.errors import HookNotFoundError, SerializationError
 from tether.hooks import WEBHOOK_PATH
 from tether.serde import dumps
 
@@ -52,7 +53,10 @@ async def webhook(request: Request) -> JSONResponse:
         except UnicodeDecodeError:
             parsed = body
     payload = {"method": request.method, "headers": dict(request.headers), "body": parsed}
-    text = dumps(payload, where=f"payload of webhook {token!r}")
+    try:
+        text = dumps(payload, where=f"payload of webhook {token!r}")
+    except SerializationError as exc:  # JSON whose strings UTF-8 cannot hold (a lone surrogate)
+        return JSONResponse({"error": str(exc)}, status_code=400)
     try:
         run_id = await asyncio.to_thread(
             resolve_world().resume_hook, token, text, webhook_only=True

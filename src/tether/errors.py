@@ -64,8 +64,20 @@ class RunExistsError(TetherError):
     """A start named a run id that a run of another workflow already holds."""
 
 
-class InvalidRunIdError(TetherError, ValueError):
-    """A run id given to ``start(run_id=...)`` is empty, too long or has characters ids cannot."""
+class InvalidIdentifierError(TetherError, ValueError):
+    """An id or name no World can store (a hook token, stream namespace, run or deployment id).
+
+    Identifiers are non-empty strings of at most 256 characters, without NUL
+    and without lone surrogates (``tether.serde.check_identifier``); the
+    message names the value and what is allowed.
+    """
+
+
+class InvalidRunIdError(InvalidIdentifierError):
+    """A run id a caller named (``start(run_id=...)``) breaks the stricter rule for run ids.
+
+    1 to 128 letters, digits and ``. _ : @ -``: safe in URLs and shells.
+    """
 
 
 class DeploymentConflictError(TetherError):

@@ -12,14 +12,14 @@ lives with the other clients in ``tether.api``.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import secrets
 import urllib.parse
 from typing import Any
 
+from tether import serde
 from tether.context import current_instance
-from tether.errors import ConfigurationError, SerializationError
+from tether.errors import ConfigurationError
 
 WEBHOOK_PATH = "/.well-known/workflow/v1/webhook/{token}"
 
@@ -101,7 +101,10 @@ def create_hook(token: str | None = None, metadata: Any = None) -> Hook:
     """Create a hook in a workflow; without a token an unguessable one (192 bits) is made.
 
     Raises ``HookConflictError`` (when awaited) if another active hook holds
-    the token, and ``SerializationError`` if ``metadata`` is not JSON.
+    the token, ``InvalidIdentifierError`` (a ``ValueError``) for a token no
+    World can store (``serde.check_identifier``: empty, over 256 characters,
+    a NUL or a lone surrogate), and ``SerializationError`` if ``metadata`` is
+    not JSON (NaN and infinities are not) or holds a lone surrogate.
     """
     return _create(token, metadata, webhook=False)
 
@@ -137,14 +140,9 @@ def _create(token: str | None, metadata: Any, *, webhook: bool) -> Hook:
     instance = current_instance.get()
     if instance is None:
         raise RuntimeError("create_hook() and create_webhook() are called inside a @workflow")
-    if token is not None and (not isinstance(token, str) or not token or len(token) > 256):
-        raise ValueError(f"invalid hook token {token!r}: expected a non-empty string of <= 256")
-    try:
-        json.dumps(metadata)
-    except (TypeError, ValueError) as exc:
-        raise SerializationError(
-            f"hook metadata must be JSON (dicts, lists, strings, numbers): {exc}"
-        ) from None
+    if token is not None:
+        serde.check_identifier(token, "hook token")
+    serde.check_json(metadata, where="hook metadata")
     loop = instance.loop
 
     def make(token: str, metadata: Any, webhook: bool) -> Hook:

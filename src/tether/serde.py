@@ -35,6 +35,16 @@ Payloads are themselves encoded with these rules. A user dict never becomes a JS
 accepts a dataclass, Enum, pydantic model or exception class. Datetimes with a tzinfo other than
 ``ZoneInfo`` come back with a fixed-offset ``timezone`` (same instant and offset). An exception
 whose class cannot be rebuilt comes back as ``RemoteError``.
+
+Text is stored as UTF-8. Every ``str`` UTF-8 can hold comes back as it was (NUL, astral
+characters, U+2028 and U+2029 included: JSON escapes what must be); one holding a surrogate
+code point (U+D800 to U+DFFF, e.g. from ``surrogateescape``) cannot be stored, and ``dumps``
+refuses it. An exception is the one value never refused: a surrogate in its message, traceback
+or arguments is written as the six characters ``\\udXXX``, so that any failure can be recorded.
+
+Identifiers (hook tokens, stream namespaces, run and deployment ids) are stored in indexed text
+columns: ``check_identifier`` says what they may be, ``can_be_identifier`` whether a text could
+name anything stored at all (a lookup by one that cannot finds nothing).
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ import dataclasses
 import importlib
 import json
 import json.encoder
+import re
 import reprlib
 import sys
 import traceback as _traceback
@@ -56,12 +67,27 @@ from typing import Any, TypeVar, overload
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
-from tether.errors import SerializationError
+from tether.errors import InvalidIdentifierError, SerializationError
 
-__all__ = ["FORMAT_VERSION", "RemoteError", "dumps", "loads", "register", "register_type"]
+__all__ = [
+    "FORMAT_VERSION",
+    "MAX_IDENTIFIER_LENGTH",
+    "RemoteError",
+    "can_be_identifier",
+    "check_identifier",
+    "check_json",
+    "dumps",
+    "escape_surrogates",
+    "loads",
+    "register",
+    "register_type",
+]
 
 FORMAT_VERSION = 1
 """The envelope version that ``dumps`` writes and ``loads`` reads."""
+
+MAX_IDENTIFIER_LENGTH = 256
+"""The longest identifier, in characters: PostgreSQL's indexes hold keys of ~2,700 bytes."""
 
 _T = TypeVar("_T", bound=type)
 _Encoder = Callable[[Any], Any]
@@ -79,16 +105,18 @@ _EXT_BY_TYPE: dict[type, _Encoder] = {}
 def dumps(value: object, *, where: str = "value") -> str:
     """Serialize ``value`` to versioned, compact JSON text.
 
-    Raises ``SerializationError`` (a ``TypeError``) for a value of an unsupported type or a
-    reference cycle; the message names the type and where it sat: ``where`` (e.g. ``"argument
-    1 of step//shop//charge"``) followed by the path inside ``value``.
+    Raises ``SerializationError`` (a ``TypeError``) for a value of an unsupported type, a
+    reference cycle or a str holding a lone surrogate; the message names the type (or the str)
+    and where it sat: ``where`` (e.g. ``"argument 1 of step//shop//charge"``) followed by the
+    path inside ``value``.
     """
     try:
-        return _PREFIX + _json_text(_enc(value)) + "}"
+        text = _PREFIX + _json_text(_enc(value)) + "}"
     except _Unsupported as fail:
         raise SerializationError(fail.describe(where)) from None
     except RecursionError:
         raise SerializationError(_recursion_message(value, where)) from None
+    return text if text.isascii() else _storable(text, value, where)
 
 
 def loads(text: str) -> Any:
@@ -103,6 +131,68 @@ def loads(text: str) -> Any:
         if type(doc) is dict and len(doc) == 2 and doc.get("v") == FORMAT_VERSION:
             return doc["d"]
     return _loads_slow(text)
+
+
+def check_json(value: object, *, where: str = "value") -> str:
+    """``value`` as plain JSON text (what hook metadata must be), without tags.
+
+    Raises ``SerializationError`` naming ``where`` for a value that is not
+    JSON (a type JSON lacks, NaN or an infinity, which PostgreSQL's ``json``
+    refuses) or that holds a lone surrogate.
+    """
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(
+            f"{where} must be JSON (dicts, lists, strings, finite numbers, booleans, None): {exc}"
+        ) from None
+    return _storable(text, value, where)
+
+
+def escape_surrogates(text: str) -> str:
+    """``text`` with each surrogate code point written as the six characters ``\\udXXX``.
+
+    What UTF-8 can hold is left as it is; use it for text that must be stored
+    whatever it holds (an error message).
+    """
+    if text.isascii() or _SURROGATE.search(text) is None:
+        return text
+    return _SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
+
+
+def check_identifier(
+    value: object, what: str, *, max_length: int | None = MAX_IDENTIFIER_LENGTH
+) -> str:
+    """Return ``value`` if it can name something a World stores, else raise.
+
+    An identifier (hook token, stream namespace, run id, deployment id) is a
+    non-empty ``str`` of at most ``max_length`` characters (``None``: any)
+    without NUL, which PostgreSQL's text refuses, and without lone surrogates,
+    which UTF-8 cannot encode; astral characters, U+2028 and the like are
+    fine. Raises ``InvalidIdentifierError`` (a ``ValueError``) naming ``what``
+    (e.g. ``"hook token"``), the value and what is allowed.
+    """
+    problem = _identifier_problem(value, max_length)
+    if problem is None:
+        return value  # type: ignore[return-value]
+    longest = f" of at most {max_length} characters" if max_length is not None else ""
+    raise InvalidIdentifierError(
+        f"invalid {what} {_shown(value)}: {problem}; a {what} is a non-empty string{longest}"
+        " without NUL (\\x00) or lone surrogates (U+D800 to U+DFFF)"
+    )
+
+
+def can_be_identifier(value: object) -> bool:
+    """Whether ``value`` could name something stored: a ``str`` without NUL or surrogates.
+
+    Worlds answer a lookup by any other value with "not found" (no such thing
+    can exist) instead of sending it to a database that would refuse it.
+    """
+    return (
+        type(value) is str
+        and "\x00" not in value
+        and (value.isascii() or _SURROGATE.search(value) is None)
+    )
 
 
 @overload
@@ -182,6 +272,8 @@ class RemoteError(Exception):
 # Encoding
 
 _PREFIX = f'{{"v":{FORMAT_VERSION},"d":'
+#: A code point UTF-8 cannot encode; the JSON text holds one only inside a string.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _SUPPORTED = (
     "supported types are JSON values, int, float, bytes, tuple, set, frozenset, dict, "
     "datetime/date/time/timedelta, Decimal, UUID, Enum, dataclasses, pydantic models, "
@@ -407,10 +499,12 @@ def _enc_pydantic(x: Any) -> dict[str, Any]:
 def _enc_exception(e: BaseException) -> dict[str, Any]:
     """Encode an exception; never fails: what cannot be encoded is left out."""
     if isinstance(e, RemoteError):
-        return {"$exc": {"type": e.type_name, "message": e.message, "traceback": e.traceback}}
+        tb = None if e.traceback is None else escape_surrogates(e.traceback)
+        message = escape_surrogates(e.message)
+        return {"$exc": {"type": e.type_name, "message": message, "traceback": tb}}
     body: dict[str, Any] = {
         "type": _name_of(type(e)),
-        "message": _safe_str(e),
+        "message": escape_surrogates(_safe_str(e)),
         "traceback": _traceback_text(e),
     }
     args = _try_enc(list(_exception_args(e)))
@@ -446,11 +540,11 @@ def _exception_args(e: BaseException) -> tuple[Any, ...]:
 def _traceback_text(e: BaseException) -> str | None:
     try:
         if e.__traceback__ is not None:
-            return "".join(_traceback.format_exception(e))
+            return escape_surrogates("".join(_traceback.format_exception(e)))
         text = getattr(e, "__tether_traceback__", None)
     except Exception:
         return None
-    return text if isinstance(text, str) else None
+    return escape_surrogates(text) if isinstance(text, str) else None
 
 
 def _safe_str(e: BaseException) -> str:
@@ -464,10 +558,24 @@ _FAILED: Any = object()
 
 
 def _try_enc(x: Any) -> Any:
+    """``x`` encoded, its surrogates escaped (an exception's parts); ``_FAILED`` if it cannot be."""
     try:
-        return _enc(x)
+        encoded = _enc(x)
+        text = _json_text(encoded)
     except Exception:
         return _FAILED
+    return encoded if text.isascii() or _SURROGATE.search(text) is None else _escaped(encoded)
+
+
+def _escaped(x: Any) -> Any:
+    """An encoded (JSON) value with ``escape_surrogates`` applied to every string in it."""
+    if type(x) is str:
+        return escape_surrogates(x)
+    if type(x) is list:
+        return [_escaped(v) for v in x]
+    if type(x) is dict:
+        return {escape_surrogates(k): _escaped(v) for k, v in x.items()}
+    return x
 
 
 def _enc_slow(x: Any) -> Any:
@@ -516,6 +624,64 @@ def _recursion_message(value: object, where: str) -> str:
         return f"cannot serialize value at {where}: it is nested too deeply"
     at = f"{where} -> {''.join(path)}" if path else where
     return f"cannot serialize value at {at}: it contains itself (a reference cycle)"
+
+
+def _storable(text: str, value: object, where: str) -> str:
+    """``text`` (``value`` as JSON) if UTF-8 can hold it; else the error names the surrogate."""
+    found = None if text.isascii() else _SURROGATE.search(text)
+    if found is None:
+        return text
+    try:
+        culprit = _find_surrogate(value, [])
+    except RecursionError:
+        culprit = None
+    shown, path = (
+        ("a str", []) if culprit is None else (f"str {reprlib.repr(culprit[0])}", culprit[1])
+    )
+    at = f"{where} -> {''.join(path)}" if path else where
+    raise SerializationError(
+        f"cannot serialize {shown} at {at}: it holds the lone surrogate U+{ord(found.group()):04X},"
+        " which UTF-8 text cannot store (decode bytes with errors='replace', or pass bytes)"
+    )
+
+
+def _find_surrogate(x: Any, path: list[str]) -> tuple[str, list[str]] | None:
+    """A str holding a surrogate in ``x`` (a key or a value), and the path to it."""
+    if type(x) is str:
+        return (x, path) if _SURROGATE.search(x) is not None else None
+    if type(x) is dict:
+        for key in x:
+            if type(key) is str and _SURROGATE.search(key) is not None:
+                return key, [*path, "<key>"]
+    for segment, child in _children(x) or ():
+        found = _find_surrogate(child, [*path, segment])
+        if found is not None:
+            return found
+    return None
+
+
+def _identifier_problem(value: object, max_length: int | None) -> str | None:
+    if type(value) is not str:
+        return f"expected a str, got {type(value).__qualname__}"
+    if not value:
+        return "it is empty"
+    if max_length is not None and len(value) > max_length:
+        return f"it is {len(value)} characters long"
+    if "\x00" in value:
+        return "it holds a NUL (\\x00)"
+    found = None if value.isascii() else _SURROGATE.search(value)
+    if found is not None:
+        return f"it holds the lone surrogate U+{ord(found.group()):04X}"
+    return None
+
+
+def _shown(value: object) -> str:
+    """``repr(value)``, cut short for a long string."""
+    if type(value) is not str:
+        return reprlib.repr(value)
+    if len(value) > 60:
+        return f"{repr(value[:40])[:-1]}...' ({len(value)} characters)"
+    return repr(value)
 
 
 def _find_cycle(x: Any, active: set[int], path: list[str]) -> list[str] | None:

@@ -75,10 +75,17 @@ class StreamWriter:
 
 
 def get_writable(namespace: str | None = None) -> StreamHandle:
-    """The run's stream named ``namespace`` (default ``"default"``). Call it in a workflow."""
+    """The run's stream named ``namespace`` (default ``"default"``). Call it in a workflow.
+
+    Raises ``InvalidIdentifierError`` (a ``ValueError``) for a namespace no
+    World can store (``serde.check_identifier``: over 256 characters, a NUL
+    or a lone surrogate).
+    """
     instance = current_instance.get()
     if instance is None:
         raise RuntimeError("get_writable() is called inside a @workflow; pass the handle to steps")
+    if namespace:
+        serde.check_identifier(namespace, "stream namespace")
     return StreamHandle(instance.run_id, namespace or DEFAULT_NAMESPACE)
 
 

@@ -354,8 +354,9 @@ def error_payload(exc: BaseException) -> str:
     return serde.dumps(
         {
             "type": f"{kind.__module__}.{kind.__qualname__}",
-            "message": str(exc),
-            "traceback": tb,
+            # Escaped, not refused: a run must be able to fail whatever its error says.
+            "message": serde.escape_surrogates(str(exc)),
+            "traceback": serde.escape_surrogates(tb),
         }
     )
 

@@ -14,7 +14,13 @@ The event log is the truth. Events per run have dense sequence numbers from
 1 (``run_created``); runs, steps, waits, hooks and the queue are views that
 each write derives from the events it appends, in the same transaction.
 Timestamps are epoch seconds read from the World's clock (``open_world``'s
-``clock``); payloads are serialized text the World stores as it is given.
+``clock``); payloads are serialized text the World stores as it is given
+(``serde``'s text, which holds no NUL and no surrogate).
+
+Ids, tokens and namespaces are identifiers (``serde.check_identifier``): a
+write that would store one no World can hold raises
+``InvalidIdentifierError`` and writes nothing; a lookup by one finds
+nothing (``None``, ``[]``, ``HookNotFoundError``), as on every World.
 
 Every blocking method is thread-safe. Writes from many threads are grouped
 into few transactions by the backend (group commit), so callers that want

@@ -135,7 +135,7 @@ class PgTx:
         expected_seq: int | None = None,
         schedule: bool = False,
     ) -> None:
-        # One statement: tether_append (migrations 0005, 0006) does the work on the server.
+        # One statement: tether_append (migrations 0005 to 0007) does the work on the server.
         if any(
             e.type in _WORKING
             or e.type == "hook_created"  # a token conflict queues the run
@@ -145,12 +145,7 @@ class PgTx:
             self.work.add(deployment_id)
         elif any(e.type in _ENDING for e in events):
             self.notify = True
-        encoded = json.dumps(
-            [
-                [e.seq, e.type, e.correlation_id, e.name, e.payload, e.attrs or None, e.created_at]
-                for e in events
-            ]
-        )
+        encoded = json.dumps([_event_row(e) for e in events])
         self.cur.execute(
             "SELECT tether_append(%s, %s, %s, %s, %s, %s, %s, %s)",
             (
@@ -170,6 +165,23 @@ class PgTx:
 
     def readers_wait(self) -> None:
         self.notify = True
+
+
+def _event_row(e: EventRecord) -> list[Any]:
+    """One event as ``tether_append`` (0007) takes it: nothing it parses holds a ``\\u0000``.
+
+    PostgreSQL's json operators fail on a document holding that escape, which
+    ``json.dumps`` writes for a NUL: the attrs travel as their JSON text, in a
+    string, and hook metadata (any JSON a user gave) likewise in the attrs the
+    function reads, the eighth element.
+    """
+    if not e.attrs:
+        return [e.seq, e.type, e.correlation_id, e.name, e.payload, None, e.created_at]
+    row = [e.seq, e.type, e.correlation_id, e.name, e.payload, json.dumps(e.attrs), e.created_at]
+    if "metadata" in e.attrs:
+        metadata = e.attrs["metadata"]
+        row.append({**e.attrs, "metadata": None if metadata is None else json.dumps(metadata)})
+    return row
 
 
 class StaleError(Exception):

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
+from tether.serde import can_be_identifier
 from tether.worlds.records import RunFilter
 
 
@@ -124,7 +125,8 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     """Split a cursor made by ``encode_cursor``; raises ``ValueError`` naming a bad one."""
     created_at, sep, run_id = cursor.partition("/")
     try:
-        if not sep or not run_id:
+        # No run has an id a World cannot hold: the database would refuse to compare it.
+        if not sep or not run_id or not can_be_identifier(run_id):
             raise ValueError
         return float(created_at), run_id
     except ValueError:

@@ -1,7 +1,7 @@
 """SQLite's projection of events onto the views, in Python, in the writer's transaction.
 
 PostgreSQL does the same on the server (``tether_append``, migrations 0005
-and 0006); ``tests/conformance/test_projection.py`` holds the two to the same
+to 0007); ``tests/conformance/test_projection.py`` holds the two to the same
 result.
 """
 

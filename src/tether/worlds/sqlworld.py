@@ -5,6 +5,12 @@ operations (``_write``, ``_write_async``: its group-commit writer), the claim
 and change notification. Every other World method is here, once: readers run
 the shared statements (``sql.Statements``), writers the shared operations
 (``operations``) on the backend's transaction adapter.
+
+Identifiers are checked here, once for both backends, so that both answer
+alike what one database would refuse: a write that would store an id, token
+or namespace no World can hold raises ``InvalidIdentifierError``; a lookup by
+one finds nothing (``serde.can_be_identifier``), as nothing can be stored
+under it.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any, TypeVar
 
 from tether.clock import Clock
 from tether.errors import HookNotFoundError, StreamClosedError
+from tether.serde import can_be_identifier, check_identifier
 from tether.worlds import operations, schema
 from tether.worlds.base import World
 from tether.worlds.operations import Reader, Tx
@@ -168,6 +175,7 @@ class SqlWorld(World):
     # -- runs ----------------------------------------------------------------------
 
     def create_run(self, run: NewRun, activation: Activation | None = None) -> RunRecord:
+        _check_new_run(run)
         return self._write(lambda tx: operations.create_run(tx, run, activation))
 
     async def create_run_async(
@@ -176,34 +184,54 @@ class SqlWorld(World):
         activation: Activation | None = None,
         on_created: Callable[[RunRecord], None] | None = None,
     ) -> RunRecord:
+        _check_new_run(run)
         return await self._write_async(
             lambda tx: operations.create_run(tx, run, activation), on_created
         )
 
     def get_run(self, run_id: str) -> RunRecord | None:
+        if not can_be_identifier(run_id):
+            return None
         rows = self._query(self.sql.get_run, (run_id,))
         return run_record(rows[0]) if rows else None
 
     def list_runs(self, filters: RunFilter) -> list[RunRecord]:
+        if not _findable(
+            filters.status,
+            filters.workflow_name,
+            filters.deployment_id,
+            filters.parent_run_id,
+            filters.rerun_of,
+        ):
+            return []
         statement, params = schema.run_query(
             self.sql.run_select, filters, placeholder=self.sql.dialect.param
         )
         return [run_record(row) for row in self._query(statement, params)]
 
     def list_events(self, run_id: str, after_seq: int = 0) -> list[EventRecord]:
+        if not can_be_identifier(run_id):
+            return []
         rows = self._query(self.sql.list_events, (run_id, after_seq))
         return [event_record(row) for row in rows]
 
     def list_steps(self, run_id: str) -> list[StepRecord]:
+        if not can_be_identifier(run_id):
+            return []
         return [step_record(row) for row in self._query(self.sql.list_steps, (run_id,))]
 
     def list_waits(self, run_id: str) -> list[WaitRecord]:
+        if not can_be_identifier(run_id):
+            return []
         return [wait_record(row) for row in self._query(self.sql.list_waits, (run_id,))]
 
     def cancel_runs(self, run_ids: Sequence[str]) -> CancelResult:
-        return self._write(lambda tx: operations.cancel_runs(tx, list(run_ids)))
+        findable = [run_id for run_id in run_ids if can_be_identifier(run_id)]
+        return self._write(lambda tx: operations.cancel_runs(tx, findable))
 
     def wake_sleeps(self, run_id: str) -> int:
+        if not can_be_identifier(run_id):
+            return 0
         return self._write(lambda tx: operations.wake_sleeps(tx, run_id))
 
     # -- activations and step outcomes ----------------------------------------------
@@ -241,7 +269,11 @@ class SqlWorld(World):
     # -- hooks and streams ----------------------------------------------------------
 
     def resume_hook(self, token: str, payload: str, *, webhook_only: bool = False) -> str:
-        run_id = self._write(lambda tx: operations.resume_hook(tx, token, payload, webhook_only))
+        run_id = None
+        if can_be_identifier(token):
+            run_id = self._write(
+                lambda tx: operations.resume_hook(tx, token, payload, webhook_only)
+            )
         if run_id is None:
             kind = "webhook" if webhook_only else "hook"
             raise HookNotFoundError(
@@ -250,6 +282,8 @@ class SqlWorld(World):
         return run_id
 
     def list_hooks(self, run_id: str | None = None, status: str | None = None) -> list[HookRecord]:
+        if not _findable(run_id, status):
+            return []
         where, params = self.sql.where({"run_id": run_id, "status": status})
         rows = self._query(self.sql.hook_select + where + " ORDER BY created_at", params)
         return [hook_record(row) for row in rows]
@@ -257,6 +291,9 @@ class SqlWorld(World):
     def append_chunks(
         self, stream_id: str, run_id: str, namespace: str, chunks: Sequence[str], close: bool
     ) -> int:
+        check_identifier(run_id, "run id")
+        check_identifier(namespace, "stream namespace")
+        check_identifier(stream_id, "stream id", max_length=None)
         next_index = self._write(
             lambda tx: operations.append_chunks(tx, stream_id, run_id, namespace, chunks, close)
         )
@@ -270,6 +307,9 @@ class SqlWorld(World):
     def read_chunks(
         self, stream_id: str, start_index: int, limit: int
     ) -> tuple[list[Chunk], StreamRecord | None]:
+        if not can_be_identifier(stream_id):
+            return [], None
+
         def read(reader: Reader) -> tuple[list[Chunk], StreamRecord | None]:
             row = reader.query_one(self.sql.get_stream, (stream_id,))
             if row is None:
@@ -282,6 +322,8 @@ class SqlWorld(World):
         return self._read(read)
 
     def list_streams(self, run_id: str | None = None) -> list[StreamRecord]:
+        if not _findable(run_id):
+            return []
         where, params = self.sql.where({"run_id": run_id})
         rows = self._query(self.sql.stream_select + where + " ORDER BY created_at", params)
         return [stream_record(row) for row in rows]
@@ -291,6 +333,8 @@ class SqlWorld(World):
     def register_worker(
         self, worker: WorkerInfo, manifest: dict[str, Any], *, replace: bool = False
     ) -> None:
+        check_identifier(worker.deployment_id, "deployment id")
+        check_identifier(worker.environment, "environment")
         self._write(lambda tx: operations.register_worker(tx, worker, manifest, replace=replace))
         self._deployments[worker.worker_id] = worker.deployment_id
 
@@ -298,10 +342,14 @@ class SqlWorld(World):
         self._write(lambda tx: operations.unregister_worker(tx, worker_id))
 
     def get_deployment(self, deployment_id: str) -> DeploymentRecord | None:
+        if not can_be_identifier(deployment_id):
+            return None
         rows = self._query(self.sql.get_deployment, (deployment_id,))
         return deployment_record(rows[0]) if rows else None
 
     def latest_deployment(self, environment: str) -> DeploymentRecord | None:
+        if not can_be_identifier(environment):
+            return None
         rows = self._query(self.sql.latest_deployment, (environment,))
         return deployment_record(rows[0]) if rows else None
 
@@ -329,3 +377,18 @@ class SqlWorld(World):
             if environment is None or env in (environment, "")
         ]
         return sorted(statuses, key=lambda d: d.created_at, reverse=True)
+
+
+def _check_new_run(run: NewRun) -> None:
+    """Raise ``InvalidIdentifierError`` for an id of ``run`` no World can store."""
+    check_identifier(run.run_id, "run id")
+    check_identifier(run.deployment_id, "deployment id")
+    check_identifier(run.workflow_name, "workflow name", max_length=None)
+    for linked in (run.parent_run_id, run.rerun_of):
+        if linked is not None:
+            check_identifier(linked, "run id")
+
+
+def _findable(*values: str | None) -> bool:
+    """Whether each value given (not ``None``) could name something stored."""
+    return all(value is None or can_be_identifier(value) for value in values)
