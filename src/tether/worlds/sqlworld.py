@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -184,6 +185,22 @@ class SqlWorld(World):
         rows = self._query(self.sql.get_run, (run_id,))
         return run_record(rows[0]) if rows else None
 
+    def find_run_ids(self, prefix: str, limit: int) -> list[str]:
+        if not prefix:
+            raise ValueError("a run id prefix must not be empty: give the first characters of one")
+        end = _after_prefix(prefix)
+        if end is not None and self._compares_by_code_point:
+            rows = self._query(self.sql.run_ids_in_range, (prefix, end, limit))
+        else:
+            rows = self._query(self.sql.run_ids_starting, (len(prefix), prefix, limit))
+        return [row[0] for row in rows]
+
+    @functools.cached_property
+    def _compares_by_code_point(self) -> bool:
+        """Whether the ids that start with a prefix are one range of the run id index."""
+        probe = self.sql.dialect.code_point_probe
+        return probe is None or bool(self._query(probe)[0][0])
+
     def list_runs(self, filters: RunFilter) -> list[RunRecord]:
         statement, params = schema.run_query(
             self.sql.run_select, filters, placeholder=self.sql.dialect.param
@@ -327,3 +344,18 @@ class SqlWorld(World):
             if environment is None or env in (environment, "")
         ]
         return sorted(statuses, key=lambda d: d.created_at, reverse=True)
+
+
+def _after_prefix(prefix: str) -> str | None:
+    """The first text past every text that starts with ``prefix``, by code point.
+
+    ``None`` when there is none (``prefix`` is all U+10FFFF). Surrogates are
+    skipped: no stored text holds one.
+    """
+    stem = prefix.rstrip(chr(0x10FFFF))
+    if not stem:
+        return None
+    last = ord(stem[-1]) + 1
+    if 0xD800 <= last <= 0xDFFF:
+        last = 0xE000
+    return stem[:-1] + chr(last)
