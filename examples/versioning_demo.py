@@ -9,7 +9,9 @@ imports none of the store's code and starts runs by name.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -83,8 +85,10 @@ def main() -> None:
             "   digest chain: "
             + " -> ".join(f"{run.run_id[:12]} on {run.deployment_id}" for run in chain)
         )
-        say(f"Done in {time.monotonic() - began:.1f} s. Look around: tether inspect runs")
-        say(f"   --backend {url}")
+        say(f"Done in {time.monotonic() - began:.1f} s. Look around:")
+        command = f"{tether_command()} inspect runs --backend {shlex.quote(url)}"
+        say(f"   {command}")
+        say(f"   {command} {chain[-1].run_id[:12]}   (the start of a run id will do)")
     finally:
         follower.stop()
         for proc in workers:
@@ -114,6 +118,20 @@ def start_worker(url: str, version: str) -> subprocess.Popen[bytes]:
             raise RuntimeError(f"worker {version} did not start; see {log.name}")
         time.sleep(0.02)
     return proc
+
+
+def tether_command() -> str:
+    """How to run ``tether`` from this shell.
+
+    ``make demo`` installs it in .venv/bin, which a fresh shell does not have
+    on its PATH: name the script itself (relative when it is below here).
+    """
+    script = Path(sys.executable).with_name("tether")
+    if not script.exists():
+        return f"{shlex.quote(sys.executable)} -m tether"
+    with contextlib.suppress(ValueError):
+        script = script.relative_to(Path.cwd())
+    return shlex.quote(str(script))
 
 
 def follow_chain(first: tether.Run) -> list[tether.Run]:

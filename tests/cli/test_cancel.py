@@ -63,8 +63,8 @@ def test_bulk_cancel_of_many_runs_goes_in_chunks(url: str, world: World) -> None
 def test_cancel_needs_a_run_or_filters_and_unfinished_statuses(url: str, world: World) -> None:
     run_id = create_run(world, HELLO, ["a"])
     for args, message in [
-        ([], "give a RUN_ID, or filters for a bulk cancel"),
-        ([run_id, "--status", "pending"], "give either a RUN_ID or filters"),
+        ([], "give RUN_IDs, or filters for a bulk cancel"),
+        ([run_id, "--status", "pending"], "give either RUN_IDs or filters"),
         (["--status", "completed"], "runs with status 'completed' have ended"),
         (["--status", "stuck"], "invalid status 'stuck': expected one of pending, running,"),
         (["--workflow-name", "hello"], "expected workflow//<module>//<function>"),
@@ -73,3 +73,21 @@ def test_cancel_needs_a_run_or_filters_and_unfinished_statuses(url: str, world: 
         assert result.code == 2, (args, result)
         assert message in error_line(result)
     assert statuses(world, [run_id]) == ["pending"]
+
+
+def test_cancel_several_runs_by_id(url: str, world: World) -> None:
+    first, second, third = (create_run(world, HELLO, [name]) for name in "abc")
+    ended = create_run(world, HELLO, ["d"])
+    world.cancel_runs([ended])
+    missing = tether("cancel", first, "run_missing", "-y", url=url)
+    assert missing.code == 1 and "run 'run_missing' not found" in error_line(missing)
+    assert statuses(world, [first]) == ["pending"]  # every id is found before any is cancelled
+    done = tether_exe("cancel", first, second[:20], ended, first, "-y", url=url)
+    assert done.code == 0, done
+    assert done.lines == [first, second]
+    assert f"skipping {ended}: it has already ended (cancelled)" in done.err
+    assert "2 runs to cancel" in done.err and "cancelled 2 runs" in done.err
+    assert statuses(world, [first, second, third]) == ["cancelled", "cancelled", "pending"]
+    all_ended = tether("cancel", first, ended, "-y", url=url)
+    assert all_ended.code == 1
+    assert "all 2 runs have already ended: nothing to cancel" in error_line(all_ended)

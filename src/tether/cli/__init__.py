@@ -35,7 +35,8 @@ def main() -> None:
     """tether: durable workflows pinned to the code that started them.
 
     Every command takes --backend URL (else $TETHER_WORLD, else
-    sqlite:///.tether/tether.db).
+    sqlite:///.tether/tether.db). Wherever a RUN_ID goes, the start of one
+    will do if no other id starts the same way.
     """
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+from collections.abc import Sequence
 
 import click
 from rich.console import Group
@@ -30,8 +31,8 @@ PREVIEW_ROWS = 10
 # -- cancel ---------------------------------------------------------------------------
 
 
-@click.command()
-@click.argument("run_id", required=False)
+@click.command(short_help="Cancel runs: by id, or every unfinished run matching filters.")
+@click.argument("run_ids", nargs=-1, metavar="[RUN_ID]...")
 @click.option("--status", help="Bulk: pending or running (default: both).")
 @click.option(
     "--workflow-name",
@@ -43,24 +44,25 @@ PREVIEW_ROWS = 10
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @backend_option
 def cancel(
-    run_id: str | None,
+    run_ids: tuple[str, ...],
     status: str | None,
     workflow_name: str | None,
     deployment: str | None,
     limit: int | None,
     yes: bool,
 ) -> None:
-    """Cancel RUN_ID, or every unfinished run matching the filters.
+    """Cancel each RUN_ID, or every unfinished run matching the filters.
 
-    Shows what it will cancel and asks first (-y skips the question). Prints
-    the ids of the cancelled runs on stdout, one a line.
+    A RUN_ID may be a unique prefix of an id (run_e3964c47). Shows what it
+    will cancel and asks first (-y skips the question). Prints the ids of the
+    cancelled runs on stdout, one a line.
     """
     bulk = any(v is not None for v in (status, workflow_name, deployment, limit))
-    if run_id is not None and bulk:
-        raise UsageProblem("give either a RUN_ID or filters (a bulk cancel), not both")
-    if run_id is None and not bulk:
+    if run_ids and bulk:
+        raise UsageProblem("give either RUN_IDs or filters (a bulk cancel), not both")
+    if not run_ids and not bulk:
         raise UsageProblem(
-            "give a RUN_ID, or filters for a bulk cancel: --status, --workflow-name, --deployment"
+            "give RUN_IDs, or filters for a bulk cancel: --status, --workflow-name, --deployment"
         )
     params.check_status(status)
     if status in TERMINAL_STATUSES:
@@ -70,12 +72,10 @@ def cancel(
         )
     params.check_workflow_name(workflow_name)
     world = backend.world()
-    if run_id is not None:
-        record = backend.require_run(world, run_id)
-        if record.status in TERMINAL_STATUSES:
-            raise CliError(f"run {run_id} has already ended ({record.status}): nothing to cancel")
-        targets = [record]
+    if run_ids:
+        targets = _named(world, run_ids)
     else:
+        params.require_known_workflow(world, workflow_name)
         targets = _unfinished(world, status, workflow_name, deployment, limit)
         if not targets:
             render.err().print("nothing to cancel: no pending or running run matches")
@@ -96,6 +96,27 @@ def cancel(
         f"cancelled {_runs(len(cancelled))}"
         + (f" ({ended} ended before they could be cancelled)" if ended else "")
     )
+
+
+def _named(world: World, run_ids: Sequence[str]) -> list[RunRecord]:
+    """The unfinished runs of ``run_ids``, each found before anything is cancelled.
+
+    A run that has ended is skipped with a note; if every one has, nothing is
+    left to do: an error.
+    """
+    found = {record.run_id: record for record in (backend.require_run(world, i) for i in run_ids)}
+    ended = [r for r in found.values() if r.status in TERMINAL_STATUSES]
+    if len(ended) == len(found):
+        if len(ended) == 1:
+            raise CliError(
+                f"run {ended[0].run_id} has already ended ({ended[0].status}): nothing to cancel"
+            )
+        raise CliError(f"all {len(ended)} runs have already ended: nothing to cancel")
+    for record in ended:
+        render.err().print(
+            f"skipping {record.run_id}: it has already ended ({record.status})", soft_wrap=True
+        )
+    return [r for r in found.values() if r.status not in TERMINAL_STATUSES]
 
 
 def _unfinished(
@@ -153,8 +174,9 @@ def _runs(count: int) -> str:
 def rerun(run_ids: tuple[str, ...], latest: bool, deployment: str | None) -> None:
     """Start each RUN_ID again with the same inputs; prints the new run ids.
 
-    Without --latest or --deployment a rerun stays on the original run's
-    deployment. The new run records which run it reruns.
+    A RUN_ID may be a unique prefix of an id. Without --latest or
+    --deployment a rerun stays on the original run's deployment. The new run
+    records which run it reruns.
     """
     if latest and deployment is not None:
         raise UsageProblem("give --latest or --deployment, not both")
@@ -243,16 +265,16 @@ def wake(run_id: str) -> None:
     world = backend.world()
     record = backend.require_run(world, run_id)
     if record.status in TERMINAL_STATUSES:
-        raise CliError(f"run {run_id} has ended ({record.status}): no sleep to wake")
-    woken = world.wake_sleeps(run_id)
+        raise CliError(f"run {record.run_id} has ended ({record.status}): no sleep to wake")
+    woken = world.wake_sleeps(record.run_id)
     if not woken:
-        raise CliError(f"run {run_id} has no pending sleep (status: {record.status})")
+        raise CliError(f"run {record.run_id} has no pending sleep (status: {record.status})")
     serving = any(
         d.deployment_id == record.deployment_id and d.live_workers
         for d in world.list_deployments(None, deployments.LIVE_WITHIN_SECONDS)
     )
     render.err().print(
-        f"woke {woken} sleep{'s' if woken > 1 else ''} of {run_id}"
+        f"woke {woken} sleep{'s' if woken > 1 else ''} of {record.run_id}"
         + (
             ""
             if serving

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from tether import config
-from tether.cli.errors import CliError, is_backend_error
+from tether.cli.errors import CliError, UsageProblem, is_backend_error
 from tether.errors import RunNotFoundError
 from tether.redaction import redact
 from tether.worlds import DEFAULT_WORLD_URL
@@ -21,6 +21,9 @@ from tether.worlds.base import World
 from tether.worlds.records import RunRecord
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: How many of the runs an ambiguous run id prefix matches are named in the error.
+MATCHES_SHOWN = 5
 
 _META_KEY = "tether.backend"
 
@@ -110,10 +113,29 @@ def world() -> World:
 
 
 def require_run(world: World, run_id: str) -> RunRecord:
-    """The run with that id; ``RunNotFoundError`` (exit code 1) if there is none."""
-    record = world.get_run(run_id)
+    """The run with that id, or the one run whose id starts with it.
+
+    ``RunNotFoundError`` (exit code 1) when no id is or starts with it; a
+    usage error (exit code 2) naming some of the matches when several start
+    with it.
+    """
+    record = world.get_run(run_id) if run_id else None
+    if record is not None:
+        return record
+    if not run_id:
+        raise UsageProblem("a run id must not be empty (tether inspect runs lists them)")
+    matches = world.find_run_ids(run_id, MATCHES_SHOWN + 1)
+    if len(matches) > 1:
+        shown = ", ".join(matches[:MATCHES_SHOWN])
+        more = " and more" if len(matches) > MATCHES_SHOWN else ""
+        raise UsageProblem(
+            f"run id {run_id!r} is ambiguous: it starts the ids {shown}{more}; give more of the id"
+        )
+    record = world.get_run(matches[0]) if matches else None
     if record is None:
-        raise RunNotFoundError(f"run {run_id!r} not found in {redact(world.url)}")
+        raise RunNotFoundError(
+            f"run {run_id!r} not found in {redact(world.url)}: no run id is or starts with it"
+        )
     return record
 
 

@@ -20,8 +20,6 @@ from tether.worlds.schema import decode_cursor, encode_cursor
 
 T = TypeVar("T")
 
-#: How many later runs of the same workflow the detail view scans for reruns.
-
 
 @click.group(short_help="Look at runs, steps, events, sleeps, hooks, streams.")
 def inspect() -> None:
@@ -55,7 +53,7 @@ def runs(
     sort: str,
     with_data: bool,
 ) -> None:
-    """List runs, newest first; with RUN_ID, show that run in detail."""
+    """List runs, newest first; with RUN_ID (or a unique prefix of one), show that run in detail."""
     filters = RunFilter(
         status=params.check_status(status),
         workflow_name=params.check_workflow_name(workflow_name),
@@ -67,6 +65,7 @@ def runs(
     if cursor is not None:
         decode_cursor(cursor)  # a malformed cursor is a usage error before any query
     world = backend.world()
+    params.require_known_workflow(world, workflow_name)
     if run_id is not None:
         _show_run(world, backend.require_run(world, run_id), as_json=as_json)
         return
@@ -230,7 +229,7 @@ def steps(
     chosen = _which_run("steps", run_id, run_id_option, cursor)
     params.check_status(status, STEP_STATUSES)
     world = backend.world()
-    backend.require_run(world, chosen)
+    chosen = backend.require_run(world, chosen).run_id
     found = [s for s in world.list_steps(chosen) if status is None or s.status == status]
     page, next_cursor = _page(found, cursor, limit, sort)
     render.listing(
@@ -261,7 +260,7 @@ def events(
     """List a run's event log, the truth every view is derived from."""
     chosen = _which_run("events", run_id, run_id_option, cursor)
     world = backend.world()
-    backend.require_run(world, chosen)
+    chosen = backend.require_run(world, chosen).run_id
     found = [e for e in world.list_events(chosen) if event_type in (None, e.type)]
     page, next_cursor = _page(found, cursor, limit, sort)
     render.listing(
@@ -295,7 +294,7 @@ def sleeps(
     chosen = _which_run("sleeps", run_id, run_id_option, cursor)
     params.check_status(status, WAIT_STATUSES)
     world = backend.world()
-    backend.require_run(world, chosen)
+    chosen = backend.require_run(world, chosen).run_id
     found = [w for w in world.list_waits(chosen) if status is None or w.status == status]
     page, next_cursor = _page(found, cursor, limit, sort)
     render.listing(
@@ -349,7 +348,7 @@ def hooks(
     params.check_status(status, HOOK_STATUSES)
     world = backend.world()
     if chosen is not None:
-        backend.require_run(world, chosen)
+        chosen = backend.require_run(world, chosen).run_id
     page, next_cursor = _page(world.list_hooks(chosen, status), cursor, limit, sort)
     render.listing(
         page,
@@ -381,7 +380,7 @@ def streams(
     chosen = _optional_run(run_id, run_id_option, cursor)
     world = backend.world()
     if chosen is not None:
-        backend.require_run(world, chosen)
+        chosen = backend.require_run(world, chosen).run_id
     page, next_cursor = _page(world.list_streams(chosen), cursor, limit, sort)
     last = {
         s.stream_id: _last_chunk(world, s.stream_id) if with_data and s.next_index else None

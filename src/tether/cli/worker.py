@@ -12,7 +12,7 @@ import click
 from tether import config, registry
 from tether.cli import backend
 from tether.cli.backend import backend_option
-from tether.cli.errors import CliError
+from tether.cli.errors import CliError, UsageProblem
 from tether.runtime.worker import Worker
 
 
@@ -27,6 +27,13 @@ from tether.runtime.worker import Worker
     "is taken over after this).",
 )
 @click.option(
+    "--deployment",
+    envvar="TETHER_DEPLOYMENT_ID",
+    metavar="ID",
+    help="The deployment this worker serves (default: $TETHER_DEPLOYMENT_ID, else a "
+    "fingerprint of the code of MODULES).",
+)
+@click.option(
     "--replace-deployment",
     is_flag=True,
     help="Development only: serve under the deployment id even if it was registered with "
@@ -34,13 +41,23 @@ from tether.runtime.worker import Worker
 )
 @backend_option
 def worker(
-    modules: tuple[str, ...], concurrency: int, lease_seconds: float, replace_deployment: bool
+    modules: tuple[str, ...],
+    concurrency: int,
+    lease_seconds: float,
+    deployment: str | None,
+    replace_deployment: bool,
 ) -> None:
     """Serve the workflows and steps defined in MODULES until Ctrl-C (which drains).
 
     A deployment id is immutable: if it was registered with other code for a
     workflow or step these modules define, the worker refuses to start (exit 2).
     """
+    if deployment is not None:
+        if not deployment.strip():
+            raise UsageProblem("--deployment must not be empty: give an id such as v42")
+        # As if set in the environment: a step's start() without deployment_id pins the
+        # new run to its own deployment, which it reads from there.
+        os.environ["TETHER_DEPLOYMENT_ID"] = deployment
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())

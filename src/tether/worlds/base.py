@@ -89,6 +89,18 @@ class RunStore(abc.ABC):
         """Return the run, or ``None`` if there is no run with that id."""
 
     @abc.abstractmethod
+    def find_run_ids(self, prefix: str, limit: int) -> list[str]:
+        """Up to ``limit`` ids of runs that start with ``prefix``, in id order.
+
+        Every character matches only itself (``_`` and ``%`` included; case
+        counts); an id equal to ``prefix`` is among them. The run id's index
+        answers it, so its cost follows the matches, not the runs (on
+        PostgreSQL, where the database compares text by code point, as C and
+        C.UTF-8 do; under a language's collation each id is tested). Raises
+        ``ValueError`` for an empty prefix.
+        """
+
+    @abc.abstractmethod
     def list_runs(self, filters: RunFilter) -> list[RunRecord]:
         """Return up to ``filters.limit`` runs matching every filter that is not ``None``.
 

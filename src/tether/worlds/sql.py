@@ -40,6 +40,10 @@ class Dialect:
     false: str
     #: How to order text ids that are positions ("1", "2", ... "10") as numbers.
     id_order: str
+    #: A query answering whether the database compares text by code point (then the
+    #: ids that start with a prefix form one range of the run id's index); ``None``:
+    #: it always does.
+    code_point_probe: str | None = None
 
     def render(self, sql: str) -> str:
         """``sql`` with its ``?`` placeholders in the driver's spelling."""
@@ -63,6 +67,12 @@ POSTGRES_DIALECT = Dialect(
     for_update=" FOR UPDATE",
     false="false",
     id_order="length({0}), {0}",  # no cast: an id that is not a number must not fail
+    # The database's collation, unless C-like (C, POSIX, C.UTF-8), orders text as a
+    # language does (case and punctuation weigh less): compare a sample with byte order.
+    code_point_probe=(
+        'SELECT array_agg(t ORDER BY t) = array_agg(t ORDER BY t COLLATE "C") FROM (VALUES'
+        " ('a'), ('B'), ('_'), ('-'), ('a_b'), ('ab'), ('a-'), ('Z'), ('1'), (' ')) AS v (t)"
+    ),
 )
 
 RUN_COLUMNS = (
@@ -83,6 +93,14 @@ class Statements:
         # -- runs and events
         self.run_select = f"SELECT {RUN_COLUMNS} FROM runs"
         self.get_run = q(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?")
+        # Ids that start with a prefix: a range of the primary key where text compares by
+        # code point, else a test of each id. No LIKE: "_" and "%" are plain characters here.
+        self.run_ids_in_range = q(
+            "SELECT run_id FROM runs WHERE run_id >= ? AND run_id < ? ORDER BY run_id LIMIT ?"
+        )
+        self.run_ids_starting = q(
+            "SELECT run_id FROM runs WHERE substr(run_id, 1, ?) = ? ORDER BY run_id LIMIT ?"
+        )
         self.insert_run = q(
             "INSERT INTO runs (run_id, workflow_name, deployment_id, status, input, parent_run_id,"
             " rerun_of, created_at, last_seq) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, 1)"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -194,6 +195,24 @@ class SqlWorld(World):
             return None
         rows = self._query(self.sql.get_run, (run_id,))
         return run_record(rows[0]) if rows else None
+
+    def find_run_ids(self, prefix: str, limit: int) -> list[str]:
+        if not prefix:
+            raise ValueError("a run id prefix must not be empty: give the first characters of one")
+        if not can_be_identifier(prefix):
+            return []
+        end = _after_prefix(prefix)
+        if end is not None and self._compares_by_code_point:
+            rows = self._query(self.sql.run_ids_in_range, (prefix, end, limit))
+        else:
+            rows = self._query(self.sql.run_ids_starting, (len(prefix), prefix, limit))
+        return [row[0] for row in rows]
+
+    @functools.cached_property
+    def _compares_by_code_point(self) -> bool:
+        """Whether the ids that start with a prefix are one range of the run id index."""
+        probe = self.sql.dialect.code_point_probe
+        return probe is None or bool(self._query(probe)[0][0])
 
     def list_runs(self, filters: RunFilter) -> list[RunRecord]:
         if not _findable(
@@ -392,3 +411,18 @@ def _check_new_run(run: NewRun) -> None:
 def _findable(*values: str | None) -> bool:
     """Whether each value given (not ``None``) could name something stored."""
     return all(value is None or can_be_identifier(value) for value in values)
+
+
+def _after_prefix(prefix: str) -> str | None:
+    """The first text past every text that starts with ``prefix``, by code point.
+
+    ``None`` when there is none (``prefix`` is all U+10FFFF). Surrogates are
+    skipped: no stored text holds one.
+    """
+    stem = prefix.rstrip(chr(0x10FFFF))
+    if not stem:
+        return None
+    last = ord(stem[-1]) + 1
+    if 0xD800 <= last <= 0xDFFF:
+        last = 0xE000
+    return stem[:-1] + chr(last)
