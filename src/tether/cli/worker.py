@@ -26,9 +26,25 @@ from tether.runtime.worker import Worker
     help="How long a task stays claimed without a heartbeat (a dead worker's work "
     "is taken over after this).",
 )
+@click.option(
+    "--step-threads",
+    default=64,
+    show_default=True,
+    help="Plain def steps run at once; more wait, leased, for a thread.",
+)
 @backend_option
-def worker(modules: tuple[str, ...], concurrency: int, lease_seconds: float) -> None:
-    """Serve the workflows and steps defined in MODULES until Ctrl-C (which drains)."""
+def worker(
+    modules: tuple[str, ...], concurrency: int, lease_seconds: float, step_threads: int
+) -> None:
+    """Serve the workflows and steps defined in MODULES until SIGINT (Ctrl-C) or SIGTERM.
+
+    The first signal drains: steps running finish and are recorded, nothing
+    new starts, and steps leased but not started are handed back to other
+    workers at once; then the worker exits with code 0. A second signal exits
+    at once with 128 + its number (130 for SIGINT, 143 for SIGTERM), and a
+    drain longer than 30 s with 1: the steps still running are named, and run
+    again on another worker once their leases expire (--lease-seconds).
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -42,7 +58,10 @@ def worker(modules: tuple[str, ...], concurrency: int, lease_seconds: float) -> 
     serving = backend.current()
     config.configure(serving.url)  # runs started from steps go to the same World
     w = Worker(
-        world=serving.world(create=True), concurrency=concurrency, lease_seconds=lease_seconds
+        world=serving.world(create=True),
+        concurrency=concurrency,
+        lease_seconds=lease_seconds,
+        step_threads=step_threads,
     )
     w.run(
         on_ready=lambda: click.echo(
