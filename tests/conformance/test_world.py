@@ -463,6 +463,35 @@ def test_unregister_marks_the_worker_stopped_and_releases_its_leases(world: Worl
     assert [t.step_id for t in claim(world, DEP, "w2", 10, 30.0)] == ["0"]
 
 
+def test_a_step_leased_but_not_begun_is_handed_back_due_now(world: World) -> None:
+    started_with_step(world, "r1", worker="w1", lease=30.0)
+    assert world.hand_back_step("r1", "0", "w2", 1) is False  # not w2's lease
+    assert world.hand_back_step("r1", "0", "w1", 2) is False  # not the attempt it holds
+    assert types(world, "r1")[-1] == "step_started"
+    assert world.hand_back_step("r1", "0", "w1", 1) is True
+    last = world.list_events("r1")[-1]
+    assert (last.type, last.correlation_id, last.payload) == ("step_retrying", "0", None)
+    assert last.attrs == {"attempt": 1, "retry_at": CLOCK.time(), "handed_back": True}
+    (step,) = world.list_steps("r1")
+    assert (step.status, step.attempt, step.retry_at) == ("retrying", 1, CLOCK.time())
+    (task,) = claim(world, DEP, "w2", 10, 30.0)  # at once: no lease left to run out
+    assert (task.step_id, task.attempt) == ("0", 2)
+    assert world.hand_back_step("r1", "0", "w1", 1) is False  # w2 holds it now
+    assert_dense(world, "r1")
+
+
+def test_a_recorded_step_or_an_ended_run_is_not_handed_back(world: World) -> None:
+    started_with_step(world, "r1")
+    world.finish_step(outcome("r1"))
+    assert world.hand_back_step("r1", "0", "w1", 1) is False
+    started_with_step(world, "r2")
+    world.cancel_runs(["r2"])
+    assert world.hand_back_step("r2", "0", "w1", 1) is False
+    assert world.hand_back_step("nope", "0", "w1", 1) is False
+    assert types(world, "r1")[-1] == "step_completed"
+    assert types(world, "r2")[-1] == "run_cancelled"
+
+
 # -- sleeps ------------------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ class WorkerProcess:
         lease_seconds: float = 2.0,
         concurrency: int = 512,
         wait_ready: bool = True,
-        extra_args: list[str] | None = None,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.log_path = log_path
         full_env = {
@@ -53,7 +53,7 @@ class WorkerProcess:
                 str(lease_seconds),
                 "--concurrency",
                 str(concurrency),
-                *(extra_args or []),
+                *args,
             ],
             cwd=REPO,
             env=full_env,
@@ -69,6 +69,14 @@ class WorkerProcess:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the worker, which goes on (or not) by itself."""
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the worker to exit; returns its exit code."""
+        return self.proc.wait(timeout=timeout)
 
     def kill(self) -> None:
         """``kill -9``: no cleanup, no lease released."""

@@ -63,7 +63,7 @@ def test_replace_deployment_is_the_explicit_override(world_url: str, tmp_path: P
         tmp_path / "replace.log",
         pythonpath=V2,
         env={"TETHER_DEPLOYMENT_ID": "v1"},
-        extra_args=["--replace-deployment"],
+        args=("--replace-deployment",),
     )
     proc.stop()
     with pytest.raises(TypeError, match="missing a required argument: 'amount'"):

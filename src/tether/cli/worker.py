@@ -39,6 +39,12 @@ from tether.runtime.worker import Worker
     help="Development only: serve under the deployment id even if it was registered with "
     "other code (runs pinned to it then resume into this code).",
 )
+@click.option(
+    "--step-threads",
+    default=64,
+    show_default=True,
+    help="Plain def steps run at once; more wait, leased, for a thread.",
+)
 @backend_option
 def worker(
     modules: tuple[str, ...],
@@ -46,8 +52,16 @@ def worker(
     lease_seconds: float,
     deployment: str | None,
     replace_deployment: bool,
+    step_threads: int,
 ) -> None:
-    """Serve the workflows and steps defined in MODULES until Ctrl-C (which drains).
+    """Serve the workflows and steps defined in MODULES until SIGINT (Ctrl-C) or SIGTERM.
+
+    The first signal drains: steps running finish and are recorded, nothing
+    new starts, and steps leased but not started are handed back to other
+    workers at once; then the worker exits with code 0. A second signal exits
+    at once with 128 + its number (130 for SIGINT, 143 for SIGTERM), and a
+    drain longer than 30 s with 1: the steps still running are named, and run
+    again on another worker once their leases expire (--lease-seconds).
 
     A deployment id is immutable: if it was registered with other code for a
     workflow or step these modules define, the worker refuses to start (exit 2).
@@ -75,6 +89,7 @@ def worker(
         concurrency=concurrency,
         lease_seconds=lease_seconds,
         replace_deployment=replace_deployment,
+        step_threads=step_threads,
     )
     w.run(
         on_ready=lambda: click.echo(

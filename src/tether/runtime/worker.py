@@ -6,6 +6,15 @@ tasks here and plain ``def`` steps in a thread pool. Steps a workflow asks
 for are leased to this worker in the same commit that records them and run
 at once (no queue round trip); when a step ends, its result is fed to the
 cached run and the outcome and the run's next requests commit together.
+
+Stopping drains: the steps running finish and are recorded, nothing new
+starts, and a step leased here but not begun is handed back (a
+``step_retrying`` marked ``handed_back`` ends its ``step_started``) so that
+another worker takes it at once. A step that ends while draining is
+recorded alone: the run goes on on whichever worker takes its workflow
+task, with no step of it leased here. A foreground worker (``run``) that is
+signalled again, or whose drain outlasts ``drain_timeout``, exits at once
+and names the steps it abandons: they run again once their leases expire.
 """
 
 from __future__ import annotations
@@ -22,10 +31,12 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from types import FrameType
+from typing import Any, NoReturn, TypeVar
 
 from tether import config, manifest
 from tether.clock import Clock, SystemClock
+from tether.runtime import shutdown
 from tether.runtime.activation import Activations
 from tether.runtime.pacing import ClaimPacer
 from tether.runtime.retry import DEFAULT_POLICY, RetryPolicy
@@ -34,6 +45,7 @@ from tether.worlds.base import World
 from tether.worlds.records import (
     NewRun,
     RunRecord,
+    StepOutcome,
     WorkerInfo,
 )
 
@@ -56,6 +68,8 @@ class Worker:
     Use it as a context manager for an in-process worker on a background
     thread (``with tether.Worker(): ...``), or call ``run()`` to serve in the
     foreground until SIGINT/SIGTERM, which drain in-flight work and exit.
+    Either way stopping waits up to ``drain_timeout`` seconds for the steps
+    running, and hands back those leased here but not begun.
     """
 
     def __init__(
@@ -110,6 +124,11 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        #: Serving through ``run``: signals stop it, and it may exit the process at once.
+        self._foreground = False
+        #: Activations under way, and steps being handed back (what a drain waits for).
+        self._activating = 0
+        self._handing_back: set[StepJob] = set()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -138,11 +157,15 @@ class Worker:
             raise self._error
 
     def stop(self) -> None:
-        """Drain in-flight work (up to ``drain_timeout``) and stop the background thread."""
-        loop, stopping = self._loop, self._stopping
-        if loop is not None and stopping is not None and not loop.is_closed():
+        """Drain in-flight work (up to ``drain_timeout``) and stop the background thread.
+
+        Steps still running after ``drain_timeout`` are cancelled and their
+        leases given back, due now.
+        """
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(stopping.set)
+                loop.call_soon_threadsafe(self._begin_drain, "stop() was called", logging.INFO)
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -151,15 +174,25 @@ class Worker:
         """Serve in the foreground until SIGINT or SIGTERM, then drain and return.
 
         ``on_ready`` is called once the worker has registered its deployment.
+        A second SIGINT or SIGTERM exits the process at once with code 128
+        plus the signal's number (130, 143), and a drain that outlasts
+        ``drain_timeout`` with code 1: the steps still running are abandoned
+        and run again on another worker once their leases expire.
         """
 
         async def main() -> None:
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, self._request_stop)
+            for sig in shutdown.STOP_SIGNALS:
+                loop.add_signal_handler(sig, self._on_first_signal, sig)
             await self.serve(on_ready)
 
-        asyncio.run(main())
+        self._foreground = True
+        previous = {sig: signal.getsignal(sig) for sig in shutdown.STOP_SIGNALS}
+        try:
+            asyncio.run(main())
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     async def serve(self, on_ready: Callable[[], None] | None = None) -> None:
         """Claim and run tasks until stopped; the coroutine behind ``start`` and ``run``."""
@@ -206,6 +239,7 @@ class Worker:
             config.withdraw_worker(self.world.url, self.deployment_id, self)
             remove_listener()
             await self._drain()
+            log.info("worker %s drained; stopping", self.worker_id)
             heartbeat.cancel()
             await self._io(self.world.unregister_worker, self.worker_id)
             self._runs.close()
@@ -234,7 +268,12 @@ class Worker:
         return future
 
     async def _start_local(self, run: NewRun, future: Future[RunRecord]) -> None:
-        self._run_steps(await self._runs.start(run, future))
+        self._activating += 1
+        try:
+            jobs = await self._runs.start(run, future)
+        finally:
+            self._activating -= 1
+        self._run_steps(jobs)
 
     # -- claiming ------------------------------------------------------------
 
@@ -302,9 +341,12 @@ class Worker:
             self.deployment_id, self.worker_id, free, self.lease_seconds, CLAIM_AHEAD
         )
         for task in tasks:
-            if task.kind == "workflow":
+            if task.kind == "workflow" and self._draining():
+                self._spawn(self._give_back(task.run_id, "", 0.0))  # claimed as the stop came
+            elif task.kind == "workflow":
                 self._spawn(self._activate(task.run_id, task.due_at), task.run_id)
             else:
+                # Draining, it is not begun: _run_step hands it back.
                 job = StepJob(task.run_id, task.step_id, task.step_name, task.input, task.attempt)
                 self._spawn(self._run_step(job))
         # A slow safety net of a second: commits and timers wake us sooner.
@@ -329,15 +371,18 @@ class Worker:
     # -- workflow activations --------------------------------------------------
 
     async def _activate(self, run_id: str, due_at: float = 0.0) -> None:
-        self._run_steps(await self._runs.activate(run_id, due_at))
+        self._activating += 1
+        try:
+            jobs = await self._runs.activate(run_id, due_at)
+        finally:
+            self._activating -= 1
+        self._run_steps(jobs)
 
     def _run_steps(self, jobs: list[StepJob]) -> None:
-        # A draining worker starts nothing new: it gives the leases back on exit
-        # and another worker runs these steps.
-        if self._draining():
-            return
+        # A draining worker starts nothing new: the steps a commit leased to it as
+        # the stop came go back at once, for another worker.
         for job in jobs:
-            self._spawn(self._run_step(job))
+            self._spawn(self._hand_back(job) if self._draining() else self._run_step(job))
 
     async def _guarded(self, work: Any, run_id: str) -> None:
         """Run an activation; if it fails unexpectedly, hand the run back to the World.
@@ -355,14 +400,39 @@ class Worker:
             self._runs.evict(run_id)
             await self._give_back(run_id, "")
 
-    async def _give_back(self, run_id: str, step_id: str) -> None:
+    async def _give_back(self, run_id: str, step_id: str, delay: float = RETRY_RUN_AFTER) -> None:
         try:
-            await self._io(
-                self.world.release_task, run_id, step_id, self.worker_id, RETRY_RUN_AFTER
-            )
+            await self._io(self.world.release_task, run_id, step_id, self.worker_id, delay)
         except Exception:
             log.exception("could not give back task %r of run %s", step_id, run_id)
         self._wake_up()
+
+    async def _hand_back(self, job: StepJob) -> None:
+        """Give back a step leased here that will not begin here: any worker may take it now."""
+        self._handing_back.add(job)
+        try:
+            handed = await self._io(
+                self.world.hand_back_step, job.run_id, job.step_id, self.worker_id, job.attempt
+            )
+        except Exception:
+            log.exception(
+                "could not hand back %s; its lease is given back when this worker exits",
+                job.describe(),
+            )
+            return
+        finally:
+            self._handing_back.discard(job)
+        if handed:
+            log.info(
+                "handed back %s: leased here but not started; due now for any worker",
+                job.describe(),
+            )
+        else:
+            log.info(
+                "not handing back %s: no longer leased here (its run ended, or another "
+                "worker took it)",
+                job.describe(),
+            )
 
     def _draining(self) -> bool:
         return self._stopping is not None and self._stopping.is_set()
@@ -374,12 +444,11 @@ class Worker:
         job: StepJob | None = first
         while job is not None:
             outcome = await self._steps.attempt(job)
-            if outcome.status == "retrying":
-                try:
-                    await self._runs.record(outcome)  # the retry is a task due later
-                except Exception:
-                    log.exception("could not record step %s of run %s", job.step_id, job.run_id)
-                    await self._give_back(job.run_id, job.step_id)
+            if outcome is None:  # the worker stopped before the attempt began
+                await self._hand_back(job)
+                return
+            if outcome.status == "retrying" or self._draining():
+                await self._record_alone(job, outcome)
                 return
             try:
                 following = await self._runs.deliver(outcome)
@@ -389,8 +458,31 @@ class Worker:
                 self._runs.evict(job.run_id)
                 await self._give_back(job.run_id, job.step_id)
                 return
-            job = following[0] if following and not self._draining() else None
-            self._run_steps(following[1:])
+            job = following.pop(0) if following and not self._draining() else None
+            self._run_steps(following)
+
+    async def _record_alone(self, job: StepJob, outcome: StepOutcome) -> None:
+        """Record a retry (a task due later), or a step that ended while draining.
+
+        Draining, the run is not advanced here: no step of it is leased to a
+        worker that is stopping, and whichever worker takes its workflow task
+        (due now) replays it from its log.
+        """
+        ended = outcome.status != "retrying"
+        if ended:
+            self._runs.evict(job.run_id)
+        try:
+            await self._runs.record(outcome)
+        except Exception:
+            log.exception("could not record step %s of run %s", job.step_id, job.run_id)
+            await self._give_back(job.run_id, job.step_id)
+            return
+        if ended:
+            log.info(
+                "%s %s while draining: recorded; its run goes on on another worker",
+                job.describe(),
+                outcome.status,
+            )
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -407,10 +499,24 @@ class Worker:
                 log.exception("heartbeat of worker %s failed", self.worker_id)
 
     async def _drain(self) -> None:
-        if self._inflight:
-            _, pending = await asyncio.wait(set(self._inflight), timeout=self.drain_timeout)
-            for task in pending:
-                task.cancel()
+        """Wait for what is in flight, up to ``drain_timeout``; then abandon or cancel the rest."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drain_timeout
+        # Work in flight spawns more (a hand-back, a record): wait until none is left.
+        while self._inflight and loop.time() < deadline:
+            await asyncio.wait(set(self._inflight), timeout=deadline - loop.time())
+        if not self._inflight:
+            return
+        why = f"the drain timeout ({self.drain_timeout:g} s) ran out"
+        if self._foreground:
+            self._abandon(why, shutdown.EXIT_DRAIN_TIMEOUT)
+        log.warning(
+            "%s: cancelling %s; their leases are given back, due now",
+            why,
+            shutdown.steps_text(self._steps.running()) or "the work in flight",
+        )
+        for task in list(self._inflight):
+            task.cancel()
 
     def _wake_up(self) -> None:
         if self._wake is not None:
@@ -422,9 +528,33 @@ class Worker:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(wake.set)
 
-    def _request_stop(self) -> None:
-        if self._stopping is not None:
-            if self._stopping.is_set():
-                os._exit(130)  # a second Ctrl-C: stop draining
-            log.warning("draining in-flight work; press Ctrl-C again to exit at once")
-            self._stopping.set()
+    # -- stopping --------------------------------------------------------------------
+
+    def _on_first_signal(self, signum: int) -> None:
+        # From now on a stop signal exits at once, even while a step blocks the
+        # loop: a plain handler runs between any two bytecodes of the main thread.
+        loop = asyncio.get_running_loop()
+        for sig in shutdown.STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, self._on_second_signal)
+        self._begin_drain(signal.Signals(signum).name, logging.WARNING)
+
+    def _on_second_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._abandon(f"{signal.Signals(signum).name} while draining", shutdown.exit_code(signum))
+
+    def _begin_drain(self, why: str, level: int) -> None:
+        """Stop claiming and starting work, and say what the drain waits for."""
+        if self._stopping is None or self._stopping.is_set():
+            return
+        self._stopping.set()
+        running = self._steps.stop_starting()
+        message = shutdown.draining(
+            why, running, self._activating, self.drain_timeout, self._foreground
+        )
+        log.log(level, "%s", message)
+
+    def _abandon(self, why: str, code: int) -> NoReturn:
+        """Exit the process at once, naming the steps whose leases it leaves to expire."""
+        shutdown.abandon(
+            why, code, self._steps.running(), list(self._handing_back), self.lease_seconds
+        )

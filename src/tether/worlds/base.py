@@ -310,6 +310,21 @@ class WorkQueue(abc.ABC):
         the worker does not hold is left alone.
         """
 
+    @abc.abstractmethod
+    def hand_back_step(self, run_id: str, step_id: str, worker_id: str, attempt: int) -> bool:
+        """End a step attempt ``worker_id`` leased but never began; returns whether it did.
+
+        A stopping worker calls this for each step it holds but has not
+        started, so that no ``step_started`` is left standing for code that
+        never ran. Appends ``step_retrying`` with attrs ``{"attempt", "retry_at":
+        now, "handed_back": true}`` and no payload (nothing failed), which
+        releases the step's task, due now for any worker; the next attempt is
+        ``attempt + 1``. Writes nothing and returns ``False`` unless the run is
+        active, the step is running that attempt and its task is leased to
+        ``worker_id`` (the step was recorded, or the lease ran out and another
+        worker took it).
+        """
+
     # -- the same, awaited on a worker's event loop (defaults: on a thread) -----
 
     async def commit_activation_async(self, activation: Activation) -> bool:

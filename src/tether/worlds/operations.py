@@ -379,6 +379,24 @@ def release_task(tx: Tx, run_id: str, step_id: str, worker_id: str, delay: float
     tx.work_due("*")
 
 
+def hand_back_step(tx: Tx, run_id: str, step_id: str, worker_id: str, attempt: int) -> bool:
+    """End a step attempt the worker leased but never began (``World.hand_back_step``)."""
+    # The step is read by a statement of its own, after the run's lock is granted.
+    runs, steps = tx.query_together(
+        (tx.sql.lock_run, (run_id,)), (tx.sql.step_lease, (run_id, step_id))
+    )
+    if not runs or not steps or runs[0][0] in TERMINAL_STATUSES:
+        return False
+    (_, last_seq, deployment_id), (status, leased_attempt, owner) = runs[0], steps[0]
+    if status != "running" or leased_attempt != attempt or owner != worker_id:
+        return False  # recorded meanwhile, or the lease ran out and another worker took it
+    now = tx.clock.time()
+    attrs = {"attempt": attempt, "retry_at": now, "handed_back": True}
+    event = EventRecord(run_id, last_seq + 1, "step_retrying", step_id, attrs=attrs, created_at=now)
+    tx.append(run_id, deployment_id, [event], None)  # releases the task, due now
+    return True
+
+
 def release_leases(tx: Tx, worker_id: str) -> None:
     """Give back every task the worker holds, due now."""
     tx.execute(tx.sql.release_leases, (tx.clock.time(), worker_id))

@@ -156,6 +156,11 @@ class Statements:
             "UPDATE tasks SET lease_owner = NULL, available_at = ?"
             " WHERE run_id = ? AND step_id = ? AND lease_owner = ?"
         )
+        self.step_lease = q(
+            "SELECT s.status, s.attempt, t.lease_owner FROM steps s LEFT JOIN tasks t"
+            " ON t.run_id = s.run_id AND t.kind = 'step' AND t.step_id = s.step_id"
+            " WHERE s.run_id = ? AND s.step_id = ?"
+        )
         self.release_leases = q(
             "UPDATE tasks SET lease_owner = NULL, available_at = ? WHERE lease_owner = ?"
         )

@@ -285,6 +285,11 @@ class SqlWorld(World):
     def release_task(self, run_id: str, step_id: str, worker_id: str, delay: float) -> None:
         self._write(lambda tx: operations.release_task(tx, run_id, step_id, worker_id, delay))
 
+    def hand_back_step(self, run_id: str, step_id: str, worker_id: str, attempt: int) -> bool:
+        return self._write(
+            lambda tx: operations.hand_back_step(tx, run_id, step_id, worker_id, attempt)
+        )
+
     # -- hooks and streams ----------------------------------------------------------
 
     def resume_hook(self, token: str, payload: str, *, webhook_only: bool = False) -> str:
