@@ -27,7 +27,14 @@ def test_workflow_changed_between_replays_fails_with_non_determinism_error(
     wait_for(lambda: any(e.type == "wait_created" for e in run.events()), 10, "the run to sleep")
     v1.kill()
     with (
-        worker_process(world_url, ["shop"], tmp_path / "v2.log", pythonpath=V2, env=env),
+        worker_process(
+            world_url,
+            ["shop"],
+            tmp_path / "v2.log",
+            pythonpath=V2,
+            env=env,
+            args=("--replace-deployment",),
+        ),
         pytest.raises(tether.RunFailedError) as info,
     ):
         run.result(timeout=20)

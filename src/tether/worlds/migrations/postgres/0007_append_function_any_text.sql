@@ -192,9 +192,11 @@ BEGIN
     IF p_schedule THEN
         DELETE FROM tasks WHERE run_id = p_run_id AND kind = 'workflow';
         IF v_conflicts > 0 THEN
-            -- The conflicts were answered: the workflow has something to read at once.
+            -- The conflicts were answered: the workflow has something to read at once
+            -- (or since its earliest sleep fell due, if that was earlier).
             INSERT INTO tasks (kind, run_id, deployment_id, available_at)
-            VALUES ('workflow', p_run_id, p_deployment_id, p_now);
+            SELECT 'workflow', p_run_id, p_deployment_id, least(p_now, min(resume_at))
+              FROM waits WHERE run_id = p_run_id AND status = 'waiting';
         ELSE
             INSERT INTO tasks (kind, run_id, deployment_id, available_at)
             SELECT 'workflow', p_run_id, p_deployment_id, min(resume_at) FROM waits
