@@ -82,5 +82,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-routes = [Route(WEBHOOK_PATH, webhook, methods=["POST"])]
+# ``path``: a token may hold a slash, which its URL carries as %2F and the server decodes.
+routes = [Route(WEBHOOK_PATH.replace("{token}", "{token:path}"), webhook, methods=["POST"])]
 app = Starlette(routes=routes)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+import uvicorn
 
 import tether
-from tether import step, workflow
+from tests.integration.processes import wait_for
+from tether import asgi, step, workflow
 
 pytestmark = pytest.mark.both_worlds
 
@@ -87,12 +92,24 @@ def test_list_runs_filters_like_the_cli(worker: tether.Worker, deployment_id: st
 @workflow
 async def approvals() -> list[object]:
     plain = tether.create_hook(token="plain-token", metadata={"who": "ops"})
-    web = tether.create_webhook(token="web token")
+    web = tether.create_webhook(token="web token/1")
     return [await plain, await web]
 
 
+@pytest.fixture
+def webhook_server() -> Iterator[str]:
+    """``tether.asgi.app`` on a real uvicorn server on loopback; its base URL."""
+    server = uvicorn.Server(uvicorn.Config(asgi.app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, 10, "uvicorn to start")
+    yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
 def test_a_runs_hooks_and_their_webhook_urls(
-    worker: tether.Worker, monkeypatch: pytest.MonkeyPatch
+    worker: tether.Worker, monkeypatch: pytest.MonkeyPatch, webhook_server: str
 ) -> None:
     run = tether.start(approvals, [])
     wait_for_hooks(run, 2)
@@ -108,10 +125,13 @@ def test_a_runs_hooks_and_their_webhook_urls(
     with pytest.raises(tether.ConfigurationError, match="TETHER_WEBHOOK_BASE_URL"):
         _ = web.url
     monkeypatch.setenv("TETHER_WEBHOOK_BASE_URL", "https://api.example.com/")
-    assert web.url == "https://api.example.com/.well-known/workflow/v1/webhook/web%20token"
+    assert web.url == "https://api.example.com/.well-known/workflow/v1/webhook/web%20token%2F1"
+    monkeypatch.setenv("TETHER_WEBHOOK_BASE_URL", webhook_server)
     tether.resume_hook("plain-token", 1)
-    tether.resume_hook("web token", 2)
-    assert run.result(timeout=10) == [1, 2]
+    assert web.url is not None
+    assert httpx.post(web.url, json={"n": 2}, timeout=10).status_code == 202
+    plain_payload, web_payload = run.result(timeout=10)
+    assert plain_payload == 1 and web_payload["body"] == {"n": 2}
     assert [h.status for h in run.hooks()] == ["disposed", "disposed"]
 
 
