@@ -93,6 +93,21 @@ def test_start_on_a_chosen_deployment(served: Served) -> None:
     served.world.cancel_runs([pinned.lines[0]])
 
 
+def test_start_with_a_run_id_is_idempotent(served: Served) -> None:
+    first = tether_exe("start", HELLO, '"id"', "--run-id", "greet-id-1", "--wait", url=served.url)
+    assert first.code == 0, first
+    assert first.lines == ["greet-id-1", '"hello id!"']
+    assert "started greet-id-1 (hello on cli-new)" in first.err
+    again = tether("start", HELLO, '"id"', "--run-id", "greet-id-1", "--wait", url=served.url)
+    assert again.code == 0 and again.lines == ["greet-id-1", '"hello id!"']
+    assert "run exists, not started again: greet-id-1" in again.err
+    assert [r.run_id for r in served.world.list_runs(RunFilter())].count("greet-id-1") == 1
+    taken = tether("start", NAPPER, "0", "--run-id", "greet-id-1", url=served.url)
+    assert taken.code == 1 and "'greet-id-1' is taken by a run of" in error_line(taken)
+    bad = tether("start", HELLO, '"x"', "--run-id", "no spaces", url=served.url)
+    assert bad.code == 2 and "invalid run id 'no spaces'" in error_line(bad)
+
+
 def test_wait_reports_a_failed_run_and_a_timeout(served: Served) -> None:
     failed = tether("start", DOOMED, '"out of stock"', "--wait", url=served.url)
     assert failed.code == 1

@@ -208,6 +208,11 @@ def rerun(run_ids: tuple[str, ...], latest: bool, deployment: str | None) -> Non
 @click.argument("args", nargs=-1)
 @click.option("--latest", is_flag=True, help="Start on the newest deployment (the default).")
 @click.option("--deployment", metavar="ID", help="Start on this deployment.")
+@click.option(
+    "--run-id",
+    metavar="ID",
+    help="Name the run: if a run of NAME has this id, print it and start nothing.",
+)
 @click.option("--wait", is_flag=True, help="Wait for the run to end and print its result.")
 @click.option(
     "--timeout",
@@ -221,6 +226,7 @@ def start(
     args: tuple[str, ...],
     latest: bool,
     deployment: str | None,
+    run_id: str | None,
     wait: bool,
     timeout: float | None,
 ) -> None:
@@ -228,7 +234,8 @@ def start(
 
     Example: tether start workflow//shop.workflows//fulfill_order '"o-1"' 4599
     (put -- before an argument that starts with a dash: -- -5). Prints the
-    run id; with --wait, then its result as JSON.
+    run id; with --wait, then its result as JSON. With --run-id the start is
+    idempotent: run again, it prints the same run and starts nothing.
     """
     if latest and deployment is not None:
         raise UsageProblem("give --latest or --deployment, not both")
@@ -237,10 +244,14 @@ def start(
     params.check_workflow_name(name)
     values = params.parse_json_args(args)
     world = backend.world()
-    run = api.start(name, values, deployment_id="latest" if latest else deployment, world=world)
+    asked_at = world.clock.time()
+    target = "latest" if latest else deployment
+    run = api.start(name, values, deployment_id=target, run_id=run_id, world=world)
     click.echo(run.run_id)
+    existed = run.created_at.timestamp() < asked_at
     render.err().print(
-        f"started {run.run_id} ({render.short_name(name)} on {run.deployment_id})",
+        f"{'run exists, not started again:' if existed else 'started'} {run.run_id} "
+        f"({render.short_name(name)} on {run.deployment_id})",
         soft_wrap=True,
     )
     if wait:

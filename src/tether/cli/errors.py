@@ -37,17 +37,15 @@ def translate(exc: Exception, backend_url: str | None) -> CliError:
     """The one-line error a command's exception becomes; the password never shows."""
     message = _one_line(str(exc)) or type(exc).__name__
     kind: type[CliError] = CliError
-    if isinstance(exc, DeploymentConflictError):
-        # A worker's configuration (its deployment id) is wrong: bad input.
+    if isinstance(exc, ValueError | TypeError | DeploymentConflictError):
+        # Bad input: the parse functions (workflow names, cursors, statuses, URLs, ids),
+        # start()'s argument check, a worker's deployment id registered with other code.
+        # Many are TetherErrors too; each says what it expected.
         kind = UsageProblem
     elif isinstance(exc, LookupError | TimeoutError | TetherError):
         # Not found (run, deployment, workflow) or a run that failed, was
         # cancelled or did not finish in time: the message says which.
         pass
-    elif isinstance(exc, ValueError | TypeError):
-        # The parse functions (workflow names, cursors, statuses, URLs) and start()'s
-        # argument check say what they expected.
-        kind = UsageProblem
     elif is_backend_error(exc):
         shown = redact(backend_url) if backend_url else "the backend"
         message = f"backend {shown} failed: {message}"
