@@ -25,6 +25,8 @@ from tether.errors import (
     HookNotFoundError,
     InvalidIdentifierError,
     InvalidRunIdError,
+    InvalidTypeError,
+    InvalidValueError,
     NonDeterminismError,
     RetryableError,
     RunCancelledError,
@@ -35,6 +37,7 @@ from tether.errors import (
     StreamClosedError,
     TetherError,
     WorkflowNotFoundError,
+    WorldClosedError,
     WorldUnavailableError,
 )
 from tether.handles import RunHook
@@ -56,6 +59,8 @@ __all__ = [
     "HookNotFoundError",
     "InvalidIdentifierError",
     "InvalidRunIdError",
+    "InvalidTypeError",
+    "InvalidValueError",
     "NonDeterminismError",
     "Readable",
     "RetryableError",
@@ -72,6 +77,7 @@ __all__ = [
     "TetherError",
     "Worker",
     "WorkflowNotFoundError",
+    "WorldClosedError",
     "WorldUnavailableError",
     "cancel_run",
     "cancel_runs",

@@ -11,7 +11,7 @@ from typing import Any
 from tether import registry, serde
 from tether.config import local_worker, resolve_world
 from tether.context import current_step
-from tether.errors import RunExistsError, RunNotFoundError
+from tether.errors import InvalidTypeError, InvalidValueError, RunExistsError, RunNotFoundError
 from tether.handles import Run, RunHook, iter_runs
 from tether.pinning import check_arguments, check_run_id, resolve_deployment, resolve_target
 from tether.redaction import redact
@@ -45,14 +45,14 @@ def start(
     target = resolve_world(world)
     if not isinstance(workflow, registry.Workflow | str):
         shown = getattr(workflow, "__qualname__", None) or type(workflow).__name__
-        raise TypeError(
+        raise InvalidTypeError(
             f"start() takes a @workflow function or a workflow name, got {shown!r}: "
             "decorate it with @tether.workflow, or pass 'workflow//<module>//<function>'"
         )
     name = workflow.name if isinstance(workflow, registry.Workflow) else workflow
     registry.parse_workflow_name(name)
     if isinstance(args, str | bytes) or not isinstance(args, Sequence):
-        raise TypeError(
+        raise InvalidTypeError(
             f"start() takes the workflow's arguments as a list, got {type(args).__name__}: "
             f"start({name.rsplit('//', 1)[-1]}, [arg1, arg2])"
         )
@@ -112,7 +112,7 @@ def list_runs(
     target = resolve_world(world)
     _check_status(status)
     if limit is not None and (not isinstance(limit, int) or limit < 0):
-        raise ValueError(f"invalid limit {limit!r}: expected a count >= 0, or None for all")
+        raise InvalidValueError(f"invalid limit {limit!r}: expected a count >= 0, or None for all")
     filters = RunFilter(
         status=status,
         workflow_name=workflow_name,
@@ -173,7 +173,7 @@ def cancel_runs(
     target = resolve_world(world)
     _check_status(status)
     if status in TERMINAL_STATUSES:
-        raise ValueError(f"runs with status {status!r} have ended and cannot be cancelled")
+        raise InvalidValueError(f"runs with status {status!r} have ended and cannot be cancelled")
     statuses = [status] if status else ["pending", "running"]
     matching = [
         record.run_id
@@ -214,7 +214,9 @@ async def resume_hook_async(
 
 def _check_status(status: str | None) -> None:
     if status is not None and status not in RUN_STATUSES:
-        raise ValueError(f"invalid status {status!r}: expected one of {', '.join(RUN_STATUSES)}")
+        raise InvalidValueError(
+            f"invalid status {status!r}: expected one of {', '.join(RUN_STATUSES)}"
+        )
 
 
 def _found(target: World, run_id: str, record: RunRecord | None) -> RunRecord:

@@ -12,6 +12,8 @@ import threading
 import time
 from typing import Protocol
 
+from tether.errors import InvalidValueError
+
 
 class Clock(Protocol):
     """Wall-clock time in epoch seconds, and a way to wait for it to pass."""
@@ -72,7 +74,7 @@ class ManualClock:
     def advance(self, seconds: float) -> None:
         """Move the clock forward by ``seconds`` (>= 0) and wake the sleeps now over."""
         if seconds < 0:
-            raise ValueError(f"a clock cannot go back: advance({seconds!r})")
+            raise InvalidValueError(f"a clock cannot go back: advance({seconds!r})")
         with self._lock:
             self._now += seconds
             due = [s for s in self._sleepers if s[0] <= self._now]

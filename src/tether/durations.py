@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 
+from tether.errors import InvalidTypeError, InvalidValueError
+
 Duration = str | int | float | timedelta | datetime
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -19,7 +21,7 @@ def parse_duration(value: str) -> float:
     """
     text = value.strip().replace(" ", "")
     if not text:
-        raise ValueError(f"invalid duration {value!r}: expected {_FORM}")
+        raise InvalidValueError(f"invalid duration {value!r}: expected {_FORM}")
     total, pos = 0.0, 0
     for match in _PART.finditer(text):
         if match.start() != pos:
@@ -27,7 +29,7 @@ def parse_duration(value: str) -> float:
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
     if pos != len(text):
-        raise ValueError(f"invalid duration {value!r}: expected {_FORM}")
+        raise InvalidValueError(f"invalid duration {value!r}: expected {_FORM}")
     return total
 
 
@@ -38,7 +40,7 @@ def seconds_until(value: Duration, now: float) -> float:
     ``datetime`` is a point in time and must carry a timezone.
     """
     if isinstance(value, bool):
-        raise TypeError(f"invalid duration {value!r}: expected a duration, not a bool")
+        raise InvalidTypeError(f"invalid duration {value!r}: expected a duration, not a bool")
     if isinstance(value, str):
         seconds = parse_duration(value)
     elif isinstance(value, int | float):
@@ -47,16 +49,16 @@ def seconds_until(value: Duration, now: float) -> float:
         seconds = value.total_seconds()
     elif isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
-            raise ValueError(
+            raise InvalidValueError(
                 f"invalid wake-up time {value!r}: a datetime must be timezone-aware "
                 "(use datetime.now(timezone.utc) + ...)"
             )
         seconds = value.timestamp() - now
     else:
-        raise TypeError(
+        raise InvalidTypeError(
             f"invalid duration {value!r} of type {type(value).__name__}: expected "
             f"{_FORM}, seconds as a number, a timedelta or an aware datetime"
         )
     if seconds != seconds or seconds in (float("inf"), float("-inf")):
-        raise ValueError(f"invalid duration {value!r}: must be finite")
+        raise InvalidValueError(f"invalid duration {value!r}: must be finite")
     return max(0.0, seconds)

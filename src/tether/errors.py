@@ -10,6 +10,22 @@ class TetherError(Exception):
     """Base class of tether's own errors."""
 
 
+class InvalidValueError(TetherError, ValueError):
+    """A value given to tether is malformed: a duration, status, cursor, limit, URL or name.
+
+    The message names the value and the form expected.
+    """
+
+
+class InvalidTypeError(TetherError, TypeError):
+    """A value of a kind tether cannot take there: not a ``@workflow``, arguments that do not
+    fit the workflow's parameters, a plain ``def`` where an ``async def`` is needed."""
+
+
+class WorldClosedError(TetherError, RuntimeError):
+    """The World was closed (``tether.close()`` or ``world.close()``); open it again to use it."""
+
+
 class WorldUnavailableError(TetherError, ConnectionError):
     """The World's database cannot be reached (or not within its reconnect timeout)."""
 
@@ -64,7 +80,7 @@ class RunExistsError(TetherError):
     """A start named a run id that a run of another workflow already holds."""
 
 
-class InvalidIdentifierError(TetherError, ValueError):
+class InvalidIdentifierError(InvalidValueError):
     """An id or name no World can store (a hook token, stream namespace, run or deployment id).
 
     Identifiers are non-empty strings of at most 256 characters, without NUL

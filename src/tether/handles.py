@@ -10,7 +10,7 @@ from typing import Any
 
 from tether import serde
 from tether.config import on_worker_loop
-from tether.errors import RunCancelledError, RunFailedError, RunNotFoundError
+from tether.errors import ContextError, RunCancelledError, RunFailedError, RunNotFoundError
 from tether.hooks import webhook_url
 from tether.readers import Readable
 from tether.redaction import redact
@@ -78,7 +78,7 @@ class Run:
         complete, and ``TimeoutError`` when ``timeout`` seconds pass first.
         """
         if on_worker_loop():
-            raise RuntimeError(
+            raise ContextError(
                 "run.result() would block the worker's event loop: "
                 "use `await run.result_async()` in an async step"
             )

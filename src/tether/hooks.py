@@ -19,7 +19,7 @@ from typing import Any
 
 from tether import serde
 from tether.context import current_instance
-from tether.errors import ConfigurationError
+from tether.errors import ConfigurationError, ContextError
 
 WEBHOOK_PATH = "/.well-known/workflow/v1/webhook/{token}"
 
@@ -139,7 +139,7 @@ def webhook_url(token: str) -> str:
 def _create(token: str | None, metadata: Any, *, webhook: bool) -> Hook:
     instance = current_instance.get()
     if instance is None:
-        raise RuntimeError("create_hook() and create_webhook() are called inside a @workflow")
+        raise ContextError("create_hook() and create_webhook() are called inside a @workflow")
     if token is not None:
         serde.check_identifier(token, "hook token")
     serde.check_json(metadata, where="hook metadata")

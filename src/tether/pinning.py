@@ -16,7 +16,12 @@ from typing import Any
 
 from tether import manifest, registry
 from tether.config import local_worker
-from tether.errors import DeploymentNotFoundError, InvalidRunIdError, WorkflowNotFoundError
+from tether.errors import (
+    DeploymentNotFoundError,
+    InvalidRunIdError,
+    InvalidTypeError,
+    WorkflowNotFoundError,
+)
 from tether.redaction import redact
 from tether.worlds.base import World
 from tether.worlds.records import DeploymentRecord
@@ -112,7 +117,7 @@ def check_arguments(
             for p in parameters.parameters.values()
         )
         short = name.rsplit("//", 1)[-1]
-        raise TypeError(
+        raise InvalidTypeError(
             f"arguments {list(args)!r} do not fit workflow {name} on deployment "
             f"{deployment!r}: {exc}; it takes ({shown}), e.g. start({short}, [...])"
         ) from None

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from tether.context import current_instance
-from tether.errors import ContextError
+from tether.errors import ContextError, InvalidTypeError, InvalidValueError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -33,7 +33,7 @@ class Workflow(Generic[P, R]):
 
     def __init__(self, fn: Callable[P, Awaitable[R]]) -> None:
         if not inspect.iscoroutinefunction(fn):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"@workflow needs an async def, got {fn.__qualname__!r}: "
                 "write it as `async def` (steps may be plain def)"
             )
@@ -66,7 +66,7 @@ class Step(Generic[P, R]):
 
     def __init__(self, fn: Callable[P, R], *, max_retries: int) -> None:
         if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries!r}")
+            raise InvalidValueError(f"max_retries must be >= 0, got {max_retries!r}")
         functools.update_wrapper(self, fn)
         self.fn = fn
         self.max_retries = max_retries
@@ -131,7 +131,7 @@ def parse_workflow_name(name: str) -> WorkflowName:
     """
     parts = name.split("//")
     if len(parts) != 3 or parts[0] != WORKFLOW_PREFIX or not parts[1] or not parts[2]:
-        raise ValueError(
+        raise InvalidValueError(
             f"invalid workflow name {name!r}: expected workflow//<module>//<function>, "
             "e.g. workflow//shop.workflows//fulfill_order"
         )

@@ -67,7 +67,12 @@ from typing import Any, TypeVar, overload
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
-from tether.errors import InvalidIdentifierError, SerializationError
+from tether.errors import (
+    InvalidIdentifierError,
+    InvalidTypeError,
+    InvalidValueError,
+    SerializationError,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -230,14 +235,14 @@ def register_type(
     ``cls`` use the same hook. Re-registering the same class and tag replaces the hooks.
     """
     if not isinstance(cls, type):
-        raise TypeError(f"register_type expects a class, got {cls!r}")
+        raise InvalidTypeError(f"register_type expects a class, got {cls!r}")
     if not isinstance(tag, str) or not tag:
-        raise ValueError(f"register_type expects a non-empty str tag, got {tag!r}")
+        raise InvalidValueError(f"register_type expects a non-empty str tag, got {tag!r}")
     if cls in _BUILTIN_ENC or cls in (str, int, float, bool, type(None), object):
-        raise ValueError(f"cannot override the built-in encoding of {cls.__qualname__}")
+        raise InvalidValueError(f"cannot override the built-in encoding of {cls.__qualname__}")
     previous = _EXT_BY_TAG.get(tag)
     if previous is not None and _default_name(previous[0]) != _default_name(cls):
-        raise ValueError(
+        raise InvalidValueError(
             f"extension tag {tag!r} is already registered for {_default_name(previous[0])}"
         )
 
@@ -726,22 +731,26 @@ def _hook(obj: dict[str, Any]) -> Any:
         return obj
     decode = _DEC.get(tag)
     if decode is None:
-        raise ValueError(f"unknown tag {tag!r} in serialized data (written by a newer tether?)")
+        raise InvalidValueError(
+            f"unknown tag {tag!r} in serialized data (written by a newer tether?)"
+        )
     try:
         return decode(obj[tag])
     except SerializationError:
         raise
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, ArithmeticError) as e:
-        raise ValueError(f"malformed {tag} value {reprlib.repr(obj[tag])}: {e}") from e
+        raise InvalidValueError(f"malformed {tag} value {reprlib.repr(obj[tag])}: {e}") from e
 
 
 def _loads_slow(text: str) -> Any:
     doc = json.loads(text)
     if type(doc) is not dict or "v" not in doc or "d" not in doc:
-        raise ValueError('not a tether.serde document: expected {"v": <version>, "d": <data>}')
+        raise InvalidValueError(
+            'not a tether.serde document: expected {"v": <version>, "d": <data>}'
+        )
     version = doc["v"]
     if type(version) is not int or version != FORMAT_VERSION:
-        raise ValueError(
+        raise InvalidValueError(
             f"unsupported tether.serde format version {version!r}: "
             f"this code reads version {FORMAT_VERSION}"
         )
@@ -763,7 +772,7 @@ def _dec_int(v: str) -> int:
 
 def _dec_float(v: str) -> float:
     if v not in ("nan", "inf", "-inf"):
-        raise ValueError("expected 'nan', 'inf' or '-inf'")
+        raise InvalidValueError("expected 'nan', 'inf' or '-inf'")
     return float(v)
 
 
@@ -897,17 +906,19 @@ def _register_class(cls: type, name: str | None) -> None:
         or _is_exception_class(cls)
         or _is_pydantic_class(cls)
     ):
-        raise TypeError(
+        raise InvalidTypeError(
             f"tether.serde.register expects a dataclass, pydantic model, Enum or exception "
             f"class, got {cls!r}"
         )
     if name is None:
         name = _default_name(cls)
     if not isinstance(name, str) or not name:
-        raise ValueError(f"registered name must be a non-empty str, got {name!r}")
+        raise InvalidValueError(f"registered name must be a non-empty str, got {name!r}")
     previous = _REGISTRY.get(name)
     if previous is not None and _default_name(previous) != _default_name(cls):
-        raise ValueError(f"name {name!r} is already registered for {_default_name(previous)}")
+        raise InvalidValueError(
+            f"name {name!r} is already registered for {_default_name(previous)}"
+        )
     _REGISTRY[name] = cls
     _NAMES[cls] = name
 

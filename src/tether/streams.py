@@ -15,6 +15,7 @@ from typing import Any
 from tether import serde
 from tether.config import resolve_world
 from tether.context import current_instance
+from tether.errors import ContextError
 
 DEFAULT_NAMESPACE = "default"
 
@@ -54,7 +55,7 @@ class StreamHandle:
 
     def _append(self, chunks: list[Any], *, close: bool) -> None:
         if current_instance.get() is not None:
-            raise RuntimeError(
+            raise ContextError(
                 f"write to stream {self.stream_id} from a @step: workflow code is replayed, "
                 "so its writes would repeat"
             )
@@ -83,7 +84,7 @@ def get_writable(namespace: str | None = None) -> StreamHandle:
     """
     instance = current_instance.get()
     if instance is None:
-        raise RuntimeError("get_writable() is called inside a @workflow; pass the handle to steps")
+        raise ContextError("get_writable() is called inside a @workflow; pass the handle to steps")
     if namespace:
         serde.check_identifier(namespace, "stream namespace")
     return StreamHandle(instance.run_id, namespace or DEFAULT_NAMESPACE)

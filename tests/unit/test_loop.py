@@ -185,7 +185,7 @@ def test_blocking_or_timed_calls_in_workflow_code_fail_the_run(
     try:
         assert events[-1].type == "run_failed", events
         error = serde.loads(events[-1].payload or "null")
-        assert error["type"] == "builtins.RuntimeError"
+        assert error["type"] == "tether.errors.ContextError"
         assert message in error["message"]
         assert instance.ended
     finally:

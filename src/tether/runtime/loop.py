@@ -15,6 +15,8 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, NoReturn, TypeVar
 
+from tether.errors import ContextError
+
 T = TypeVar("T")
 
 _NOT_DURABLE = (
@@ -97,16 +99,16 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
     # -- what workflow code must not do ------------------------------------
 
     def call_later(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
-        raise RuntimeError(_NOT_DURABLE)
+        raise ContextError(_NOT_DURABLE)
 
     def call_at(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
-        raise RuntimeError(_NOT_DURABLE)
+        raise ContextError(_NOT_DURABLE)
 
     def call_soon_threadsafe(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
-        raise RuntimeError("workflow code runs on its own deterministic loop; no threads")
+        raise ContextError("workflow code runs on its own deterministic loop; no threads")
 
     def run_in_executor(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
-        raise RuntimeError(
+        raise ContextError(
             "workflow code cannot run blocking work: move it into a @step (def steps run "
             "in a thread pool)"
         )

@@ -36,6 +36,7 @@ from typing import Any, NoReturn, TypeVar
 
 from tether import config, manifest
 from tether.clock import Clock, SystemClock
+from tether.errors import ContextError
 from tether.runtime import shutdown
 from tether.runtime.activation import Activations
 from tether.runtime.pacing import ClaimPacer
@@ -147,7 +148,7 @@ class Worker:
     def start(self) -> None:
         """Serve on a background thread; returns once the worker is ready."""
         if self._thread is not None:
-            raise RuntimeError("this worker is already running")
+            raise ContextError("this worker is already running")
         self._thread = threading.Thread(
             target=lambda: asyncio.run(self.serve()), name="tether-worker", daemon=True
         )

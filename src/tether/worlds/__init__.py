@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tether.clock import SYSTEM_CLOCK, Clock
+from tether.errors import InvalidValueError
 from tether.redaction import redact
 from tether.worlds.base import World
 
@@ -25,7 +26,7 @@ def open_world(url: str, clock: Clock = SYSTEM_CLOCK) -> World:
         from tether.worlds.postgres import PostgresWorld
 
         return PostgresWorld(url, clock)
-    raise ValueError(
+    raise InvalidValueError(
         f"unsupported world URL {redact(url)!r}: expected sqlite:///path/to/file.db"
         " (or sqlite:////absolute/path.db) or postgresql://user@host:5432/database"
     )

@@ -59,6 +59,12 @@ from tether.worlds.records import (
     WorkerInfo,
 )
 
+#: What a closed World's errors say to do.
+CLOSED_HINT = (
+    "a World object cannot be used after close(); after tether.close(), the next tether"
+    " call opens the World again (or open_world(url) gives a new one)"
+)
+
 
 class RunStore(abc.ABC):
     """Runs, their event log and its views, hooks, deployments and workers."""

@@ -28,7 +28,9 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from tether.clock import SYSTEM_CLOCK, Clock
+from tether.errors import InvalidValueError, WorldClosedError
 from tether.worlds import schema
+from tether.worlds.base import CLOSED_HINT
 from tether.worlds.operations import Reader, Tx
 from tether.worlds.postgres_claim import claim_due
 from tether.worlds.postgres_listener import BACKOFF_MAX, BACKOFF_MIN, Listener
@@ -64,7 +66,7 @@ class PostgresWorld(SqlWorld):
             )
             pool_max = int(options.get("pool_max", DEFAULT_POOL_MAX))
         except ValueError:
-            raise ValueError(
+            raise InvalidValueError(
                 f"invalid pool_max or reconnect_timeout in {self.shown_url!r}: expected numbers"
             ) from None
         token = uuid.uuid4().hex[:12]
@@ -125,7 +127,7 @@ class PostgresWorld(SqlWorld):
                 conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{wanted_schema}"')
             row = conn.execute("SELECT current_schema()").fetchone()
             if row is None or row[0] is None:
-                raise ValueError(
+                raise InvalidValueError(
                     f"world {self.shown_url}: no schema of its search_path exists "
                     "(create it, or pass ?schema=NAME to have it created)"
                 )
@@ -141,7 +143,7 @@ class PostgresWorld(SqlWorld):
 
     def _write(self, op: Callable[[Tx], T]) -> T:
         if self._closed:
-            raise RuntimeError(f"the world {self.shown_url} is closed")
+            raise WorldClosedError(f"the world {self.shown_url} is closed: {CLOSED_HINT}")
         result: T = self._writer.submit(op, None).result()
         return result
 
@@ -150,7 +152,7 @@ class PostgresWorld(SqlWorld):
     ) -> T:
         """Commit ``op`` on the writer; ``on_committed`` is called from the writer thread."""
         if self._closed:
-            raise RuntimeError(f"the world {self.shown_url} is closed")
+            raise WorldClosedError(f"the world {self.shown_url} is closed: {CLOSED_HINT}")
         future = self._writer.submit(op, asyncio.get_running_loop())
         if on_committed is not None:
             callback = on_committed
@@ -161,7 +163,7 @@ class PostgresWorld(SqlWorld):
     def _read(self, fn: Callable[[Reader], T]) -> T:
         """Run a read on a pooled connection, again after a lost connection (reads are safe)."""
         if self._closed:
-            raise RuntimeError(f"the world {self.shown_url} is closed")
+            raise WorldClosedError(f"the world {self.shown_url} is closed: {CLOSED_HINT}")
         lost_since: float | None = None
         delay = BACKOFF_MIN
         while True:

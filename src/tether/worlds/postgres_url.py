@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from tether.errors import WorldUnavailableError
+from tether.errors import InvalidValueError, WorldUnavailableError
 from tether.redaction import redact
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -27,7 +27,9 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
     """
     parts = urlsplit(url)
     if parts.scheme.lower() not in ("postgresql", "postgres"):
-        raise ValueError(f"invalid PostgreSQL world URL {redact(url)!r}: expected postgresql://...")
+        raise InvalidValueError(
+            f"invalid PostgreSQL world URL {redact(url)!r}: expected postgresql://..."
+        )
     params = parse_qsl(parts.query, keep_blank_values=True)
     own = {key: value for key, value in params if key in _OWN_PARAMS}
     libpq = urlencode([(key, value) for key, value in params if key not in _OWN_PARAMS])
@@ -40,14 +42,14 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
     name = own.get("schema")
     if name is not None:
         if not _IDENTIFIER.fullmatch(name):
-            raise ValueError(
+            raise InvalidValueError(
                 f"invalid schema {name!r} in {redact(url)!r}: expected letters, digits and _"
             )
         extra["options"] = (dict(params).get("options", "") + f" -csearch_path={name}").strip()
     try:
         return make_conninfo(base, **extra), own
     except psycopg.ProgrammingError as exc:
-        raise ValueError(f"invalid PostgreSQL world URL {redact(url)!r}: {exc}") from None
+        raise InvalidValueError(f"invalid PostgreSQL world URL {redact(url)!r}: {exc}") from None
 
 
 __all__ = ["WorldUnavailableError", "parse_url", "redact"]

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
+from tether.errors import InvalidValueError
 from tether.serde import can_be_identifier
 from tether.worlds.records import RunFilter
 
@@ -130,6 +131,6 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
             raise ValueError
         return float(created_at), run_id
     except ValueError:
-        raise ValueError(
+        raise InvalidValueError(
             f"invalid cursor {cursor!r}: pass the cursor printed by the previous page"
         ) from None

@@ -18,7 +18,9 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from tether.clock import SYSTEM_CLOCK, Clock
+from tether.errors import InvalidValueError, WorldClosedError
 from tether.worlds import schema, sqlite_projection
+from tether.worlds.base import CLOSED_HINT
 from tether.worlds.operations import Reader, RunState, Tx, queue_workflow
 from tether.worlds.records import TERMINAL_STATUSES, Activation, EventRecord, RunRecord, Task
 from tether.worlds.sql import SQLITE, Row
@@ -35,7 +37,7 @@ def path_from_url(url: str) -> tuple[Path, dict[str, str]]:
     """Split ``sqlite:///relative.db`` or ``sqlite:////abs.db?synchronous=NORMAL``."""
     parts = urlsplit(url)
     if parts.scheme != "sqlite" or not parts.path.startswith("/") or parts.path == "/":
-        raise ValueError(
+        raise InvalidValueError(
             f"invalid SQLite world URL {url!r}: expected sqlite:///relative/path.db "
             "or sqlite:////absolute/path.db"
         )
@@ -53,7 +55,7 @@ class SqliteWorld(SqlWorld):
         self.path, options = path_from_url(url)
         self._synchronous = options.get("synchronous", "FULL").upper()
         if self._synchronous not in _SYNCHRONOUS:
-            raise ValueError(
+            raise InvalidValueError(
                 f"invalid synchronous={self._synchronous!r} in {url!r}: expected one of "
                 + ", ".join(_SYNCHRONOUS)
             )
@@ -119,14 +121,14 @@ class SqliteWorld(SqlWorld):
 
     def _write(self, op: Callable[[Tx], T]) -> T:
         if self._closed:
-            raise RuntimeError(f"the world {self.url} is closed")
+            raise WorldClosedError(f"the world {self.url} is closed: {CLOSED_HINT}")
         return self._writer.submit(op).result()
 
     async def _write_async(
         self, op: Callable[[Tx], T], on_committed: Callable[[T], None] | None = None
     ) -> T:
         if self._closed:
-            raise RuntimeError(f"the world {self.url} is closed")
+            raise WorldClosedError(f"the world {self.url} is closed: {CLOSED_HINT}")
         return await self._writer.run_on_loop(op, on_committed)
 
     def _migrate(self) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tether.clock import Clock
-from tether.errors import HookNotFoundError, StreamClosedError
+from tether.errors import HookNotFoundError, InvalidValueError, StreamClosedError
 from tether.serde import can_be_identifier, check_identifier
 from tether.worlds import operations, schema
 from tether.worlds.base import World
@@ -198,7 +198,9 @@ class SqlWorld(World):
 
     def find_run_ids(self, prefix: str, limit: int) -> list[str]:
         if not prefix:
-            raise ValueError("a run id prefix must not be empty: give the first characters of one")
+            raise InvalidValueError(
+                "a run id prefix must not be empty: give the first characters of one"
+            )
         if not can_be_identifier(prefix):
             return []
         end = _after_prefix(prefix)
