@@ -473,9 +473,11 @@ def test_a_step_leased_but_not_begun_is_handed_back_due_now(world: World) -> Non
     assert (last.type, last.correlation_id, last.payload) == ("step_retrying", "0", None)
     assert last.attrs == {"attempt": 1, "retry_at": CLOCK.time(), "handed_back": True}
     (step,) = world.list_steps("r1")
-    assert (step.status, step.attempt, step.retry_at) == ("retrying", 1, CLOCK.time())
-    (task,) = claim(world, DEP, "w2", 10, 30.0)  # at once: no lease left to run out
-    assert (task.step_id, task.attempt) == ("0", 2)
+    assert (step.status, step.attempt, step.retry_at) == ("retrying", 0, CLOCK.time())
+    # At once (no lease left to run out), and as attempt 1 again: it never began, so
+    # handing it back spends none of its retries.
+    (task,) = claim(world, DEP, "w2", 10, 30.0)
+    assert (task.step_id, task.attempt) == ("0", 1)
     assert world.hand_back_step("r1", "0", "w1", 1) is False  # w2 holds it now
     assert_dense(world, "r1")
 

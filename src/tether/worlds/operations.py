@@ -394,6 +394,9 @@ def hand_back_step(tx: Tx, run_id: str, step_id: str, worker_id: str, attempt: i
     attrs = {"attempt": attempt, "retry_at": now, "handed_back": True}
     event = EventRecord(run_id, last_seq + 1, "step_retrying", step_id, attrs=attrs, created_at=now)
     tx.append(run_id, deployment_id, [event], None)  # releases the task, due now
+    # The attempt never began: the next claim numbers its attempt the same, so a
+    # rolling restart spends none of the step's retries.
+    tx.execute(tx.sql.set_step_attempt, (attempt - 1, run_id, step_id))
     return True
 
 

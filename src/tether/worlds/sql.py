@@ -152,6 +152,7 @@ class Statements:
             "SELECT available_at, kind = 'workflow' AND lease_owner IS NULL FROM tasks"
             " WHERE deployment_id = ? ORDER BY available_at LIMIT 1"
         )
+        self.set_step_attempt = q("UPDATE steps SET attempt = ? WHERE run_id = ? AND step_id = ?")
         self.release_task = q(
             "UPDATE tasks SET lease_owner = NULL, available_at = ?"
             " WHERE run_id = ? AND step_id = ? AND lease_owner = ?"
