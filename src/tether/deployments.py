@@ -20,6 +20,7 @@ from tether.manifest import (
 )
 from tether.redaction import redact
 from tether.worlds.base import World
+from tether.worlds.manifests import FIELDS
 from tether.worlds.records import DeploymentStatus
 
 #: A worker whose heartbeat is older than this is not counted as live.
@@ -157,7 +158,9 @@ def _what_changed(
 ) -> list[str]:
     """The changes bridging tolerates, in the workflow and in the steps both versions call."""
     found: list[str] = []
-    if was["fingerprint"] != now["fingerprint"]:
+    if _compiled_apart(was, now):
+        found.append(f"workflow code not compared: Python {was['python']} and {now['python']}")
+    elif was["fingerprint"] != now["fingerprint"]:
         found.append("workflow code changed")
     for param in now["params"][len(was["params"]) :]:
         if param["default"] or param["kind"] in ("VAR_POSITIONAL", "VAR_KEYWORD"):
@@ -169,14 +172,17 @@ def _what_changed(
         before, after = old_steps.get(step_name), new_steps.get(step_name)
         if before is None or after is None:
             continue
-        for key, what in (
-            ("fingerprint", "code"),
-            ("params", "parameters"),
-            ("returns", "return type"),
-        ):
-            if before[key] != after[key]:
+        for key, what in FIELDS.items():
+            if key == "steps" or (key == "fingerprint" and _compiled_apart(before, after)):
+                continue
+            if before.get(key) != after.get(key):
                 found.append(f"step {step_name}: {what} changed")
     return found
+
+
+def _compiled_apart(was: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether two entries' code fingerprints come from different Python versions."""
+    return "python" in was and "python" in now and was["python"] != now["python"]
 
 
 def _step_changes(

@@ -21,6 +21,9 @@ from tether import registry
 
 DEFAULT_ENVIRONMENT = "default"
 
+#: The Python version whose bytecode a manifest's fingerprints hash.
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+
 _module_hashes: dict[str, str] = {}
 
 
@@ -99,6 +102,8 @@ def _describe(fn: Callable[..., Any]) -> dict[str, Any]:
             for p in signature.parameters.values()
         ],
         "returns": _annotation(signature.return_annotation),
+        # Bytecode, and so the fingerprint, differs between Python versions.
+        "python": PYTHON,
     }
 
 
@@ -110,7 +115,22 @@ def _digest_code(code: types.CodeType, digest: Any) -> None:
         if isinstance(const, types.CodeType):
             _digest_code(const, digest)
         else:
-            digest.update(repr(const).encode())
+            digest.update(_canonical(const).encode())
+
+
+def _canonical(const: object) -> str:
+    """``repr(const)``, but a frozenset's members in a fixed order.
+
+    A set literal compiles to a frozenset, whose order follows the string hash
+    seed, which differs in every process: unsorted, one code would have many
+    fingerprints.
+    """
+    if isinstance(const, frozenset):
+        return "frozenset({" + ", ".join(sorted(_canonical(c) for c in const)) + "})"
+    if isinstance(const, tuple):
+        inner = ", ".join(_canonical(c) for c in const)
+        return f"({inner},)" if len(const) == 1 else f"({inner})"
+    return repr(const)
 
 
 def _annotation(annotation: Any) -> str:

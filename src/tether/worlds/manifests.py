@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-#: What a manifest entry records, in the words a conflict is reported in.
-_FIELDS = {
+#: What a manifest entry records, in the words a change is reported in.
+FIELDS = {
     "fingerprint": "code",
     "params": "parameters",
     "returns": "return type",
@@ -19,7 +19,12 @@ _FIELDS = {
 
 
 def conflicts(registered: dict[str, Any], joining: dict[str, Any]) -> list[str]:
-    """Each workflow or step both manifests define differently, with what differs in it."""
+    """Each workflow or step both manifests define differently, with what differs in it.
+
+    Code is compared only when both were compiled by one Python version (or
+    the registered entry predates the record of it): the same source has
+    other bytecode under another Python, and a fleet upgrades one at a time.
+    """
     found: list[str] = []
     for section in ("workflows", "steps"):
         theirs = registered.get(section, {})
@@ -27,15 +32,23 @@ def conflicts(registered: dict[str, Any], joining: dict[str, Any]) -> list[str]:
             was = theirs.get(name)
             if was is None:
                 continue
-            differ = [shown for key, shown in _FIELDS.items() if was.get(key) != entry.get(key)]
+            fields = dict(FIELDS)
+            if "python" in was and was["python"] != entry.get("python"):
+                del fields["fingerprint"]
+            differ = [shown for key, shown in fields.items() if was.get(key) != entry.get(key)]
             if differ:
                 found.append(f"{name} ({', '.join(differ)})")
     return found
 
 
-def merged(registered: dict[str, Any], joining: dict[str, Any]) -> dict[str, Any]:
-    """``registered`` with the entries of ``joining`` added (and, on a replace, theirs)."""
+def merged(
+    registered: dict[str, Any], joining: dict[str, Any], *, replace: bool = False
+) -> dict[str, Any]:
+    """``registered`` plus the names only ``joining`` defines; with ``replace``, all of its."""
     result = {section: dict(entries) for section, entries in registered.items()}
     for section, entries in joining.items():
-        result.setdefault(section, {}).update(entries)
+        into = result.setdefault(section, {})
+        for name, entry in entries.items():
+            if replace or name not in into:
+                into[name] = entry
     return result

@@ -435,7 +435,7 @@ def register_worker(
         differ = manifests.conflicts(registered, manifest)
         if differ and not replace:
             raise DeploymentConflictError(_conflict_message(dep, differ))
-        joined = manifests.merged(registered, manifest)
+        joined = manifests.merged(registered, manifest, replace=replace)
         if joined != registered:
             tx.execute(tx.sql.update_manifest, (json.dumps(joined), dep))
     tx.execute(tx.sql.insert_worker, (worker.worker_id, dep, worker.hostname, worker.pid, now, now))
@@ -448,8 +448,8 @@ def _conflict_message(deployment_id: str, differ: list[str]) -> str:
         f" names one version of the code: runs pinned to it would resume into code they"
         f" never saw. This worker differs in {shown}. Fix: give this code a new id"
         f" (TETHER_DEPLOYMENT_ID=<git sha or release>, or unset for a fingerprint of the"
-        f" code); the same source compiled by another Python version differs too. In"
-        f" development only, `tether worker --replace-deployment` replaces {deployment_id!r}"
+        f" code). In development only, `tether worker --replace-deployment` replaces"
+        f" {deployment_id!r}"
     )
 
 
