@@ -58,6 +58,11 @@ def start(
         )
     if run_id is not None:
         check_run_id(run_id)
+        # A retried start finds its run whatever was deployed since, with the
+        # arguments it had: the id, not the deployment or the arguments, names it.
+        existing = target.get_run(run_id)
+        if existing is not None:
+            return _named(target, existing, run_id, name, is_new=False)
     deployment, parameters = resolve_target(target, name, deployment_id)
     check_arguments(name, deployment, parameters, args)
     payload = serde.dumps([list(args), {}], where=f"arguments of {name}")
@@ -111,6 +116,8 @@ def list_runs(
     """
     target = resolve_world(world)
     _check_status(status)
+    if workflow_name is not None:
+        registry.parse_workflow_name(workflow_name)  # a short name would match nothing
     if limit is not None and (not isinstance(limit, int) or limit < 0):
         raise InvalidValueError(f"invalid limit {limit!r}: expected a count >= 0, or None for all")
     filters = RunFilter(
@@ -249,13 +256,21 @@ def _create(
     worker = local_worker(target.url, deployment) if run_id is None else None
     handed = worker.start_local(run) if worker is not None else None
     record = handed.result() if handed is not None else target.create_run(run)
+    if run_id is None:
+        return Run(record, target, is_new=True)
+    made = (record.created_at, record.input) == (run.created_at, run.input)
+    return _named(target, record, run_id, name, is_new=made)
+
+
+def _named(target: World, record: RunRecord, run_id: str, name: str, *, is_new: bool) -> Run:
+    """The run a start named ``run_id``, unless it is another workflow's."""
     if record.workflow_name != name:
         raise RunExistsError(
             f"run id {run_id!r} is taken by a run of {record.workflow_name} (status"
             f" {record.status}), not {name}: name this run otherwise, or look that one up"
             f" with get_run({run_id!r})"
         )
-    return Run(record, target)
+    return Run(record, target, is_new=is_new)
 
 
 __all__ = [

@@ -130,6 +130,10 @@ class RunFailedError(TetherError):
         return (type(self), (self.run_id, self.error))
 
 
+class RunTimeoutError(TetherError, TimeoutError):
+    """``run.result(timeout=...)`` gave up: the run had not ended; it goes on."""
+
+
 class RunCancelledError(TetherError):
     """The run was cancelled before it finished."""
 

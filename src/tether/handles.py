@@ -10,7 +10,13 @@ from typing import Any
 
 from tether import serde
 from tether.config import on_worker_loop
-from tether.errors import ContextError, RunCancelledError, RunFailedError, RunNotFoundError
+from tether.errors import (
+    ContextError,
+    RunCancelledError,
+    RunFailedError,
+    RunNotFoundError,
+    RunTimeoutError,
+)
 from tether.hooks import webhook_url
 from tether.readers import Readable
 from tether.redaction import redact
@@ -55,8 +61,11 @@ class RunHook:
 class Run:
     """A handle on one run: its identity, and ways to watch or end it."""
 
-    def __init__(self, record: RunRecord, world: World) -> None:
+    def __init__(self, record: RunRecord, world: World, *, is_new: bool = False) -> None:
         self._world = world
+        #: Whether the call that returned this handle started the run: ``False`` for
+        #: ``get_run`` and ``list_runs``, and for a ``start(run_id=...)`` that found it.
+        self.is_new = is_new
         self.run_id = record.run_id
         self.workflow_name = record.workflow_name
         self.deployment_id = record.deployment_id
@@ -154,8 +163,8 @@ def _outcome(record: RunRecord) -> Any:
     raise RunFailedError(record.run_id, error)
 
 
-def _timeout(record: RunRecord, timeout: float | None) -> TimeoutError:
-    return TimeoutError(
+def _timeout(record: RunRecord, timeout: float | None) -> RunTimeoutError:
+    return RunTimeoutError(
         f"run {record.run_id} did not finish within {timeout}s (status: {record.status})"
     )
 

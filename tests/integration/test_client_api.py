@@ -70,11 +70,16 @@ async def quiet(n: int) -> int:
     return n
 
 
+@workflow
+async def refused() -> None:
+    raise tether.FatalError("no")
+
+
 def test_list_runs_filters_like_the_cli(worker: tether.Worker, deployment_id: str) -> None:
     runs = [tether.start(quiet, [i]) for i in range(5)]
     for run in runs:
         run.result(timeout=10)
-    failed = tether.start(keyed, [42])  # a str path is expected: the step fails
+    failed = tether.start(refused, [])
     with pytest.raises(tether.RunFailedError):
         failed.result(timeout=20)
     newest_first = [r.run_id for r in reversed(runs)]

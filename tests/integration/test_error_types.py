@@ -79,6 +79,18 @@ MISTAKES: list[tuple[str, Callable[..., object], type[Exception], str]] = [
     ("time going back", lambda: ManualClock(0.0).advance(-1), ValueError, "-1"),
     ("registering no class", lambda: serde.register_type(42, "t", str, str), TypeError, "42"),  # type: ignore[arg-type]
     ("a bad hook token", lambda: tether.resume_hook("", 1), LookupError, "''"),
+    (
+        "a short workflow name",
+        lambda: tether.list_runs(workflow_name="order"),
+        ValueError,
+        "'order'",
+    ),
+    (
+        "waiting too little",
+        lambda: tether.start(order, ["o", 1]).result(0.01),
+        TimeoutError,
+        "0.01s",
+    ),
     ("unserializable args", lambda: tether.start(order, [object(), 1]), TypeError, "object"),
 ]
 

@@ -46,6 +46,16 @@ def test_a_second_start_with_the_same_id_returns_the_first_run(worker: tether.Wo
     assert [s.step_name for s in late.steps()] == [charge.name]
 
 
+def test_a_retried_start_finds_its_run_whatever_changed_since(registered: str) -> None:
+    first = tether.start(order, ["o-4", 400], run_id="order-o-4")
+    assert first.is_new
+    # Say a deploy since gave `order` other parameters: the retry, sending what the new
+    # code takes, still gets the run its first try made (and its arguments).
+    again = tether.start(order, ["o-4"], run_id="order-o-4")
+    assert (again.run_id, again.is_new, again.created_at) == ("order-o-4", False, first.created_at)
+    assert not tether.get_run("order-o-4").is_new
+
+
 def test_the_same_id_for_another_workflow_is_refused(registered: str) -> None:
     tether.start(order, ["o-2", 100], run_id="o-2")
     with pytest.raises(tether.RunExistsError, match=r"'o-2' is taken by a run of .*order"):
@@ -74,6 +84,7 @@ def test_bad_run_ids_are_refused_naming_the_rule(registered: str, bad: object) -
 RACER = """
 import json, sys, tether
 tether.configure(sys.argv[1])
+tether.config.resolve_world()  # connected (and migrated) before it says it is ready
 print("ready", flush=True)
 sys.stdin.readline()
 made = [tether.start(sys.argv[2], ["o", 1], run_id=f"race-{i}") for i in range(40)]

@@ -244,13 +244,11 @@ def start(
     params.check_workflow_name(name)
     values = params.parse_json_args(args)
     world = backend.world()
-    asked_at = world.clock.time()
     target = "latest" if latest else deployment
     run = api.start(name, values, deployment_id=target, run_id=run_id, world=world)
     click.echo(run.run_id)
-    existed = run.created_at.timestamp() < asked_at
     render.err().print(
-        f"{'run exists, not started again:' if existed else 'started'} {run.run_id} "
+        f"{'started' if run.is_new else 'run exists, not started again:'} {run.run_id} "
         f"({render.short_name(name)} on {run.deployment_id})",
         soft_wrap=True,
     )
