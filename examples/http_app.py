@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -98,11 +99,12 @@ async def start_refund(request: Request) -> JSONResponse:
     order_id = request.path_params["order_id"]
     timeout = request.query_params.get("timeout", "1h")
     run = await tether.start_async(approve_refund, [order_id, timeout])
-    world = tether.config.resolve_world()
-    while not (hooks := world.list_hooks(run.run_id)):
+    while not (hooks := run.hooks()):  # the worker in this process creates it at once
         await asyncio.sleep(0.01)
+    # Where this app is served, unless TETHER_WEBHOOK_BASE_URL says otherwise.
+    base = os.environ.get("TETHER_WEBHOOK_BASE_URL") or str(request.base_url)
     return JSONResponse(
-        {"run_id": run.run_id, "approve_url": tether.hooks.webhook_url(hooks[0].token)}
+        {"run_id": run.run_id, "approve_url": tether.hooks.webhook_url(hooks[0].token, base)}
     )
 
 

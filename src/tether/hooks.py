@@ -12,6 +12,8 @@ lives with the other clients in ``tether.api``.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import os
 import secrets
 import urllib.parse
@@ -22,6 +24,8 @@ from tether.context import current_instance
 from tether.errors import ConfigurationError, ContextError
 
 WEBHOOK_PATH = "/.well-known/workflow/v1/webhook/{token}"
+
+log = logging.getLogger("tether.hooks")
 
 
 class Hook(asyncio.Future[Any]):
@@ -45,8 +49,20 @@ class Hook(asyncio.Future[Any]):
 
     @property
     def url(self) -> str | None:
-        """The webhook's absolute URL; raises ``ConfigurationError`` if no base URL is set."""
-        return webhook_url(self.token) if self.webhook else None
+        """The webhook's URL: absolute with ``$TETHER_WEBHOOK_BASE_URL``, else its path alone.
+
+        Workflow code reads it, and must not fail for a setting of the worker
+        it happens to run on; a client asking for the URL (``run.hooks()``)
+        gets ``ConfigurationError`` instead of a path.
+        """
+        if not self.webhook:
+            return None
+        path = webhook_path(self.token)
+        base = _base_url()
+        if not base:
+            _warn_relative(path)
+            return path
+        return base + path
 
     def __aiter__(self) -> _HookPayloads:
         return _HookPayloads(self)
@@ -119,21 +135,40 @@ def create_webhook(token: str | None = None, metadata: Any = None) -> Hook:
     return _create(token, metadata, webhook=True)
 
 
-def webhook_url(token: str) -> str:
-    """Where a webhook with ``token`` is served: ``$TETHER_WEBHOOK_BASE_URL`` + the path.
+def webhook_url(token: str, base: str | None = None) -> str:
+    """Where a webhook with ``token`` is served: ``base`` (else ``$TETHER_WEBHOOK_BASE_URL``)
+    followed by the path.
 
-    Raises ``ConfigurationError`` when the base URL is unset or not absolute:
-    a URL handed to another system must say which server answers it.
+    Raises ``ConfigurationError`` when neither is set, or not absolute: a URL
+    handed to another system must say which server answers it.
     """
-    path = WEBHOOK_PATH.format(token=urllib.parse.quote(token, safe=""))
-    base = os.environ.get("TETHER_WEBHOOK_BASE_URL", "").rstrip("/")
-    if not base.startswith(("http://", "https://")):
+    path = webhook_path(token)
+    root = (base or "").rstrip("/") or _base_url()
+    if not root.startswith(("http://", "https://")):
         raise ConfigurationError(
             f"the webhook URL of hook {token!r} needs TETHER_WEBHOOK_BASE_URL, the absolute"
-            f" URL where tether.asgi.app is served (got {base!r}): set e.g."
+            f" URL where tether.asgi.app is served (got {root!r}): set e.g."
             f" TETHER_WEBHOOK_BASE_URL=https://api.example.com; the path is {path}"
         )
-    return base + path
+    return root + path
+
+
+def webhook_path(token: str) -> str:
+    """The path under which ``tether.asgi.app`` serves the webhook with ``token``."""
+    return WEBHOOK_PATH.format(token=urllib.parse.quote(token, safe=""))
+
+
+def _base_url() -> str:
+    return os.environ.get("TETHER_WEBHOOK_BASE_URL", "").rstrip("/")
+
+
+@functools.cache
+def _warn_relative(path: str) -> None:
+    log.warning(
+        "TETHER_WEBHOOK_BASE_URL is unset: a workflow's hook.url is the path alone (%s);"
+        " set it to the absolute URL where tether.asgi.app is served",
+        path,
+    )
 
 
 def _create(token: str | None, metadata: Any, *, webhook: bool) -> Hook:

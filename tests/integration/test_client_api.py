@@ -159,3 +159,17 @@ def test_async_reads(worker: tether.Worker) -> None:
         return await again.status_async()
 
     assert asyncio.run(main()) == "completed"
+
+
+@workflow
+async def hands_out_a_url() -> str | None:
+    hook = tether.create_webhook(token="handed-out")
+    return hook.url  # say, passed to a step that emails it
+
+
+def test_a_workflow_reading_hook_url_without_a_base_url_does_not_fail(
+    worker: tether.Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TETHER_WEBHOOK_BASE_URL", raising=False)
+    run = tether.start(hands_out_a_url, [])
+    assert run.result(timeout=10) == "/.well-known/workflow/v1/webhook/handed-out"
