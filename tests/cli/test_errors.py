@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from tests.cli.helpers import (
     tether,
     tether_exe,
 )
+from tests.conformance import backends
 from tether.worlds import open_world
 from tether.worlds.base import World
 
@@ -134,6 +136,21 @@ def test_read_commands_do_not_create_a_database(tmp_path: Path) -> None:
         assert result.code == 1
         assert f"no tether database at {missing}" in error_line(result)
     assert not missing.parent.exists()
+
+
+def test_read_commands_do_not_create_a_postgres_schema() -> None:
+    backends.require_postgres()
+    name = f"tether_missing_{uuid.uuid4().hex[:8]}"
+    url = backends.with_schema(backends.POSTGRES_URL, name)
+    for args in (["inspect", "runs"], ["deployments", "list"], ["cancel", "--status", "running"]):
+        result = tether(*args, url=url)
+        assert result.code == 1, result
+        assert "no tether database at" in error_line(result) and name in error_line(result)
+    with backends.admin() as conn:
+        found = conn.execute(
+            "SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", (name,)
+        ).fetchone()
+    assert found is None
 
 
 def test_unsupported_url_and_bad_cursor(url: str) -> None:

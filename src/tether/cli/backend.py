@@ -14,7 +14,7 @@ import click
 
 from tether import config
 from tether.cli.errors import CliError, UsageProblem, is_backend_error
-from tether.errors import RunNotFoundError
+from tether.errors import RunNotFoundError, WorldUnavailableError
 from tether.redaction import redact
 from tether.worlds import DEFAULT_WORLD_URL
 from tether.worlds.base import World
@@ -65,6 +65,20 @@ class Backend:
         self._world = None
 
     def _require_database(self) -> None:
+        if self.url.lower().startswith(("postgresql:", "postgres:")):
+            from tether.worlds.postgres_url import has_tether_schema
+
+            try:
+                found = config.is_open(self.url) or has_tether_schema(self.url)
+            except WorldUnavailableError as exc:
+                reason = str(exc.__cause__ or exc).strip().splitlines()[0]
+                raise CliError(f"cannot reach backend {self.shown}: {reason}") from exc
+            if not found:
+                raise CliError(
+                    f"no tether database at {self.shown}: its schema holds no tether tables"
+                    " (check ?schema=; a worker creates them on first start)"
+                )
+            return
         if not self.url.lower().startswith("sqlite:"):
             return
         from tether.worlds.sqlite import path_from_url

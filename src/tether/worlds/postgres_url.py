@@ -53,3 +53,21 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
 
 
 __all__ = ["WorldUnavailableError", "parse_url", "redact"]
+
+
+def has_tether_schema(url: str) -> bool:
+    """Whether the database a URL names holds tether's tables (in its ``schema``, if named).
+
+    Reads only: a client that must not create a World asks this first.
+    Raises ``WorldUnavailableError`` when the server cannot be reached.
+    """
+    conninfo, _ = parse_url(url)
+    try:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            row = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        raise WorldUnavailableError(
+            f"cannot connect to the PostgreSQL world {redact(url)}: {reason}"
+        ) from exc
+    return bool(row and row[0])
