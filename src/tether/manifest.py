@@ -14,10 +14,12 @@ import inspect
 import os
 import sys
 import types
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
 from tether import registry
+from tether.errors import ConfigurationError, InvalidIdentifierError
 
 DEFAULT_ENVIRONMENT = "default"
 
@@ -33,8 +35,45 @@ def current_deployment_id() -> str:
 
 
 def explicit_deployment_id() -> str | None:
-    """``$TETHER_DEPLOYMENT_ID`` when it is set (to something), else ``None``."""
-    return os.environ.get("TETHER_DEPLOYMENT_ID") or None
+    """``$TETHER_DEPLOYMENT_ID`` when it is set (to something), else ``None``.
+
+    Raises ``ConfigurationError`` for an id ``check_deployment_id`` refuses.
+    """
+    value = os.environ.get("TETHER_DEPLOYMENT_ID") or None
+    if value is not None and value != _checked.get("id"):
+        try:
+            check_deployment_id(value)
+        except InvalidIdentifierError as exc:
+            raise ConfigurationError(f"TETHER_DEPLOYMENT_ID: {exc}") from None
+        _checked["id"] = value
+    return value
+
+
+def check_deployment_id(value: str) -> str:
+    """``value`` if it can name a deployment; else ``InvalidIdentifierError`` saying why.
+
+    A deployment id is 1 to 256 characters without spaces, control or format
+    characters (a git sha, a release tag, a branch name), and not ``latest``,
+    which ``start(deployment_id="latest")`` means.
+    """
+    bad = next((c for c in value if unicodedata.category(c)[0] in "CZ"), None)
+    if value == "latest" or not value or len(value) > 256 or bad is not None:
+        why = (
+            "'latest' stands for the newest deployment"
+            if value == "latest"
+            else f"it holds {bad!r}"
+            if bad is not None
+            else "expected 1 to 256 characters"
+        )
+        raise InvalidIdentifierError(
+            f"invalid deployment id {value!r}: {why}; use a git sha or a release tag"
+            " without spaces, e.g. v42 or 3f2a9c1"
+        )
+    return value
+
+
+#: The last ``$TETHER_DEPLOYMENT_ID`` checked: it is read on every start.
+_checked: dict[str, str] = {}
 
 
 @functools.lru_cache(maxsize=8)

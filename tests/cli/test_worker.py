@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.cli.helpers import APP, error_line, tether
+import pytest
+
+from tests.cli.helpers import APP, error_line, tether, tether_exe
 from tests.integration.processes import worker_process
 from tether.worlds.base import World
 
@@ -43,3 +45,16 @@ def test_an_empty_deployment_is_refused(url: str) -> None:
     result = tether("worker", APP, "--deployment", "", url=url)
     assert result.code == 2
     assert "--deployment must not be empty" in error_line(result)
+
+
+@pytest.mark.parametrize(
+    ("deployment", "why"),
+    [("latest", "'latest' stands for the newest deployment"), ("v 1", "it holds ' '")],
+)
+def test_an_id_that_cannot_name_a_deployment_is_refused(
+    url: str, deployment: str, why: str
+) -> None:
+    by_option = tether("worker", APP, "--deployment", deployment, url=url)
+    assert by_option.code == 2 and why in error_line(by_option)
+    by_env = tether_exe("worker", APP, url=url, env={"TETHER_DEPLOYMENT_ID": deployment})
+    assert by_env.code == 2 and why in error_line(by_env)

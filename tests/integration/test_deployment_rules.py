@@ -91,3 +91,11 @@ def test_start_on_an_unregistered_own_deployment_names_both_fixes(
     # Once a worker of this deployment has registered it, the same start works.
     with tether.Worker():
         assert tether.start(greet, ["ann"]).result(timeout=10) == "hello ann"
+
+
+def test_a_client_with_an_id_that_cannot_name_a_deployment_is_told(
+    world_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TETHER_DEPLOYMENT_ID", "latest")
+    with pytest.raises(tether.ConfigurationError, match="TETHER_DEPLOYMENT_ID: invalid"):
+        tether.start(greet, ["ann"])

@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import click
 
-from tether.errors import DeploymentConflictError, TetherError
+from tether.errors import ConfigurationError, DeploymentConflictError, TetherError
 from tether.redaction import redact, scrub
 
 #: Exit codes: 1 for something not found or an operation that failed, 2 for bad input.
@@ -37,9 +37,10 @@ def translate(exc: Exception, backend_url: str | None) -> CliError:
     """The one-line error a command's exception becomes; the password never shows."""
     message = _one_line(str(exc)) or type(exc).__name__
     kind: type[CliError] = CliError
-    if isinstance(exc, ValueError | TypeError | DeploymentConflictError):
+    if isinstance(exc, ValueError | TypeError | DeploymentConflictError | ConfigurationError):
         # Bad input: the parse functions (workflow names, cursors, statuses, URLs, ids),
-        # start()'s argument check, a worker's deployment id registered with other code.
+        # start()'s argument check, a setting such as TETHER_DEPLOYMENT_ID, a worker's
+        # deployment id registered with other code.
         # Many are TetherErrors too; each says what it expected.
         kind = UsageProblem
     elif isinstance(exc, LookupError | TimeoutError | TetherError):

@@ -13,6 +13,7 @@ from tether import config, registry
 from tether.cli import backend
 from tether.cli.backend import backend_option
 from tether.cli.errors import CliError, UsageProblem
+from tether.manifest import check_deployment_id
 from tether.runtime.worker import Worker
 
 
@@ -69,6 +70,7 @@ def worker(
     if deployment is not None:
         if not deployment.strip():
             raise UsageProblem("--deployment must not be empty: give an id such as v42")
+        check_deployment_id(deployment)  # a bad id is a usage error (exit 2)
         # As if set in the environment: a step's start() without deployment_id pins the
         # new run to its own deployment, which it reads from there.
         os.environ["TETHER_DEPLOYMENT_ID"] = deployment

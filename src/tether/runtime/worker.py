@@ -93,7 +93,9 @@ class Worker:
         self.replace_deployment = replace_deployment
         #: The World's own clock unless told otherwise: due times are the World's.
         self.clock = clock or self.world.clock
-        self.deployment_id = deployment_id or manifest.current_deployment_id()
+        self.deployment_id = manifest.check_deployment_id(
+            deployment_id or manifest.current_deployment_id()
+        )
         self.environment = manifest.current_environment()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.concurrency = concurrency
