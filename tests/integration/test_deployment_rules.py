@@ -19,6 +19,7 @@ pytestmark = pytest.mark.both_worlds
 
 V1, V2 = REPO / "tests" / "apps" / "v1", REPO / "tests" / "apps" / "v2"
 REFUND = "workflow//shop//refund"
+SORT_WORD = "workflow//tests.apps.sets//sort_word"
 
 
 def serve(url: str, code: Path, version: str, log: Path) -> None:
@@ -51,8 +52,19 @@ def test_a_deployment_id_cannot_be_reused_for_other_code(world_url: str, tmp_pat
 
 def test_the_same_code_joins_and_new_names_are_added(world_url: str, tmp_path: Path) -> None:
     serve(world_url, V1, "v1", tmp_path / "a.log")
-    serve(world_url, V1, "v1", tmp_path / "b.log")  # a second worker of the same code: fine
+    with pytest.raises(tether.WorkflowNotFoundError):
+        tether.start(SORT_WORD, ["apple"], deployment_id="v1")
+    # A second worker of the same code, which imports one module more: it joins, and
+    # what only it defines is added to v1.
+    WorkerProcess(
+        world_url,
+        ["shop", "tests.apps.sets"],
+        tmp_path / "b.log",
+        pythonpath=V1,
+        env={"TETHER_DEPLOYMENT_ID": "v1"},
+    ).stop()
     assert [d.deployment_id for d in tether.deployments.list_deployments()] == ["v1"]
+    assert tether.start(SORT_WORD, ["apple"], deployment_id="v1").deployment_id == "v1"
 
 
 def test_replace_deployment_is_the_explicit_override(world_url: str, tmp_path: Path) -> None:
@@ -66,6 +78,9 @@ def test_replace_deployment_is_the_explicit_override(world_url: str, tmp_path: P
         args=("--replace-deployment",),
     )
     proc.stop()
+    # It says what it took over, and v1 now records v2's code.
+    assert "replaced deployment 'v1': it was registered with other code for" in proc.output()
+    assert "workflow//shop//refund (code, parameters)" in proc.output()
     with pytest.raises(TypeError, match="missing a required argument: 'amount'"):
         tether.start(REFUND, ["p", "o"], deployment_id="v1")  # v2's refund, under v1
 

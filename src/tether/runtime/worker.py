@@ -213,7 +213,7 @@ class Worker:
                 socket.gethostname(),
                 os.getpid(),
             )
-            await self._io(
+            replaced = await self._io(
                 functools.partial(
                     self.world.register_worker,
                     info,
@@ -221,6 +221,13 @@ class Worker:
                     replace=self.replace_deployment,
                 )
             )
+            if replaced:
+                log.warning(
+                    "replaced deployment %r: it was registered with other code for %s;"
+                    " runs pinned to it now resume into this code (--replace-deployment)",
+                    self.deployment_id,
+                    "; ".join(replaced),
+                )
             remove_listener = self.world.add_listener(
                 self._wake_threadsafe,
                 skip_own_loop=True,

@@ -206,14 +206,15 @@ class RunStore(abc.ABC):
     @abc.abstractmethod
     def register_worker(
         self, worker: WorkerInfo, manifest: dict[str, Any], *, replace: bool = False
-    ) -> None:
+    ) -> list[str]:
         """Record a starting worker (its heartbeat now) and its deployment.
 
         The deployment's manifest becomes the union, section by section, of
         what its workers registered; its ``created_at`` is when it was first
         seen. A worker that defines a workflow or step differently from what
         the deployment registered raises ``DeploymentConflictError`` naming
-        them, and nothing is written, unless ``replace`` (its entries win).
+        them, and nothing is written, unless ``replace``: its entries win, and
+        the workflows and steps it replaced are returned (else ``[]``).
         A ``worker_id`` already registered raises the driver's integrity error.
         """
 

@@ -418,17 +418,19 @@ def heartbeat(tx: Tx, worker_id: str, lease_seconds: float) -> None:
 
 def register_worker(
     tx: Tx, worker: WorkerInfo, manifest: dict[str, Any], *, replace: bool = False
-) -> None:
+) -> list[str]:
     """Record a starting worker; its deployment's manifest joins what was registered.
 
     Raises ``DeploymentConflictError`` when the deployment was registered with
-    other code for a workflow or step this worker defines, unless ``replace``.
+    other code for a workflow or step this worker defines, unless ``replace``;
+    returns what it replaced then (else nothing).
     """
     now = tx.clock.time()
     dep = worker.deployment_id
     created = tx.query_one(
         tx.sql.create_deployment, (dep, worker.environment, json.dumps(manifest), now)
     )
+    differ: list[str] = []
     if created is None:
         row = tx.query_one(tx.sql.lock_manifest, (dep,))
         registered = json.loads(row[0]) if row else {}
@@ -439,6 +441,7 @@ def register_worker(
         if joined != registered:
             tx.execute(tx.sql.update_manifest, (json.dumps(joined), dep))
     tx.execute(tx.sql.insert_worker, (worker.worker_id, dep, worker.hostname, worker.pid, now, now))
+    return differ
 
 
 def _conflict_message(deployment_id: str, differ: list[str]) -> str:

@@ -358,11 +358,14 @@ class SqlWorld(World):
 
     def register_worker(
         self, worker: WorkerInfo, manifest: dict[str, Any], *, replace: bool = False
-    ) -> None:
+    ) -> list[str]:
         check_identifier(worker.deployment_id, "deployment id")
         check_identifier(worker.environment, "environment")
-        self._write(lambda tx: operations.register_worker(tx, worker, manifest, replace=replace))
+        replaced = self._write(
+            lambda tx: operations.register_worker(tx, worker, manifest, replace=replace)
+        )
         self._deployments[worker.worker_id] = worker.deployment_id
+        return replaced
 
     def unregister_worker(self, worker_id: str) -> None:
         self._write(lambda tx: operations.unregister_worker(tx, worker_id))
