@@ -352,7 +352,8 @@ class Worker:
         )
         for task in tasks:
             if task.kind == "workflow" and self._draining():
-                self._spawn(self._give_back(task.run_id, "", 0.0))  # claimed as the stop came
+                # Claimed as the stop came (perhaps ahead of its time): back, due when it was.
+                self._spawn(self._give_back(task.run_id, "", max(task.due_at - now, 0.0)))
             elif task.kind == "workflow":
                 self._spawn(self._activate(task.run_id, task.due_at), task.run_id)
             else:
