@@ -46,8 +46,8 @@ def step_info() -> StepInfo:
     step = current_step.get()
     if step is None:
         raise ContextError(
-            "step_info() is called inside a @step that a worker runs (a step called as a plain"
-            " function, or a workflow's own code, has no step attempt)"
+            "step_info() works only inside a @step that a worker runs: a step called as a"
+            " plain function, or a workflow's own code, has no step attempt"
         )
     return StepInfo(step.run_id, step.step_id, step.step_name, step.attempt, step.deployment_id)
 

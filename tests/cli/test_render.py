@@ -123,3 +123,15 @@ def test_names_and_times() -> None:
     assert render.when(now - 3 * 86400).endswith("(3d ago)")
     assert render.when(now).endswith("s ago)")
     assert str(render.status("failed")) == "failed"
+
+
+def test_table_cells_show_separators_and_controls_as_escapes() -> None:
+    from rich.console import Console
+
+    out = render.table("TOKEN", "NOTE")
+    out.add_row("tok-😀-\u2028-\x00-2", "a\u2029b\tc")
+    console = Console(width=120, record=True, force_terminal=False)
+    console.print(out)
+    text = console.export_text()
+    assert "tok-😀-\\u2028-\\u0000-2" in text and "a\\u2029b\\u0009c" in text
+    assert "\u2028" not in text and "\u2029" not in text

@@ -193,9 +193,9 @@ def diff(old: str, new: str, as_json: bool) -> None:
         out.add_row(
             change.workflow_name,
             change.status,
-            "\n".join(change.changes) or "-",
+            Text("\n".join(render.shown(c) for c in change.changes) or "-"),
             Text("safe", "green") if change.safe else Text("UNSAFE", "bold red"),
-            "\n".join(change.reasons) or "-",
+            Text("\n".join(render.shown(r) for r in change.reasons) or "-"),
         )
     unsafe = [c for c in result.workflows if not c.safe]
     summary = (

@@ -85,10 +85,32 @@ def table(*headers: str) -> Table:
     The first column holds ids, which must stay whole to be copied: on a
     narrow terminal the other columns wrap instead.
     """
-    result = Table(box=None, header_style="bold", pad_edge=False, show_edge=False)
+    result = _ShownTable(box=None, header_style="bold", pad_edge=False, show_edge=False)
     for i, header in enumerate(headers):
         result.add_column(header, no_wrap=i == 0, overflow="fold")
     return result
+
+
+class _ShownTable(Table):
+    """A table whose text cells show what a terminal would act on (line and paragraph
+    separators, control and format characters) as ``\\uXXXX`` escapes."""
+
+    def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+        super().add_row(*(shown(r) if isinstance(r, str) else r for r in renderables), **kwargs)
+
+
+def shown(text: str) -> str:
+    """``text`` with what a terminal would act on (U+2028, controls, ...) escaped."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c
+        if c.isprintable() or c == " "
+        else f"\\u{ord(c):04x}"
+        if ord(c) < 0x10000
+        else f"\\U{ord(c):08x}"
+        for c in text
+    )
 
 
 @contextlib.contextmanager
