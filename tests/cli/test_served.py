@@ -7,6 +7,9 @@ latest) and has no worker: runs pinned to it wait, as after a bad deploy.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -19,6 +22,8 @@ from tests.cli.helpers import (
     DOOMED,
     HELLO,
     NAPPER,
+    REPO,
+    TETHER,
     TOTALS,
     create_run,
     error_line,
@@ -106,6 +111,28 @@ def test_start_with_a_run_id_is_idempotent(served: Served) -> None:
     assert taken.code == 1 and "'greet-id-1' is taken by a run of" in error_line(taken)
     bad = tether("start", HELLO, '"x"', "--run-id", "no spaces", url=served.url)
     assert bad.code == 2 and "invalid run id 'no spaces'" in error_line(bad)
+
+
+def test_ctrl_c_while_waiting_leaves_the_run_going(served: Served) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+    env.update(TETHER_WORLD=served.url, PYTHONPATH=f"{REPO}:{REPO / 'src'}", NO_COLOR="1")
+    proc = subprocess.Popen(
+        [*TETHER, "start", NAPPER, "600", "--wait"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    run_id = proc.stdout.readline().strip()  # printed once the run is written
+    assert proc.stderr.readline().startswith(f"started {run_id}")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert f"stopped waiting; run {run_id} goes on" in err and "Traceback" not in err
+    assert served.status(run_id) in ("pending", "running")
+    served.world.cancel_runs([run_id])
 
 
 def test_wait_reports_a_failed_run_and_a_timeout(served: Served) -> None:

@@ -246,15 +246,24 @@ def start(
     world = backend.world()
     target = "latest" if latest else deployment
     run = api.start(name, values, deployment_id=target, run_id=run_id, world=world)
-    click.echo(run.run_id)
-    render.err().print(
-        f"{'started' if run.is_new else 'run exists, not started again:'} {run.run_id} "
-        f"({render.short_name(name)} on {run.deployment_id})",
-        soft_wrap=True,
-    )
-    if wait:
+    try:
+        click.echo(run.run_id)
+        render.err().print(
+            f"{'started' if run.is_new else 'run exists, not started again:'} {run.run_id} "
+            f"({render.short_name(name)} on {run.deployment_id})",
+            soft_wrap=True,
+        )
         # A failed or cancelled run, or the timeout, raises: one line, exit code 1.
-        result = run.result(timeout=timeout)
+        result = run.result(timeout=timeout) if wait else None
+    except KeyboardInterrupt:
+        if not wait:
+            raise
+        render.err().print(
+            f"stopped waiting; run {run.run_id} goes on (tether inspect runs {run.run_id})",
+            soft_wrap=True,
+        )
+        raise SystemExit(130) from None
+    if wait:
         click.echo(json.dumps(render.jsonable(result), ensure_ascii=False))
 
 
