@@ -13,7 +13,7 @@ from tether.config import local_worker, resolve_world
 from tether.context import current_step
 from tether.errors import InvalidTypeError, InvalidValueError, RunExistsError, RunNotFoundError
 from tether.handles import Run, RunHook, iter_runs
-from tether.pinning import check_arguments, check_run_id, resolve_deployment, resolve_target
+from tether.pinning import check_arguments, check_run_id, resolve_target
 from tether.redaction import redact
 from tether.worlds.base import World
 from tether.worlds.records import RUN_STATUSES, TERMINAL_STATUSES, NewRun, RunFilter, RunRecord
@@ -159,7 +159,7 @@ def rerun(
     if deployment_id is None:
         deployment = original.deployment_id
     else:
-        deployment = resolve_deployment(target, original.workflow_name, deployment_id)
+        deployment = resolve_target(target, original.workflow_name, deployment_id)[0]
     name = original.workflow_name
     return _create(target, name, deployment, original.input, None, run_id, new_run_id)
 

@@ -84,7 +84,7 @@ class InvalidIdentifierError(InvalidValueError):
     """An id or name no World can store (a hook token, stream namespace, run or deployment id).
 
     Identifiers are non-empty strings of at most 256 characters, without NUL
-    and without lone surrogates (``tether.serde.check_identifier``); the
+    and without lone surrogates (``tether.storable.check_identifier``); the
     message names the value and what is allowed.
     """
 

@@ -19,7 +19,7 @@ import secrets
 import urllib.parse
 from typing import Any
 
-from tether import serde
+from tether import serde, storable
 from tether.context import current_instance
 from tether.errors import ConfigurationError, ContextError
 
@@ -118,7 +118,7 @@ def create_hook(token: str | None = None, metadata: Any = None) -> Hook:
 
     Raises ``HookConflictError`` (when awaited) if another active hook holds
     the token, ``InvalidIdentifierError`` (a ``ValueError``) for a token no
-    World can store (``serde.check_identifier``: empty, over 256 characters,
+    World can store (``storable.check_identifier``: empty, over 256 characters,
     a NUL or a lone surrogate), and ``SerializationError`` if ``metadata`` is
     not JSON (NaN and infinities are not) or holds a lone surrogate.
     """
@@ -176,7 +176,7 @@ def _create(token: str | None, metadata: Any, *, webhook: bool) -> Hook:
     if instance is None:
         raise ContextError("create_hook() and create_webhook() are called inside a @workflow")
     if token is not None:
-        serde.check_identifier(token, "hook token")
+        storable.check_identifier(token, "hook token")
     serde.check_json(metadata, where="hook metadata")
     loop = instance.loop
 

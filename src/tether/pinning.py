@@ -44,15 +44,11 @@ def check_run_id(run_id: object) -> str:
     )
 
 
-def resolve_deployment(target: World, workflow_name: str, deployment_id: str | None) -> str:
-    """The deployment a new run of ``workflow_name`` is pinned to; checks it defines it."""
-    return resolve_target(target, workflow_name, deployment_id)[0]
-
-
 def resolve_target(
     target: World, workflow_name: str, deployment_id: str | None
 ) -> tuple[str, inspect.Signature]:
-    """``resolve_deployment``, and the workflow's parameters as that deployment records them."""
+    """The deployment a new run of ``workflow_name`` is pinned to (checking it defines the
+    workflow), and the workflow's parameters as that deployment records them."""
     if deployment_id == "latest" or (deployment_id is None and not manifest.defines_workflows()):
         environment = manifest.current_environment()
         latest = target.latest_deployment(environment)

@@ -42,9 +42,8 @@ code point (U+D800 to U+DFFF, e.g. from ``surrogateescape``) cannot be stored, a
 refuses it. An exception is the one value never refused: a surrogate in its message, traceback
 or arguments is written as the six characters ``\\udXXX``, so that any failure can be recorded.
 
-Identifiers (hook tokens, stream namespaces, run and deployment ids) are stored in indexed text
-columns: ``check_identifier`` says what they may be, ``can_be_identifier`` whether a text could
-name anything stored at all (a lookup by one that cannot finds nothing).
+What identifiers (hook tokens, stream namespaces, run and deployment ids) may be is
+``tether.storable``'s.
 """
 
 from __future__ import annotations
@@ -55,7 +54,6 @@ import dataclasses
 import importlib
 import json
 import json.encoder
-import re
 import reprlib
 import sys
 import traceback as _traceback
@@ -68,21 +66,17 @@ from uuid import UUID
 from zoneinfo import ZoneInfo
 
 from tether.errors import (
-    InvalidIdentifierError,
     InvalidTypeError,
     InvalidValueError,
     SerializationError,
 )
+from tether.storable import SURROGATE, escape_surrogates
 
 __all__ = [
     "FORMAT_VERSION",
-    "MAX_IDENTIFIER_LENGTH",
     "RemoteError",
-    "can_be_identifier",
-    "check_identifier",
     "check_json",
     "dumps",
-    "escape_surrogates",
     "loads",
     "register",
     "register_type",
@@ -90,9 +84,6 @@ __all__ = [
 
 FORMAT_VERSION = 1
 """The envelope version that ``dumps`` writes and ``loads`` reads."""
-
-MAX_IDENTIFIER_LENGTH = 256
-"""The longest identifier, in characters: PostgreSQL's indexes hold keys of ~2,700 bytes."""
 
 _T = TypeVar("_T", bound=type)
 _Encoder = Callable[[Any], Any]
@@ -152,52 +143,6 @@ def check_json(value: object, *, where: str = "value") -> str:
             f"{where} must be JSON (dicts, lists, strings, finite numbers, booleans, None): {exc}"
         ) from None
     return _storable(text, value, where)
-
-
-def escape_surrogates(text: str) -> str:
-    """``text`` with each surrogate code point written as the six characters ``\\udXXX``.
-
-    What UTF-8 can hold is left as it is; use it for text that must be stored
-    whatever it holds (an error message).
-    """
-    if text.isascii() or _SURROGATE.search(text) is None:
-        return text
-    return _SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
-
-
-def check_identifier(
-    value: object, what: str, *, max_length: int | None = MAX_IDENTIFIER_LENGTH
-) -> str:
-    """Return ``value`` if it can name something a World stores, else raise.
-
-    An identifier (hook token, stream namespace, run id, deployment id) is a
-    non-empty ``str`` of at most ``max_length`` characters (``None``: any)
-    without NUL, which PostgreSQL's text refuses, and without lone surrogates,
-    which UTF-8 cannot encode; astral characters, U+2028 and the like are
-    fine. Raises ``InvalidIdentifierError`` (a ``ValueError``) naming ``what``
-    (e.g. ``"hook token"``), the value and what is allowed.
-    """
-    problem = _identifier_problem(value, max_length)
-    if problem is None:
-        return value  # type: ignore[return-value]
-    longest = f" of at most {max_length} characters" if max_length is not None else ""
-    raise InvalidIdentifierError(
-        f"invalid {what} {_shown(value)}: {problem}; a {what} is a non-empty string{longest}"
-        " without NUL (\\x00) or lone surrogates (U+D800 to U+DFFF)"
-    )
-
-
-def can_be_identifier(value: object) -> bool:
-    """Whether ``value`` could name something stored: a ``str`` without NUL or surrogates.
-
-    Worlds answer a lookup by any other value with "not found" (no such thing
-    can exist) instead of sending it to a database that would refuse it.
-    """
-    return (
-        type(value) is str
-        and "\x00" not in value
-        and (value.isascii() or _SURROGATE.search(value) is None)
-    )
 
 
 @overload
@@ -278,7 +223,6 @@ class RemoteError(Exception):
 
 _PREFIX = f'{{"v":{FORMAT_VERSION},"d":'
 #: A code point UTF-8 cannot encode; the JSON text holds one only inside a string.
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _SUPPORTED = (
     "supported types are JSON values, int, float, bytes, tuple, set, frozenset, dict, "
     "datetime/date/time/timedelta, Decimal, UUID, Enum, dataclasses, pydantic models, "
@@ -569,7 +513,7 @@ def _try_enc(x: Any) -> Any:
         text = _json_text(encoded)
     except Exception:
         return _FAILED
-    return encoded if text.isascii() or _SURROGATE.search(text) is None else _escaped(encoded)
+    return encoded if text.isascii() or SURROGATE.search(text) is None else _escaped(encoded)
 
 
 def _escaped(x: Any) -> Any:
@@ -633,7 +577,7 @@ def _recursion_message(value: object, where: str) -> str:
 
 def _storable(text: str, value: object, where: str) -> str:
     """``text`` (``value`` as JSON) if UTF-8 can hold it; else the error names the surrogate."""
-    found = None if text.isascii() else _SURROGATE.search(text)
+    found = None if text.isascii() else SURROGATE.search(text)
     if found is None:
         return text
     try:
@@ -653,40 +597,16 @@ def _storable(text: str, value: object, where: str) -> str:
 def _find_surrogate(x: Any, path: list[str]) -> tuple[str, list[str]] | None:
     """A str holding a surrogate in ``x`` (a key or a value), and the path to it."""
     if type(x) is str:
-        return (x, path) if _SURROGATE.search(x) is not None else None
+        return (x, path) if SURROGATE.search(x) is not None else None
     if type(x) is dict:
         for key in x:
-            if type(key) is str and _SURROGATE.search(key) is not None:
+            if type(key) is str and SURROGATE.search(key) is not None:
                 return key, [*path, "<key>"]
     for segment, child in _children(x) or ():
         found = _find_surrogate(child, [*path, segment])
         if found is not None:
             return found
     return None
-
-
-def _identifier_problem(value: object, max_length: int | None) -> str | None:
-    if type(value) is not str:
-        return f"expected a str, got {type(value).__qualname__}"
-    if not value:
-        return "it is empty"
-    if max_length is not None and len(value) > max_length:
-        return f"it is {len(value)} characters long"
-    if "\x00" in value:
-        return "it holds a NUL (\\x00)"
-    found = None if value.isascii() else _SURROGATE.search(value)
-    if found is not None:
-        return f"it holds the lone surrogate U+{ord(found.group()):04X}"
-    return None
-
-
-def _shown(value: object) -> str:
-    """``repr(value)``, cut short for a long string."""
-    if type(value) is not str:
-        return reprlib.repr(value)
-    if len(value) > 60:
-        return f"{repr(value[:40])[:-1]}...' ({len(value)} characters)"
-    return repr(value)
 
 
 def _find_cycle(x: Any, active: set[int], path: list[str]) -> list[str] | None:

@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from tether import serde
+from tether import serde, storable
 from tether.config import resolve_world
 from tether.context import current_instance
 from tether.errors import ContextError
@@ -79,14 +79,14 @@ def get_writable(namespace: str | None = None) -> StreamHandle:
     """The run's stream named ``namespace`` (default ``"default"``). Call it in a workflow.
 
     Raises ``InvalidIdentifierError`` (a ``ValueError``) for a namespace no
-    World can store (``serde.check_identifier``: over 256 characters, a NUL
+    World can store (``storable.check_identifier``: over 256 characters, a NUL
     or a lone surrogate).
     """
     instance = current_instance.get()
     if instance is None:
         raise ContextError("get_writable() is called inside a @workflow; pass the handle to steps")
     if namespace:
-        serde.check_identifier(namespace, "stream namespace")
+        storable.check_identifier(namespace, "stream namespace")
     return StreamHandle(instance.run_id, namespace or DEFAULT_NAMESPACE)
 
 

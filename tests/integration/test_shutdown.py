@@ -127,7 +127,7 @@ def test_a_step_that_ends_while_draining_leaves_its_run_to_other_workers(
     (held,) = run.steps()
     assert (
         f"{held.step_name} (step 0 of run {run.run_id}, attempt 1) completed while draining: "
-        "recorded; its run goes on on another worker" in first.output()
+        "recorded; its run goes on on the next worker of " in first.output()
     )
     with worker_process(world_url, APP, tmp_path / "w2.log", lease_seconds=LONG_LEASE):
         assert run.result(timeout=20) == ["held", "next"]

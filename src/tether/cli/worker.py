@@ -96,9 +96,14 @@ def worker(
     w.run(
         on_ready=lambda: click.echo(
             f"tether worker {w.worker_id} ready: deployment {w.deployment_id!r} on "
-            f"{serving.shown}, {len(registry.WORKFLOWS)} workflows, {len(registry.STEPS)} steps "
+            f"{serving.shown}, {_count(len(registry.WORKFLOWS), 'workflow')}, "
+            f"{_count(len(registry.STEPS), 'step')} "
             "(Ctrl-C drains)",
             err=True,
         )
     )
     click.echo("tether worker stopped", err=True)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from tether import serde
+from tether import serde, storable
 from tether.context import H, HookReceiver, current_instance
 from tether.durations import Duration, seconds_until
 from tether.errors import HookConflictError, NonDeterminismError, SerializationError
@@ -355,8 +355,8 @@ def error_payload(exc: BaseException) -> str:
         {
             "type": f"{kind.__module__}.{kind.__qualname__}",
             # Escaped, not refused: a run must be able to fail whatever its error says.
-            "message": serde.escape_surrogates(str(exc)),
-            "traceback": serde.escape_surrogates(tb),
+            "message": storable.escape_surrogates(str(exc)),
+            "traceback": storable.escape_surrogates(tb),
         }
     )
 

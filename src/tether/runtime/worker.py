@@ -490,9 +490,10 @@ class Worker:
             return
         if ended:
             log.info(
-                "%s %s while draining: recorded; its run goes on on another worker",
+                "%s %s while draining: recorded; its run goes on on the next worker of %r",
                 job.describe(),
                 outcome.status,
+                self.deployment_id,
             )
 
     # -- plumbing ------------------------------------------------------------------

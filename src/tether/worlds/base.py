@@ -17,7 +17,7 @@ Timestamps are epoch seconds read from the World's clock (``open_world``'s
 ``clock``); payloads are serialized text the World stores as it is given
 (``serde``'s text, which holds no NUL and no surrogate).
 
-Ids, tokens and namespaces are identifiers (``serde.check_identifier``): a
+Ids, tokens and namespaces are identifiers (``storable.check_identifier``): a
 write that would store one no World can hold raises
 ``InvalidIdentifierError`` and writes nothing; a lookup by one finds
 nothing (``None``, ``[]``, ``HookNotFoundError``), as on every World.

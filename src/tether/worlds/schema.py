@@ -12,7 +12,7 @@ from importlib import resources
 from typing import Any
 
 from tether.errors import InvalidValueError
-from tether.serde import can_be_identifier
+from tether.storable import can_be_identifier
 from tether.worlds.records import RunFilter
 
 

@@ -9,7 +9,7 @@ the shared statements (``sql.Statements``), writers the shared operations
 Identifiers are checked here, once for both backends, so that both answer
 alike what one database would refuse: a write that would store an id, token
 or namespace no World can hold raises ``InvalidIdentifierError``; a lookup by
-one finds nothing (``serde.can_be_identifier``), as nothing can be stored
+one finds nothing (``storable.can_be_identifier``), as nothing can be stored
 under it.
 """
 
@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from tether.clock import Clock
 from tether.errors import HookNotFoundError, InvalidValueError, StreamClosedError
-from tether.serde import can_be_identifier, check_identifier
+from tether.storable import can_be_identifier, check_identifier
 from tether.worlds import operations, schema
 from tether.worlds.base import World
 from tether.worlds.operations import Reader, Tx
