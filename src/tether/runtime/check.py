@@ -1,0 +1,126 @@
+"""Whether a run's recorded history replays on other code: the core of moving a run.
+
+``check_run`` replays a run's event log against a workflow definition (the
+code of the deployment the run would move to) and says how far the new code
+agrees with what the log holds. No step runs: every answer comes from the log.
+A request that differs from the logged one at the same position (another
+step, a step with other arguments, a sleep where the log holds a step, the
+code ending early) is where the run diverges; the steps logged before it are
+what a fork onto the new code may keep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tether import serde
+from tether.errors import NonDeterminismError
+from tether.registry import Workflow
+from tether.runtime.instance import RunInstance
+from tether.worlds.records import EventRecord, RunRecord
+
+Verdict = Literal["replays", "diverges", "incompatible"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunCheck:
+    """What the new code makes of one run's history.
+
+    ``fork_point`` is how many of the run's logged steps the new code asks
+    for exactly as logged, in order: a fork keeps steps ``0 .. fork_point-1``
+    (their recorded results) and runs the rest on the new code. ``None`` for
+    ``incompatible``.
+    """
+
+    run_id: str
+    verdict: Verdict
+    fork_point: int | None
+    reason: str
+
+
+def check_run(
+    run: RunRecord, events: Sequence[EventRecord], definition: Workflow[..., Any] | None
+) -> RunCheck:
+    """Replay ``events`` (the run's whole log so far) against ``definition``; never runs a step.
+
+    ``definition`` is the workflow as the new code defines it, ``None`` when
+    that code does not define it.
+    """
+    if definition is None:
+        return RunCheck(
+            run.run_id, "incompatible", None, f"the new code does not define {run.workflow_name}"
+        )
+    try:
+        args, kwargs = serde.loads(run.input)
+        definition.signature.bind(*args, **kwargs)
+    except Exception as exc:  # arguments that do not bind, or cannot be read back
+        return RunCheck(
+            run.run_id,
+            "incompatible",
+            None,
+            f"the run's arguments do not fit the new {run.workflow_name}: {exc}",
+        )
+    instance = _Checking(run, definition)
+    try:
+        instance.replay(events)
+    finally:
+        instance.close()
+    logged = [e for e in events if e.type in _REQUESTS]
+    failure = instance.failure
+    if isinstance(failure, NonDeterminismError):
+        at = instance.diverged_at if instance.diverged_at is not None else instance.issued
+        return RunCheck(run.run_id, "diverges", _steps_before(logged, at), str(failure))
+    return RunCheck(
+        run.run_id,
+        "replays",
+        _steps_before(logged, len(logged)),
+        f"the new code asks for all {len(logged)} logged requests as logged",
+    )
+
+
+# -- helpers ------------------------------------------------------------------
+
+#: The events that are a workflow's requests, in the order its code made them.
+_REQUESTS = frozenset({"step_created", "wait_created", "hook_created"})
+
+
+def _steps_before(logged: Sequence[EventRecord], position: int) -> int:
+    return sum(1 for e in logged[:position] if e.type == "step_created")
+
+
+class _Checking(RunInstance):
+    """A replay that also compares a step's arguments, and notes where it diverged."""
+
+    diverged_at: int | None = None
+
+    def _request(
+        self, kind: str, name: str | None, payload: str | None, attrs: dict[str, Any] | None
+    ) -> EventRecord:
+        position = self.issued
+        if position < len(self.commands) and self.diverged_at is None:
+            logged = self.commands[position]
+            if logged.type != kind or logged.name != name:
+                self.diverged_at = position  # the base class raises the error
+            elif kind == "step_created" and logged.payload != payload:
+                self.diverged_at = position
+                self.issued += 1
+                error = NonDeterminismError(
+                    f"run {self.run_id} diverged from its event log at request #{position + 1}:"
+                    f" the log holds step {name!r} with arguments {_args(logged.payload)}"
+                    f" (event {logged.seq}), the code asked for it with {_args(payload)}"
+                )
+                self.failure = self.failure or error
+                raise error
+        return super()._request(kind, name, payload, attrs)
+
+
+def _args(payload: str | None) -> str:
+    try:
+        args, kwargs = serde.loads(payload or "[[], {}]")
+    except Exception:
+        return repr(payload)
+    shown = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+    text = f"({', '.join(shown)})"
+    return text if len(text) <= 80 else text[:77] + "...)"

@@ -1,0 +1,140 @@
+"""``check_run``, the core of moving a run onto new code: a log replayed, no step run.
+
+Logs are made by driving a real run by hand (``Driven``, as in test_instance),
+then checked against the code of a would-be new deployment.
+"""
+
+from __future__ import annotations
+
+import tether
+from tests.unit.test_instance import Driven, pick, record
+from tether import step, workflow
+from tether.runtime.check import check_run
+
+
+@step
+def label(order: str, copies: int) -> str:
+    return f"{copies} labels for {order}"
+
+
+@workflow
+async def ship(order: str) -> list[str]:
+    first = await pick(order)
+    await tether.sleep("2d")
+    return [first, await label(order, 1)]
+
+
+@workflow
+async def ship_two_labels(order: str) -> list[str]:
+    """``ship`` after a change that prints two labels (other arguments, after the sleep)."""
+    first = await pick(order)
+    await tether.sleep("2d")
+    return [first, await label(order, 2)]
+
+
+@workflow
+async def ship_labels_first(order: str) -> list[str]:
+    """``ship`` after a change that labels before it picks."""
+    labelled = await label(order, 1)
+    await tether.sleep("2d")
+    return [await pick(order), labelled]
+
+
+@workflow
+async def ship_for(order: str, carrier: str) -> list[str]:
+    """``ship`` after a change that added a parameter without a default."""
+    return [await pick(order), carrier]
+
+
+@workflow
+async def ship_quietly(order: str) -> list[str]:
+    """``ship`` after a change that only edited what follows the steps."""
+    first = await pick(order)
+    await tether.sleep("2d")
+    second = await label(order, 1)
+    return [second, first]
+
+
+def sleeping_ship() -> Driven:
+    """A run of ``ship`` that picked, and sleeps: its log so far."""
+    run = Driven(ship, ("o-1",))
+    run.start()
+    run.complete("0", "picked o-1")
+    return run
+
+
+def test_the_same_code_replays_keeping_every_step() -> None:
+    run = sleeping_ship()
+    result = check_run(record(ship, ("o-1",), run.run_id), run.log, ship)
+    assert (result.verdict, result.fork_point) == ("replays", 1)
+
+
+def test_code_that_changed_after_the_runs_position_replays() -> None:
+    # The run sleeps after its first step: a changed second step is not in its log yet.
+    run = sleeping_ship()
+    result = check_run(record(ship, ("o-1",), run.run_id), run.log, ship_two_labels)
+    assert (result.verdict, result.fork_point) == ("replays", 1)
+
+
+def test_a_step_with_other_arguments_diverges_at_it() -> None:
+    run = sleeping_ship()
+    run.wake("1")  # the sleep ended: it asked for label(o-1, 1)
+    result = check_run(record(ship, ("o-1",), run.run_id), run.log, ship_two_labels)
+    assert (result.verdict, result.fork_point) == ("diverges", 1)
+    assert "request #3" in result.reason
+    assert "label" in result.reason and "('o-1', 1)" in result.reason
+    assert "('o-1', 2)" in result.reason
+
+
+def test_reordered_steps_diverge_at_the_first_one() -> None:
+    run = sleeping_ship()
+    result = check_run(record(ship, ("o-1",), run.run_id), run.log, ship_labels_first)
+    assert (result.verdict, result.fork_point) == ("diverges", 0)
+    assert "request #1" in result.reason and "pick" in result.reason
+
+
+def test_a_workflow_the_new_code_lacks_or_whose_arguments_do_not_fit_is_incompatible() -> None:
+    run = sleeping_ship()
+    missing = check_run(record(ship, ("o-1",), run.run_id), run.log, None)
+    assert (missing.verdict, missing.fork_point) == ("incompatible", None)
+    assert "does not define" in missing.reason
+    unfit = check_run(record(ship, ("o-1",), run.run_id), run.log, ship_for)
+    assert unfit.verdict == "incompatible" and "'carrier'" in unfit.reason
+
+
+RAN: list[str] = []
+
+
+@step
+def counted(order: str) -> str:
+    RAN.append(order)
+    return order
+
+
+@workflow
+async def counts(order: str) -> list[str]:
+    return [await counted(order), await counted(order + "!")]
+
+
+def test_no_step_runs_during_a_check() -> None:
+    run = Driven(counts, ("o-2",))
+    run.start()
+    run.complete("0", "o-2")  # the second step is asked for, and not answered yet
+    result = check_run(record(counts, ("o-2",), run.run_id), run.log, counts)
+    # Both logged steps are asked for as logged; neither ran in the check.
+    assert (result.verdict, result.fork_point) == ("replays", 2)
+    assert RAN == []
+
+
+def test_a_run_that_has_not_started_replays_from_nothing() -> None:
+    run = Driven(ship, ("o-3",))
+    result = check_run(record(ship, ("o-3",), run.run_id), run.log, ship_labels_first)
+    assert (result.verdict, result.fork_point) == ("replays", 0)
+
+
+def test_a_change_only_after_the_logged_requests_replays_them_all() -> None:
+    run = sleeping_ship()
+    run.wake("1")
+    run.complete("2", "1 labels for o-1")  # the run completed
+    result = check_run(record(ship, ("o-1",), run.run_id), run.log, ship_quietly)
+    assert (result.verdict, result.fork_point) == ("replays", 2)
