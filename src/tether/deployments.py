@@ -9,8 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tether import registry
 from tether.config import resolve_world
-from tether.errors import DeploymentNotFoundError
+from tether.errors import (
+    DeploymentConflictError,
+    DeploymentNotFoundError,
+    WorkflowNotFoundError,
+)
+from tether.handles import iter_runs
 from tether.manifest import (
     DEFAULT_ENVIRONMENT,
     build_manifest,
@@ -19,9 +25,10 @@ from tether.manifest import (
     defines_workflows,
 )
 from tether.redaction import redact
+from tether.runtime.check import RunCheck, check_run
 from tether.worlds.base import World
-from tether.worlds.manifests import FIELDS
-from tether.worlds.records import DeploymentStatus
+from tether.worlds.manifests import FIELDS, conflicts
+from tether.worlds.records import DeploymentStatus, RunFilter
 
 #: A worker whose heartbeat is older than this is not counted as live.
 LIVE_WITHIN_SECONDS = 15.0
@@ -104,6 +111,72 @@ def diff(
         status = "changed" if what else "unchanged"
         changes.append(WorkflowChange(name, status, not reasons, reasons, what))
     return DeploymentDiff(old_id, new_id, changes)
+
+
+def check(
+    from_deployment: str,
+    to_deployment: str = "latest",
+    *,
+    workflow_name: str | None = None,
+    world: World | str | None = None,
+) -> list[RunCheck]:
+    """Replay each in-flight run of ``from_deployment`` against ``to_deployment``'s code.
+
+    Steps never run: every answer comes from the run's log. Each run gets a
+    ``RunCheck``: ``replays`` (it could move with nothing run again),
+    ``diverges`` (the new code asks for something else; ``fork_point`` says
+    how many of its steps it keeps) or ``incompatible`` (the new code lacks
+    the workflow, or its arguments do not fit). The replay runs in this
+    process, which must hold the target's code: its workflows must be
+    registered here with the code the target recorded (import the new
+    release's modules, as ``tether deployments check --code MODULE`` does).
+    ``to_deployment="latest"`` is the newest registered deployment;
+    ``"local"`` is this process's code, registered or not (a CI gate before
+    the deploy). Raises ``DeploymentNotFoundError`` for an unknown
+    deployment and ``DeploymentConflictError`` when this process's code is
+    not the target's.
+    """
+    target = resolve_world(world)
+    _manifest(from_deployment, target)  # it must exist
+    here = build_manifest()
+    defines: set[str] | None = None  # what the target defines; None: this process's code
+    if to_deployment != "local":
+        to_id = to_deployment
+        if to_deployment == "latest":
+            latest = target.latest_deployment(current_environment())
+            if latest is None:
+                raise DeploymentNotFoundError(
+                    f"no deployment is registered in environment {current_environment()!r}"
+                    f" of {redact(target.url)}: check against 'local' (this process's code)"
+                )
+            to_id = latest.deployment_id
+        _, recorded = _manifest(to_id, target)
+        differ = conflicts(recorded, here)
+        if differ:
+            raise DeploymentConflictError(
+                f"this process does not hold the code of deployment {to_id!r}: it differs in"
+                f" {'; '.join(differ[:5])}. Import that release's modules (tether deployments"
+                " check --code MODULE), or check against 'local'"
+            )
+        defines = set(recorded.get("workflows", {}))
+    checks: list[RunCheck] = []
+    for status in ("pending", "running"):
+        filters = RunFilter(
+            status=status, workflow_name=workflow_name, deployment_id=from_deployment
+        )
+        for run in iter_runs(target, filters):
+            definition = registry.WORKFLOWS.get(run.workflow_name)
+            if defines is not None:
+                if run.workflow_name not in defines:
+                    definition = None  # the target does not define it: incompatible
+                elif definition is None:
+                    raise WorkflowNotFoundError(
+                        f"deployment {to_deployment!r} defines {run.workflow_name}, which this"
+                        " process has not imported: import its module to check its runs"
+                    )
+            events = target.list_events(run.run_id)
+            checks.append(check_run(run, events, definition))
+    return checks
 
 
 # -- helpers ------------------------------------------------------------------
@@ -223,8 +296,10 @@ __all__ = [
     "DEFAULT_ENVIRONMENT",
     "LIVE_WITHIN_SECONDS",
     "DeploymentDiff",
+    "RunCheck",
     "WorkflowChange",
     "build_manifest",
+    "check",
     "current_deployment_id",
     "current_environment",
     "defines_workflows",

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from tether.cli import actions, backend, deploy, errors, inspect, worker
+from tether.cli import actions, backend, check, deploy, errors, inspect, worker
 
 
 class TetherGroup(click.Group):
@@ -46,5 +46,6 @@ main.add_command(actions.rerun)
 main.add_command(actions.start)
 main.add_command(worker.worker)
 main.add_command(deploy.deployments)
+deploy.deployments.add_command(check.check)
 main.add_command(actions.sleeps)
 main.add_command(actions.hooks)

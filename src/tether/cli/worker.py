@@ -75,15 +75,7 @@ def worker(
         # new run to its own deployment, which it reads from there.
         os.environ["TETHER_DEPLOYMENT_ID"] = deployment
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise CliError(f"cannot import module {module!r}: {exc}") from exc
-    if not registry.WORKFLOWS and not registry.STEPS:
-        raise CliError(f"no @workflow or @step found in {', '.join(modules)}: nothing to serve")
+    import_modules(modules, "nothing to serve")
     serving = backend.current()
     config.configure(serving.url)  # runs started from steps go to the same World
     w = Worker(
@@ -107,3 +99,20 @@ def worker(
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def import_modules(modules: tuple[str, ...], otherwise: str) -> None:
+    """Import MODULES as ``python -m`` would find them (the current folder first).
+
+    Raises ``CliError`` naming a module that cannot be imported, or when they
+    define no workflow or step (``otherwise`` says what then cannot happen).
+    """
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise CliError(f"cannot import module {module!r}: {exc}") from exc
+    if not registry.WORKFLOWS and not registry.STEPS:
+        raise CliError(f"no @workflow or @step found in {', '.join(modules)}: {otherwise}")

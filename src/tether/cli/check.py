@@ -1,0 +1,78 @@
+"""``tether deployments check``: which in-flight runs of a deployment could move to new code."""
+
+from __future__ import annotations
+
+import click
+from rich.text import Text
+
+from tether import deployments as tether_deployments
+from tether.cli import backend, params, render
+from tether.cli.backend import backend_option
+from tether.cli.errors import UsageProblem
+from tether.cli.worker import import_modules
+
+#: How each verdict shows in the table.
+_STYLES = {"replays": "green", "diverges": "yellow", "incompatible": "bold red"}
+
+
+@click.command(short_help="Replay OLD's in-flight runs against NEW's code.")
+@click.argument("old")
+@click.argument("new", default="latest")
+@click.option(
+    "--code",
+    "modules",
+    multiple=True,
+    metavar="MODULE",
+    help="Import NEW's code from MODULE (repeatable) and replay in this process.",
+)
+@click.option("--workflow-name", metavar="NAME", help="Only runs of this workflow (full name).")
+@click.option("--json", "as_json", is_flag=True, help="Print one record per run as JSON.")
+@backend_option
+def check(
+    old: str, new: str, modules: tuple[str, ...], workflow_name: str | None, as_json: bool
+) -> None:
+    """Replay each in-flight run of deployment OLD against NEW's code; no step runs.
+
+    Each run replays (it could move with nothing run again), diverges (the
+    new code asks for something else: KEEPS says how many of its steps a move
+    keeps) or is incompatible (NEW lacks the workflow, or its arguments do
+    not fit). NEW is a deployment id, "latest" (the default), or "local":
+    the code of MODULES itself, registered or not (a gate in a release's CI).
+    """
+    if not modules:
+        raise UsageProblem(
+            "give NEW's code with --code MODULE (checking through a live worker of NEW is"
+            " not built yet)"
+        )
+    if workflow_name is not None:
+        params.check_workflow_name(workflow_name)
+    import_modules(modules, "nothing to replay against")
+    world = backend.world()
+    results = tether_deployments.check(old, new, workflow_name=workflow_name, world=world)
+    if as_json:
+        render.emit_json(
+            [
+                {
+                    "run_id": r.run_id,
+                    "verdict": r.verdict,
+                    "fork_point": r.fork_point,
+                    "reason": r.reason,
+                }
+                for r in results
+            ]
+        )
+        return
+    if not results:
+        render.err().print(f"deployment {old!r} has no runs in flight: nothing to check")
+        return
+    table = render.table("RUN", "VERDICT", "KEEPS", "REASON")
+    for r in results:
+        keeps = "-" if r.fork_point is None else f"{r.fork_point} steps"
+        table.add_row(r.run_id, Text(r.verdict, _STYLES[r.verdict]), keeps, r.reason)
+    render.out().print(table)
+    counts = {v: sum(1 for r in results if r.verdict == v) for v in _STYLES}
+    render.err().print(
+        f"{len(results)} runs of {old}: "
+        + ", ".join(f"{n} {verdict}" for verdict, n in counts.items()),
+        soft_wrap=True,
+    )

@@ -1,0 +1,75 @@
+"""``tether deployments check``: v1's in-flight runs replayed against v2's code, no step run.
+
+v1 and v2 are ``tests/apps/v1/shop.py`` and ``v2/shop.py``: v2's checkout packs
+before it sleeps (a run sleeping on v1 diverges after its first step), and
+v2's refund takes an amount (a v1 refund's arguments do not fit).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import tether
+from tests.cli.helpers import tether_exe
+from tests.integration.processes import REPO, WorkerProcess, read_marks, wait_for
+
+pytestmark = pytest.mark.both_worlds
+
+V1, V2 = REPO / "tests" / "apps" / "v1", REPO / "tests" / "apps" / "v2"
+CHECKOUT, REFUND = "workflow//shop//checkout", "workflow//shop//refund"
+
+
+def check_exe(url: str, code: Path, *args: str) -> tuple[int, str, str]:
+    env = {"PYTHONPATH": f"{code}:{REPO}:{REPO / 'src'}"}
+    done = tether_exe("deployments", "check", *args, url=url, env=env)
+    return done.code, done.out, done.err
+
+
+def test_check_says_which_runs_replay_diverge_or_cannot_move(
+    world_url: str, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    v1 = WorkerProcess(
+        world_url, ["shop"], tmp_path / "v1.log", pythonpath=V1, env={"TETHER_DEPLOYMENT_ID": "v1"}
+    )
+    sleeping = [
+        tether.start(CHECKOUT, [str(marks), f"o-{i}", 3600], deployment_id="v1") for i in range(2)
+    ]
+    for run in sleeping:
+        wait_for(lambda r=run: any(e.type == "wait_created" for e in r.events()), 20, "a sleep")
+    v1.stop()
+    waiting = tether.start(REFUND, [str(marks), "o-9"], deployment_id="v1")  # no worker: pending
+    logs = {run.run_id: len(run.events()) for run in [*sleeping, waiting]}
+
+    code, out, err = check_exe(world_url, V2, "v1", "local", "--code", "shop", "--json")
+    assert code == 0, err
+    verdicts = {r["run_id"]: r for r in json.loads(out)}
+    assert set(verdicts) == set(logs)
+    for run in sleeping:
+        found = verdicts[run.run_id]
+        assert (found["verdict"], found["fork_point"]) == ("diverges", 1)
+        assert "request #2" in found["reason"] and "pack_and_label" in found["reason"]
+    refund = verdicts[waiting.run_id]
+    assert (refund["verdict"], refund["fork_point"]) == ("incompatible", None)
+    assert "'amount'" in refund["reason"]
+    # A check writes nothing, and ran no step: only v1's pick of each checkout is marked.
+    assert {run.run_id: len(run.events()) for run in [*sleeping, waiting]} == logs
+    assert sorted(label for label, _ in read_marks(marks)) == ["pick:o-0:v1", "pick:o-1:v1"]
+
+    # The same against v2 once it is registered; and v1's code cannot stand in for v2.
+    WorkerProcess(
+        world_url, ["shop"], tmp_path / "v2.log", pythonpath=V2, env={"TETHER_DEPLOYMENT_ID": "v2"}
+    ).stop()
+    code, out, err = check_exe(world_url, V2, "v1", "v2", "--code", "shop")
+    assert code == 0, err
+    assert "3 runs of v1: 0 replays, 2 diverges, 1 incompatible" in err
+    code, out, err = check_exe(world_url, V1, "v1", "v2", "--code", "shop")
+    assert code == 2 and "does not hold the code of deployment 'v2'" in err
+
+
+def test_check_needs_the_new_code(world_url: str) -> None:
+    code, _, err = check_exe(world_url, V2, "v1")
+    assert code == 2 and "--code MODULE" in err
