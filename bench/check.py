@@ -1,0 +1,124 @@
+"""How long ``tether.deployments.check`` takes per in-flight run (issue 14's check benchmark).
+
+RUNS runs of a STEPS-step workflow are driven to a long sleep by an
+in-process worker, then checked against this process's own code (``"local"``):
+each check reads the run's log and replays it, running no step. tether only:
+no peer has a check to compare with. Writes ``CHECK-RESULTS.md``.
+
+    .venv/bin/python check.py [--runs 1000] [--steps 20] [--backend sqlite|postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+
+import tether
+from tether import step, workflow
+
+HERE = Path(__file__).resolve().parent
+POSTGRES = os.environ.get("TETHER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@step
+def work(i: int) -> int:
+    return i
+
+
+@workflow
+async def long_order(steps: int) -> int:
+    total = 0
+    for i in range(steps):
+        total += await work(i)
+    await tether.sleep("30d")
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
+    args = parser.parse_args()
+    os.environ["TETHER_DEPLOYMENT_ID"] = "check-bench"
+    with tempfile.TemporaryDirectory(prefix="tether-check-") as tmp:
+        schema = f"check_bench_{uuid.uuid4().hex[:8]}"
+        url = (
+            f"sqlite:///{tmp}/check.db"
+            if args.backend == "sqlite"
+            else f"{POSTGRES}?schema={schema}"
+        )
+        tether.configure(url)
+        try:
+            timings = measure(args.runs, args.steps)
+        finally:
+            tether.close()
+            if args.backend == "postgres":
+                with psycopg.connect(POSTGRES, autocommit=True) as conn:
+                    conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    report(args, *timings)
+
+
+def measure(runs: int, steps: int) -> tuple[float, float, list[float]]:
+    """Seconds to drive the runs to their sleep, seconds for one check of all, per-run times."""
+    started = time.perf_counter()
+    with tether.Worker():
+        handles = [tether.start(long_order, [steps]) for _ in range(runs)]
+        world = tether.config.resolve_world()
+        with world.watch() as changed:
+            for run in handles:
+                while not world.list_waits(run.run_id):
+                    changed(1.0)
+    driven = time.perf_counter() - started
+    t0 = time.perf_counter()
+    results = tether.deployments.check("check-bench", "local")
+    total = time.perf_counter() - t0
+    assert len(results) == runs and all(r.verdict == "replays" for r in results), results[:3]
+    assert all(r.fork_point == steps for r in results)
+    # Per run: check a single run's log again, one by one (a sample of 100).
+    per_run = []
+    world = tether.config.resolve_world()
+    from tether.runtime.check import check_run
+
+    for run in handles[:100]:
+        record = world.get_run(run.run_id)
+        assert record is not None
+        t = time.perf_counter()
+        check_run(record, world.list_events(run.run_id), long_order)
+        per_run.append(time.perf_counter() - t)
+    return driven, total, per_run
+
+
+def report(args: argparse.Namespace, driven: float, total: float, per_run: list[float]) -> None:
+    lines = [
+        "# tether: `deployments.check` of in-flight runs",
+        "",
+        f"`bench/check.py --runs {args.runs} --steps {args.steps} --backend {args.backend}`:"
+        f" {args.runs} runs of a {args.steps}-step workflow, each asleep after its steps,",
+        'checked against this process\'s code (`"local"`). Written by `check.py`; no peer has',
+        "a check to compare with.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| check of all {args.runs} runs | {total:.2f} s |",
+        f"| per run, in that check | {total / args.runs * 1000:.2f} ms |",
+        f"| one run's log read and replayed, p50 of {len(per_run)}"
+        f" | {statistics.median(per_run) * 1000:.2f} ms |",
+        f"| setup: driving the runs to their sleep | {driven:.1f} s |",
+        "",
+    ]
+    text = "\n".join(lines)
+    out = HERE / f"CHECK-RESULTS-{args.backend}.md"
+    out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
