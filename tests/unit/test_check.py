@@ -6,6 +6,8 @@ then checked against the code of a would-be new deployment.
 
 from __future__ import annotations
 
+import asyncio
+
 import tether
 from tests.unit.test_instance import Driven, pick, record
 from tether import step, workflow
@@ -138,3 +140,19 @@ def test_a_change_only_after_the_logged_requests_replays_them_all() -> None:
     run.complete("2", "1 labels for o-1")  # the run completed
     result = check_run(record(ship, ("o-1",), run.run_id), run.log, ship_quietly)
     assert (result.verdict, result.fork_point) == ("replays", 2)
+
+
+@workflow
+async def spins(order: str) -> list[str]:
+    """``ship`` after a change that busy-waits after its first step: it never suspends."""
+    first = await pick(order)
+    while True:
+        await asyncio.sleep(0)
+    return [first]
+
+
+def test_code_that_never_suspends_is_stopped_at_the_budget() -> None:
+    run = sleeping_ship()
+    result = check_run(record(ship, ("o-1",), run.run_id), run.log, spins, budget=0.2)
+    assert (result.verdict, result.fork_point) == ("incompatible", None)
+    assert "took over 0.2 s" in result.reason and "without suspending" in result.reason

@@ -11,6 +11,7 @@ what a fork onto the new code may keep.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -22,6 +23,9 @@ from tether.runtime.instance import RunInstance
 from tether.worlds.records import EventRecord, RunRecord
 
 Verdict = Literal["replays", "diverges", "incompatible"]
+
+#: Seconds one run's replay may take: its code runs, but no step, sleep or I/O does.
+DEFAULT_BUDGET = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +45,17 @@ class RunCheck:
 
 
 def check_run(
-    run: RunRecord, events: Sequence[EventRecord], definition: Workflow[..., Any] | None
+    run: RunRecord,
+    events: Sequence[EventRecord],
+    definition: Workflow[..., Any] | None,
+    *,
+    budget: float = DEFAULT_BUDGET,
 ) -> RunCheck:
     """Replay ``events`` (the run's whole log so far) against ``definition``; never runs a step.
 
     ``definition`` is the workflow as the new code defines it, ``None`` when
-    that code does not define it.
+    that code does not define it. A replay that takes over ``budget`` seconds
+    (code that never suspends) makes the run ``incompatible``.
     """
     if definition is None:
         return RunCheck(
@@ -63,8 +72,17 @@ def check_run(
             f"the run's arguments do not fit the new {run.workflow_name}: {exc}",
         )
     instance = _Checking(run, definition)
+    instance.loop.deadline = time.monotonic() + budget
     try:
         instance.replay(events)
+    except TimeoutError:
+        return RunCheck(
+            run.run_id,
+            "incompatible",
+            None,
+            f"replaying its {len(events)} events on the new code took over {budget:g} s:"
+            " the code runs without suspending (a loop that never awaits a step, sleep or hook)",
+        )
     finally:
         instance.close()
     logged = [e for e in events if e.type in _REQUESTS]

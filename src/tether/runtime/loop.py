@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, NoReturn, TypeVar
@@ -35,17 +36,31 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         self.errors: list[dict[str, Any]] = []
         #: Seconds since the epoch of the event being applied: the only clock.
         self.clock = 0.0
+        #: A ``time.monotonic()`` past which ``run_ready`` gives up (``None``: never).
+        self.deadline: float | None = None
 
     def run_ready(self) -> None:
-        """Run scheduled callbacks until nothing is ready (the code awaits events)."""
+        """Run scheduled callbacks until nothing is ready (the code awaits events).
+
+        Raises ``TimeoutError`` past ``deadline``: workflow code that never
+        suspends (``while True: await asyncio.sleep(0)``) would run forever.
+        """
         outer = asyncio.events._get_running_loop()
         asyncio.events._set_running_loop(self)
         self._running = True
+        ran = 0
         try:
             while self._ready:
                 handle = self._ready.popleft()
                 if not handle._cancelled:
                     handle._run()
+                ran += 1
+                if (
+                    self.deadline is not None
+                    and ran % 256 == 0
+                    and time.monotonic() > self.deadline
+                ):
+                    raise TimeoutError("the workflow code did not suspend before the deadline")
         finally:
             self._running = False
             asyncio.events._set_running_loop(outer)
