@@ -20,6 +20,7 @@ from tests.cli.helpers import (
     tether_exe,
 )
 from tests.conformance import backends
+from tether import errors as tether_errors
 from tether.worlds import open_world
 from tether.worlds.base import World
 
@@ -179,3 +180,14 @@ def test_hook_tokens_and_payloads(url: str) -> None:
     status = tether("inspect", "hooks", "--status", "open", url=url)
     assert status.code == 2
     assert "expected one of active, disposed, conflict" in error_line(status)
+
+
+def test_exit_codes_tell_bad_input_from_what_failed() -> None:
+    from tether.cli.errors import FAILED, USAGE, translate
+
+    assert translate(tether_errors.InvalidValueError("bad"), None).exit_code == USAGE
+    assert translate(tether_errors.ConfigurationError("unset"), None).exit_code == USAGE
+    # A stored value that cannot be read, a closed stream: they failed, the input was fine.
+    assert translate(tether_errors.SerializationError("gone"), None).exit_code == FAILED
+    assert translate(tether_errors.StreamClosedError("closed"), None).exit_code == FAILED
+    assert translate(ValueError("the CLI's own parse"), None).exit_code == USAGE

@@ -135,3 +135,13 @@ def test_table_cells_show_separators_and_controls_as_escapes() -> None:
     text = console.export_text()
     assert "tok-😀-\\u2028-\\u0000-2" in text and "a\\u2029b\\u0009c" in text
     assert "\u2028" not in text and "\u2029" not in text
+
+
+def test_table_cells_are_data_not_markup() -> None:
+    from rich.console import Console
+
+    out = render.table("DEPLOYMENT")
+    out.add_row("v[bold]1[/bold]")
+    console = Console(width=80, record=True, force_terminal=False)
+    console.print(out)
+    assert "v[bold]1[/bold]" in console.export_text()

@@ -13,7 +13,13 @@ from typing import ClassVar
 
 import click
 
-from tether.errors import ConfigurationError, DeploymentConflictError, TetherError
+from tether.errors import (
+    ConfigurationError,
+    DeploymentConflictError,
+    InvalidTypeError,
+    InvalidValueError,
+    TetherError,
+)
 from tether.redaction import redact, scrub
 
 #: Exit codes: 1 for something not found or an operation that failed, 2 for bad input.
@@ -33,20 +39,32 @@ class UsageProblem(CliError):
     exit_code: ClassVar[int] = USAGE
 
 
+#: tether's errors that mean the command was given something it cannot take: exit 2.
+BAD_INPUT = (
+    InvalidValueError,
+    InvalidTypeError,
+    DeploymentConflictError,
+    ConfigurationError,
+    click.BadParameter,
+)
+
+
 def translate(exc: Exception, backend_url: str | None) -> CliError:
     """The one-line error a command's exception becomes; the password never shows."""
     message = _one_line(str(exc)) or type(exc).__name__
     kind: type[CliError] = CliError
-    if isinstance(exc, ValueError | TypeError | DeploymentConflictError | ConfigurationError):
-        # Bad input: the parse functions (workflow names, cursors, statuses, URLs, ids),
-        # start()'s argument check, a setting such as TETHER_DEPLOYMENT_ID, a worker's
-        # deployment id registered with other code.
-        # Many are TetherErrors too; each says what it expected.
+    if isinstance(exc, BAD_INPUT):
+        # Bad input: a value or name tether refused, start()'s argument check, a
+        # setting such as TETHER_DEPLOYMENT_ID, a worker's deployment id registered
+        # with other code. Each says what it expected.
         kind = UsageProblem
     elif isinstance(exc, LookupError | TimeoutError | TetherError):
-        # Not found (run, deployment, workflow) or a run that failed, was
-        # cancelled or did not finish in time: the message says which.
+        # Not found (run, deployment, workflow), a run that failed, was cancelled or
+        # did not finish in time, a stored value that cannot be read: the message says.
         pass
+    elif isinstance(exc, ValueError | TypeError):
+        # The CLI's own parse functions (JSON arguments, cursors) say what they expected.
+        kind = UsageProblem
     elif is_backend_error(exc):
         shown = redact(backend_url) if backend_url else "the backend"
         message = f"backend {shown} failed: {message}"

@@ -96,7 +96,9 @@ class _ShownTable(Table):
     separators, control and format characters) as ``\\uXXXX`` escapes."""
 
     def add_row(self, *renderables: Any, **kwargs: Any) -> None:
-        super().add_row(*(shown(r) if isinstance(r, str) else r for r in renderables), **kwargs)
+        # As Text, not str: a cell is data, never Rich markup (a token "v[bold]1").
+        cells = (Text(shown(r)) if isinstance(r, str) else r for r in renderables)
+        super().add_row(*cells, **kwargs)
 
 
 def shown(text: str) -> str:
