@@ -10,8 +10,14 @@ from typing import Any
 
 from tether import registry, serde
 from tether.config import local_worker, resolve_world
-from tether.context import current_step
-from tether.errors import InvalidTypeError, InvalidValueError, RunExistsError, RunNotFoundError
+from tether.context import current_instance, current_step
+from tether.errors import (
+    ContextError,
+    InvalidTypeError,
+    InvalidValueError,
+    RunExistsError,
+    RunNotFoundError,
+)
 from tether.handles import Run, RunHook, iter_runs
 from tether.pinning import check_arguments, check_run_id, resolve_target
 from tether.redaction import redact
@@ -42,6 +48,7 @@ def start(
     run, ``InvalidRunIdError`` for an id tether cannot store, and
     ``SerializationError`` when an argument cannot be stored.
     """
+    _outside_workflow_code("start")
     target = resolve_world(world)
     if not isinstance(workflow, registry.Workflow | str):
         shown = getattr(workflow, "__qualname__", None) or type(workflow).__name__
@@ -81,6 +88,7 @@ async def start_async(
     world: World | str | None = None,
 ) -> Run:
     """``start()`` for async code: the write happens off the event loop."""
+    _outside_workflow_code("start_async")
     return await asyncio.to_thread(
         start, workflow, args, deployment_id=deployment_id, run_id=run_id, world=world
     )
@@ -152,6 +160,7 @@ def rerun(
     ``new_run_id`` names the new run, as ``start(run_id=...)`` does: a
     retried rerun returns the run the first one made.
     """
+    _outside_workflow_code("rerun")
     target = resolve_world(world)
     original = _found(target, run_id, target.get_run(run_id))
     if new_run_id is not None:
@@ -205,6 +214,7 @@ def resume_hook(token: str, payload: Any = None, *, world: World | str | None = 
     for an unknown token or a hook whose run has ended, and
     ``SerializationError`` when the payload cannot be stored.
     """
+    _outside_workflow_code("resume_hook")
     text = serde.dumps(payload, where=f"payload of hook {token!r}")
     return resolve_world(world).resume_hook(token, text)
 
@@ -217,6 +227,16 @@ async def resume_hook_async(
 
 
 # -- helpers ------------------------------------------------------------------
+
+
+def _outside_workflow_code(call: str) -> None:
+    """Refuse a write from workflow code itself: each replay would make it again."""
+    if current_instance.get() is not None:
+        raise ContextError(
+            f"{call}() writes to the World, and workflow code runs again on every replay:"
+            f" call it in a @step (its result is recorded once), e.g. a step that starts"
+            " the child run and returns its run_id"
+        )
 
 
 def _check_status(status: str | None) -> None:

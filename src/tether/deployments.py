@@ -138,15 +138,17 @@ def check(
     """
     target = resolve_world(world)
     _manifest(from_deployment, target)  # it must exist
+    old = target.get_deployment(from_deployment)
+    environment = old.environment if old is not None else current_environment()
     here = build_manifest()
     defines: set[str] | None = None  # what the target defines; None: this process's code
+    to_id = to_deployment
     if to_deployment != "local":
-        to_id = to_deployment
-        if to_deployment == "latest":
-            latest = target.latest_deployment(current_environment())
+        if to_deployment == "latest":  # the newest of OLD's environment
+            latest = target.latest_deployment(environment)
             if latest is None:
                 raise DeploymentNotFoundError(
-                    f"no deployment is registered in environment {current_environment()!r}"
+                    f"no deployment is registered in environment {environment!r}"
                     f" of {redact(target.url)}: check against 'local' (this process's code)"
                 )
             to_id = latest.deployment_id
@@ -160,18 +162,22 @@ def check(
             )
         defines = set(recorded.get("workflows", {}))
     checks: list[RunCheck] = []
+    seen: set[str] = set()
     for status in ("pending", "running"):
         filters = RunFilter(
             status=status, workflow_name=workflow_name, deployment_id=from_deployment
         )
         for run in iter_runs(target, filters):
+            if run.run_id in seen:  # claimed between the two listings: checked once
+                continue
+            seen.add(run.run_id)
             definition = registry.WORKFLOWS.get(run.workflow_name)
             if defines is not None:
                 if run.workflow_name not in defines:
                     definition = None  # the target does not define it: incompatible
                 elif definition is None:
                     raise WorkflowNotFoundError(
-                        f"deployment {to_deployment!r} defines {run.workflow_name}, which this"
+                        f"deployment {to_id!r} defines {run.workflow_name}, which this"
                         " process has not imported: import its module to check its runs"
                     )
             events = target.list_events(run.run_id)

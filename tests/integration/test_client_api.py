@@ -173,3 +173,17 @@ def test_a_workflow_reading_hook_url_without_a_base_url_does_not_fail(
     monkeypatch.delenv("TETHER_WEBHOOK_BASE_URL", raising=False)
     run = tether.start(hands_out_a_url, [])
     assert run.result(timeout=10) == "/.well-known/workflow/v1/webhook/handed-out"
+
+
+@workflow
+async def starts_from_its_own_code() -> str:
+    return tether.start(quiet, [1]).run_id  # not in a step: every replay would start again
+
+
+def test_workflow_code_cannot_write_to_the_world_itself(worker: tether.Worker) -> None:
+    run = tether.start(starts_from_its_own_code, [])
+    with pytest.raises(tether.RunFailedError) as info:
+        run.result(timeout=10)
+    assert info.value.error["type"] == "tether.errors.ContextError"
+    assert "call it in a @step" in info.value.error["message"]
+    assert [r.workflow_name for r in tether.list_runs()] == [starts_from_its_own_code.name]

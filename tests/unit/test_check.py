@@ -68,21 +68,21 @@ def sleeping_ship() -> Driven:
 def test_the_same_code_replays_keeping_every_step() -> None:
     run = sleeping_ship()
     result = check_run(record(ship, ("o-1",), run.run_id), run.log, ship)
-    assert (result.verdict, result.fork_point) == ("replays", 1)
+    assert (result.verdict, result.fork_point) == ("replays", 2)  # the pick and the sleep
 
 
 def test_code_that_changed_after_the_runs_position_replays() -> None:
     # The run sleeps after its first step: a changed second step is not in its log yet.
     run = sleeping_ship()
     result = check_run(record(ship, ("o-1",), run.run_id), run.log, ship_two_labels)
-    assert (result.verdict, result.fork_point) == ("replays", 1)
+    assert (result.verdict, result.fork_point) == ("replays", 2)
 
 
 def test_a_step_with_other_arguments_diverges_at_it() -> None:
     run = sleeping_ship()
     run.wake("1")  # the sleep ended: it asked for label(o-1, 1)
     result = check_run(record(ship, ("o-1",), run.run_id), run.log, ship_two_labels)
-    assert (result.verdict, result.fork_point) == ("diverges", 1)
+    assert (result.verdict, result.fork_point) == ("diverges", 2)  # keeps the pick and the sleep
     assert "request #3" in result.reason
     assert "label" in result.reason and "('o-1', 1)" in result.reason
     assert "('o-1', 2)" in result.reason
@@ -104,28 +104,57 @@ def test_a_workflow_the_new_code_lacks_or_whose_arguments_do_not_fit_is_incompat
     assert unfit.verdict == "incompatible" and "'carrier'" in unfit.reason
 
 
-RAN: list[str] = []
+@workflow
+async def ship_by_keyword(order: str) -> list[str]:
+    """``ship`` after a change that passes the label's arguments by keyword (same values)."""
+    first = await pick(order)
+    await tether.sleep("2d")
+    return [first, await label(order=order, copies=1)]
 
 
-@step
-def counted(order: str) -> str:
-    RAN.append(order)
-    return order
+def test_the_same_values_passed_another_way_are_the_same_call() -> None:
+    run = sleeping_ship()
+    run.wake("1")
+    result = check_run(record(ship, ("o-1",), run.run_id), run.log, ship_by_keyword)
+    assert (result.verdict, result.fork_point) == ("replays", 3)
 
 
 @workflow
-async def counts(order: str) -> list[str]:
-    return [await counted(order), await counted(order + "!")]
+async def both(order: str) -> list[str]:
+    return list(await asyncio.gather(pick(order), label(order, 1)))
 
 
-def test_no_step_runs_during_a_check() -> None:
-    run = Driven(counts, ("o-2",))
+@workflow
+async def one_then_the_other(order: str) -> list[str]:
+    """``both`` after a change that awaits its steps in turn."""
+    return [await pick(order), await label(order, 1)]
+
+
+def test_parallel_steps_answered_out_of_order_diverge_where_the_code_first_disagrees() -> None:
+    run = Driven(both, ("o-4",))
     run.start()
-    run.complete("0", "o-2")  # the second step is asked for, and not answered yet
-    result = check_run(record(counts, ("o-2",), run.run_id), run.log, counts)
-    # Both logged steps are asked for as logged; neither ran in the check.
-    assert (result.verdict, result.fork_point) == ("replays", 2)
-    assert RAN == []
+    run.complete("1", "1 labels for o-4")  # the second step answered first
+    run.complete("0", "picked o-4")
+    result = check_run(record(both, ("o-4",), run.run_id), run.log, one_then_the_other)
+    # The sequential code asks only for the pick until it is answered; the log answers the
+    # label first, which it never asked for: it keeps the pick, and no more.
+    assert (result.verdict, result.fork_point) == ("diverges", 1)
+
+
+@workflow
+async def ship_and_fail(order: str) -> list[str]:
+    """``ship`` after a change that raises once the pick is done."""
+    await pick(order)
+    raise RuntimeError(f"no carrier for {order}")
+
+
+def test_new_code_that_raises_before_the_runs_position_diverges_there() -> None:
+    run = Driven(ship, ("o-5",))
+    run.start()
+    run.complete("0", "picked o-5")
+    result = check_run(record(ship, ("o-5",), run.run_id), run.log, ship_and_fail)
+    assert (result.verdict, result.fork_point) == ("diverges", 1)
+    assert "request #2" in result.reason
 
 
 def test_a_run_that_has_not_started_replays_from_nothing() -> None:
@@ -139,7 +168,7 @@ def test_a_change_only_after_the_logged_requests_replays_them_all() -> None:
     run.wake("1")
     run.complete("2", "1 labels for o-1")  # the run completed
     result = check_run(record(ship, ("o-1",), run.run_id), run.log, ship_quietly)
-    assert (result.verdict, result.fork_point) == ("replays", 2)
+    assert (result.verdict, result.fork_point) == ("replays", 3)
 
 
 @workflow

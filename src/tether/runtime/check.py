@@ -11,16 +11,17 @@ what a fork onto the new code may keep.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tether import serde
+from tether import registry, serde
 from tether.errors import NonDeterminismError
 from tether.registry import Workflow
 from tether.runtime.instance import RunInstance
-from tether.worlds.records import EventRecord, RunRecord
+from tether.worlds.records import COMMAND_EVENTS, EventRecord, RunRecord
 
 Verdict = Literal["replays", "diverges", "incompatible"]
 
@@ -32,9 +33,10 @@ DEFAULT_BUDGET = 5.0
 class RunCheck:
     """What the new code makes of one run's history.
 
-    ``fork_point`` is how many of the run's logged steps the new code asks
-    for exactly as logged, in order: a fork keeps steps ``0 .. fork_point-1``
-    (their recorded results) and runs the rest on the new code. ``None`` for
+    ``fork_point`` is how many of the run's logged requests (steps, sleeps,
+    hooks, numbered as ``tether inspect steps`` numbers them) the new code
+    makes exactly as logged, in order: a fork may keep requests ``0 ..
+    fork_point-1`` and run the rest on the new code. ``None`` for
     ``incompatible``.
     """
 
@@ -73,8 +75,10 @@ def check_run(
         )
     instance = _Checking(run, definition)
     instance.loop.deadline = time.monotonic() + budget
+    logged = [e for e in events if e.type in COMMAND_EVENTS]
     try:
         instance.replay(events)
+        raised = _raised(instance)
     except TimeoutError:
         return RunCheck(
             run.run_id,
@@ -85,33 +89,77 @@ def check_run(
         )
     finally:
         instance.close()
-    logged = [e for e in events if e.type in _REQUESTS]
     failure = instance.failure
     if isinstance(failure, NonDeterminismError):
         at = instance.diverged_at if instance.diverged_at is not None else instance.issued
-        return RunCheck(run.run_id, "diverges", _steps_before(logged, at), str(failure))
+        return RunCheck(run.run_id, "diverges", min(at, len(logged)), str(failure))
+    if failure is not None or raised is not None:
+        error = failure or raised
+        return RunCheck(
+            run.run_id,
+            "incompatible",
+            None,
+            f"the new code raises {type(error).__qualname__}: {error} after request"
+            f" #{instance.issued} of the log, so the run would fail there",
+        )
     return RunCheck(
         run.run_id,
         "replays",
-        _steps_before(logged, len(logged)),
+        len(logged),
         f"the new code asks for all {len(logged)} logged requests as logged",
     )
 
 
 # -- helpers ------------------------------------------------------------------
 
-#: The events that are a workflow's requests, in the order its code made them.
-_REQUESTS = frozenset({"step_created", "wait_created", "hook_created"})
+
+def _raised(instance: RunInstance) -> BaseException | None:
+    """The exception the new code ended with, if it ended so while replaying the log."""
+    main = instance._main
+    if main is None or not main.done() or main.cancelled():
+        return None
+    return main.exception()
 
 
-def _steps_before(logged: Sequence[EventRecord], position: int) -> int:
-    return sum(1 for e in logged[:position] if e.type == "step_created")
+def _same_call(step_name: str, logged: str | None, asked: str | None) -> bool:
+    """Whether two requests of a step pass it the same values (defaults applied)."""
+    if logged == asked:
+        return True
+    step = registry.STEPS.get(step_name)
+    if step is None:
+        return False
+    signature = inspect.signature(step.fn)
+    try:
+        calls = []
+        for payload in (logged, asked):
+            args, kwargs = serde.loads(payload or "[[], {}]")
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            calls.append(bound.arguments)
+    except Exception:  # arguments the step cannot take: not the same call
+        return False
+    return calls[0] == calls[1]
 
 
 class _Checking(RunInstance):
-    """A replay that also compares a step's arguments, and notes where it diverged."""
+    """A replay that also compares a step's arguments, and notes where it diverged.
+
+    ``diverged_at`` is the request the code was at when the run first failed
+    to replay: the replay goes on after that, but nothing it does then counts.
+    """
 
     diverged_at: int | None = None
+    _failure: BaseException | None = None
+
+    @property  # type: ignore[override]
+    def failure(self) -> BaseException | None:
+        return self._failure
+
+    @failure.setter
+    def failure(self, error: BaseException | None) -> None:
+        if error is not None and self._failure is None and self.diverged_at is None:
+            self.diverged_at = self.issued
+        self._failure = error
 
     def _request(
         self, kind: str, name: str | None, payload: str | None, attrs: dict[str, Any] | None
@@ -121,7 +169,7 @@ class _Checking(RunInstance):
             logged = self.commands[position]
             if logged.type != kind or logged.name != name:
                 self.diverged_at = position  # the base class raises the error
-            elif kind == "step_created" and logged.payload != payload:
+            elif kind == "step_created" and not _same_call(name or "", logged.payload, payload):
                 self.diverged_at = position
                 self.issued += 1
                 error = NonDeterminismError(
