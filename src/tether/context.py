@@ -62,10 +62,12 @@ class WorkflowContext(Protocol):
         """Ask for a durable sleep; the future resolves when it is over."""
         ...
 
-    def create_hook(
-        self, token: str, metadata: Any, webhook: bool, make: Callable[[str, Any, bool], H]
-    ) -> H:
-        """Ask for a hook; ``make(token, metadata, webhook)`` builds it from what the log holds."""
+    def create_hook(self, attrs: dict[str, Any], make: Callable[[dict[str, Any]], H]) -> H:
+        """Ask for a hook (``attrs``: its token, metadata, kind and URL, as the log records them).
+
+        ``make(logged)`` builds it from the attrs the log holds (on replay, the
+        first execution's).
+        """
         ...
 
     def now(self) -> datetime:

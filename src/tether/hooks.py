@@ -37,12 +37,18 @@ class Hook(asyncio.Future[Any]):
     """
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, token: str, metadata: Any, webhook: bool
+        self,
+        loop: asyncio.AbstractEventLoop,
+        token: str,
+        metadata: Any,
+        webhook: bool,
+        url: str | None = None,
     ) -> None:
         super().__init__(loop=loop)
         self.token = token
         self.metadata = metadata
         self.webhook = webhook
+        self._url = url
         self._payloads: list[Any] = []
         self._waiters: list[tuple[int, asyncio.Future[Any]]] = []
         self._error: BaseException | None = None
@@ -51,18 +57,15 @@ class Hook(asyncio.Future[Any]):
     def url(self) -> str | None:
         """The webhook's URL: absolute with ``$TETHER_WEBHOOK_BASE_URL``, else its path alone.
 
-        Workflow code reads it, and must not fail for a setting of the worker
-        it happens to run on; a client asking for the URL (``run.hooks()``)
-        gets ``ConfigurationError`` instead of a path.
+        Fixed when the hook was created and replayed from the log, as its token
+        is: every replay, on any worker, sees the URL that was handed out.
+        Workflow code must not fail for a setting of the worker it happens to
+        run on; a client asking for the URL (``run.hooks()``) gets
+        ``ConfigurationError`` instead of a path.
         """
         if not self.webhook:
             return None
-        path = webhook_path(self.token)
-        base = _base_url()
-        if not base:
-            _warn_relative(path)
-            return path
-        return base + path
+        return self._url or _current_url(self.token)
 
     def __aiter__(self) -> _HookPayloads:
         return _HookPayloads(self)
@@ -162,12 +165,21 @@ def _base_url() -> str:
     return os.environ.get("TETHER_WEBHOOK_BASE_URL", "").rstrip("/")
 
 
+def _current_url(token: str) -> str:
+    """The webhook URL this worker would hand out now: absolute if it can, else the path."""
+    path = webhook_path(token)
+    base = _base_url()
+    if not base:
+        _warn_relative()
+        return path
+    return base + path
+
+
 @functools.cache
-def _warn_relative(path: str) -> None:
+def _warn_relative() -> None:
     log.warning(
-        "TETHER_WEBHOOK_BASE_URL is unset: a workflow's hook.url is the path alone (%s);"
-        " set it to the absolute URL where tether.asgi.app is served",
-        path,
+        "TETHER_WEBHOOK_BASE_URL is unset: a workflow's hook.url is the path alone;"
+        " set it to the absolute URL where tether.asgi.app is served"
     )
 
 
@@ -179,8 +191,19 @@ def _create(token: str | None, metadata: Any, *, webhook: bool) -> Hook:
         storable.check_identifier(token, "hook token")
     serde.check_json(metadata, where="hook metadata")
     loop = instance.loop
+    token = token or secrets.token_urlsafe(24)
+    attrs: dict[str, Any] = {"token": token, "metadata": metadata, "webhook": webhook}
+    if webhook:
+        attrs["url"] = _current_url(token)
 
-    def make(token: str, metadata: Any, webhook: bool) -> Hook:
-        return Hook(loop, token, metadata, webhook)
+    def make(logged: dict[str, Any]) -> Hook:
+        url = logged.get("url")
+        return Hook(
+            loop,
+            str(logged["token"]),
+            logged.get("metadata"),
+            bool(logged.get("webhook")),
+            url if isinstance(url, str) else None,  # a log from before URLs were recorded
+        )
 
-    return instance.create_hook(token or secrets.token_urlsafe(24), metadata, webhook, make)
+    return instance.create_hook(attrs, make)

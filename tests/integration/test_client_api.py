@@ -187,3 +187,26 @@ def test_workflow_code_cannot_write_to_the_world_itself(worker: tether.Worker) -
     assert info.value.error["type"] == "tether.errors.ContextError"
     assert "call it in a @step" in info.value.error["message"]
     assert [r.workflow_name for r in tether.list_runs()] == [starts_from_its_own_code.name]
+
+
+@workflow
+async def hands_out_then_waits() -> list[object]:
+    hook = tether.create_webhook(token="kept-url")
+    return [await hook, hook.url]
+
+
+def test_a_webhook_url_is_replayed_from_the_log_like_its_token(
+    world_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TETHER_WEBHOOK_BASE_URL", "https://first.example.com")
+    with tether.Worker():
+        run = tether.start(hands_out_then_waits, [])
+        wait_for_hooks(run, 1)
+    # Another worker, configured otherwise, replays the run from its log.
+    monkeypatch.setenv("TETHER_WEBHOOK_BASE_URL", "https://second.example.com")
+    with tether.Worker():
+        tether.resume_hook("kept-url", "ok")
+        assert run.result(timeout=10) == [
+            "ok",
+            "https://first.example.com/.well-known/workflow/v1/webhook/kept-url",
+        ]

@@ -166,14 +166,10 @@ class RunInstance:
         self.waits[request.correlation_id] = float((request.attrs or {})["resume_at"])
         return self._future_for(request)
 
-    def create_hook(
-        self, token: str, metadata: Any, webhook: bool, make: Callable[[str, Any, bool], H]
-    ) -> H:
-        """Ask for a hook; on replay its token, metadata and kind come from the log."""
-        attrs = {"token": token, "metadata": metadata, "webhook": webhook}
+    def create_hook(self, attrs: dict[str, Any], make: Callable[[dict[str, Any]], H]) -> H:
+        """Ask for a hook; on replay its token, metadata, kind and URL come from the log."""
         request = self._request("hook_created", None, None, attrs)
-        logged = request.attrs or attrs
-        hook = make(str(logged["token"]), logged.get("metadata"), bool(logged.get("webhook")))
+        hook = make(request.attrs or attrs)
         self.hooks[request.correlation_id or ""] = hook
         return hook
 
