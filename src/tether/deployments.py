@@ -125,8 +125,9 @@ def check(
     Steps never run: every answer comes from the run's log. Each run gets a
     ``RunCheck``: ``replays`` (it could move with nothing run again),
     ``diverges`` (the new code asks for something else; ``fork_point`` says
-    how many of its steps it keeps) or ``incompatible`` (the new code lacks
-    the workflow, or its arguments do not fit). The replay runs in this
+    how many of its requests it keeps) or ``incompatible`` (the new code
+    lacks the workflow, its arguments do not fit, the code raises where the
+    run is, or its replay outlasts the time budget). The replay runs in this
     process, which must hold the target's code: its workflows must be
     registered here with the code the target recorded (import the new
     release's modules, as ``tether deployments check --code MODULE`` does).

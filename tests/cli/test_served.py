@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import IO
 
 import pytest
 
@@ -113,6 +115,13 @@ def test_start_with_a_run_id_is_idempotent(served: Served) -> None:
     assert bad.code == 2 and "invalid run id 'no spaces'" in error_line(bad)
 
 
+def read_line(stream: IO[str], timeout: float = 30) -> str:
+    """A line from a child's pipe, or a failure after ``timeout`` (the child died or hung)."""
+    ready, _, _ = select.select([stream], [], [], timeout)
+    assert ready, f"no line within {timeout}s"
+    return stream.readline()
+
+
 def test_ctrl_c_while_waiting_leaves_the_run_going(served: Served) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
     env.update(TETHER_WORLD=served.url, PYTHONPATH=f"{REPO}:{REPO / 'src'}", NO_COLOR="1")
@@ -125,8 +134,8 @@ def test_ctrl_c_while_waiting_leaves_the_run_going(served: Served) -> None:
         text=True,
     )
     assert proc.stdout is not None and proc.stderr is not None
-    run_id = proc.stdout.readline().strip()  # printed once the run is written
-    assert proc.stderr.readline().startswith(f"started {run_id}")
+    run_id = read_line(proc.stdout).strip()  # printed once the run is written
+    assert read_line(proc.stderr).startswith(f"started {run_id}")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err

@@ -84,8 +84,9 @@ def check_run(
             run.run_id,
             "incompatible",
             None,
-            f"replaying its {len(events)} events on the new code took over {budget:g} s:"
-            " the code runs without suspending (a loop that never awaits a step, sleep or hook)",
+            f"replaying its {len(events)} events on the new code took over {budget:g} s: the"
+            " code runs without suspending (a loop that never awaits a step, sleep or hook),"
+            " or the log is too long to replay in that time (give check_run a larger budget)",
         )
     finally:
         instance.close()

@@ -52,7 +52,7 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
         raise InvalidValueError(f"invalid PostgreSQL world URL {redact(url)!r}: {exc}") from None
 
 
-__all__ = ["WorldUnavailableError", "parse_url", "redact"]
+__all__ = ["WorldUnavailableError", "has_tether_schema", "parse_url", "redact"]
 
 
 def has_tether_schema(url: str) -> bool:
