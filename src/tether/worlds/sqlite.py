@@ -169,16 +169,16 @@ class SqliteWorld(SqlWorld):
         (already announced by ``_notify``) do not move it. It polls in real
         time whatever the World's clock: it watches the file, not the runs.
         """
-        last = self._writer.data_version()
+        last: int | None = None
         while not self._closed:
-            time.sleep(_WATCH_INTERVAL)
             try:
                 version = self._writer.data_version()
             except sqlite3.ProgrammingError:
-                return  # closed meanwhile
-            if version != last:
-                last = version
+                return  # closed meanwhile (even before the first read: a short-lived World)
+            if last is not None and version != last:
                 self._notify({None})
+            last = version
+            time.sleep(_WATCH_INTERVAL)
 
 
 class SqliteTx:
