@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from tether import registry, serde
+from tether import forking, registry, serde
 from tether.config import local_worker, resolve_world
 from tether.context import current_instance, current_step
 from tether.errors import (
@@ -18,6 +18,7 @@ from tether.errors import (
     RunExistsError,
     RunNotFoundError,
 )
+from tether.forking import FromStep
 from tether.handles import Run, RunHook, iter_runs
 from tether.pinning import check_arguments, check_run_id, resolve_target
 from tether.redaction import redact
@@ -151,6 +152,7 @@ def rerun(
     deployment_id: str | None = None,
     *,
     new_run_id: str | None = None,
+    from_step: FromStep | None = None,
     world: World | str | None = None,
 ) -> Run:
     """Start a new run with the same workflow and inputs as ``run_id``; it records ``rerun_of``.
@@ -159,6 +161,15 @@ def rerun(
     ``"latest"`` on the newest one (the usual fix after a bad deploy).
     ``new_run_id`` names the new run, as ``start(run_id=...)`` does: a
     retried rerun returns the run the first one made.
+
+    ``from_step=N`` forks instead of starting over: the new run's log starts
+    with the original's history before its request ``N`` (as ``tether
+    inspect steps`` numbers them), whose steps keep their results and are
+    not run again; ``"auto"`` is the furthest point the target's code
+    replays. This process must hold the target's code (it checks the
+    history against it first; nothing is written if it diverges). The new
+    run records ``forked_from`` and ``fork_point``; the original is left as
+    it is (cancel it to stop it).
     """
     _outside_workflow_code("rerun")
     target = resolve_world(world)
@@ -170,6 +181,13 @@ def rerun(
     else:
         deployment = resolve_target(target, original.workflow_name, deployment_id)[0]
     name = original.workflow_name
+    if from_step is not None:
+        if new_run_id is not None:
+            existing = target.get_run(new_run_id)
+            if existing is not None:
+                return _named(target, existing, new_run_id, name, is_new=False)
+        made = forking.fork(target, original, deployment, from_step, new_run_id)
+        return Run(made, target, is_new=made.rerun_of == run_id and new_run_id is None)
     return _create(target, name, deployment, original.input, None, run_id, new_run_id)
 
 

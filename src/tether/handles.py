@@ -66,6 +66,7 @@ class Run:
         #: Whether the call that returned this handle started the run: ``False`` for
         #: ``get_run`` and ``list_runs``, and for a ``start(run_id=...)`` that found it.
         self.is_new = is_new
+        self._attrs: dict[str, Any] | None = None
         self.run_id = record.run_id
         self.workflow_name = record.workflow_name
         self.deployment_id = record.deployment_id
@@ -75,6 +76,23 @@ class Run:
 
     def __repr__(self) -> str:
         return f"<Run {self.run_id} {self.workflow_name} on {self.deployment_id}>"
+
+    @property
+    def forked_from(self) -> str | None:
+        """The run this one was forked from (``rerun(..., from_step=N)``), else ``None``."""
+        return self._created_attrs().get("forked_from")
+
+    @property
+    def fork_point(self) -> int | None:
+        """How many of ``forked_from``'s requests this run's history kept, else ``None``."""
+        point = self._created_attrs().get("fork_point")
+        return point if isinstance(point, int) else None
+
+    def _created_attrs(self) -> dict[str, Any]:
+        if self._attrs is None:
+            first = self._world.list_events(self.run_id)[:1]
+            self._attrs = dict(first[0].attrs or {}) if first else {}
+        return self._attrs
 
     def status(self) -> str:
         """``pending``, ``running``, ``completed``, ``failed`` or ``cancelled``."""

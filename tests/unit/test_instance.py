@@ -11,6 +11,7 @@ exactly the events the live run returned (``assert_replays_the_same``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -419,6 +420,20 @@ def test_now_random_and_uuid4_are_the_same_on_replay_and_seeded_by_the_run() -> 
     assert other_before[1:] != before[1:], "another run must draw other values"
     run.close()
     other.close()
+
+
+def test_a_fork_draws_the_values_of_the_run_it_was_forked_from() -> None:
+    run = Driven(values, ())
+    run.start()
+    expected = output(run.complete("0", "picked x")[-1])
+    # A fork's log: its own run_created, naming the original's seed, then the history.
+    created = dataclasses.replace(run.log[0], run_id="run_fork", attrs={"seed": run.run_id})
+    history = [dataclasses.replace(e, run_id="run_fork") for e in run.log[1:-1]]
+    fork = RunInstance(record(values, (), "run_fork"), values)
+    fork.replay([created, *history])
+    assert output(fork.resume([])[-1]) == expected
+    run.close()
+    fork.close()
 
 
 def test_a_workflow_that_raises_fails_the_run_with_type_message_and_traceback() -> None:

@@ -11,6 +11,7 @@ import itertools
 import json
 import sys
 from collections.abc import Sequence
+from typing import Literal
 
 import click
 from rich.console import Group
@@ -20,6 +21,7 @@ from tether import api, deployments
 from tether.cli import backend, params, render, views
 from tether.cli.backend import backend_option
 from tether.cli.errors import CliError, UsageProblem
+from tether.cli.worker import import_modules
 from tether.worlds.base import World
 from tether.worlds.records import TERMINAL_STATUSES, RunFilter, RunRecord
 
@@ -170,22 +172,48 @@ def _runs(count: int) -> str:
 @click.argument("run_ids", nargs=-1, required=True, metavar="RUN_ID...")
 @click.option("--latest", is_flag=True, help="Rerun on the newest deployment (the usual fix).")
 @click.option("--deployment", metavar="ID", help="Rerun on this deployment.")
+@click.option(
+    "--from-step",
+    metavar="N|auto",
+    help="Fork: keep the history before request N (as inspect steps numbers them), run the"
+    " rest on the target; auto: the furthest point its code replays. Needs --code.",
+)
+@click.option(
+    "--code",
+    "modules",
+    multiple=True,
+    metavar="MODULE",
+    help="With --from-step: import the target's code from MODULE to check the history.",
+)
 @backend_option
-def rerun(run_ids: tuple[str, ...], latest: bool, deployment: str | None) -> None:
+def rerun(
+    run_ids: tuple[str, ...],
+    latest: bool,
+    deployment: str | None,
+    from_step: str | None,
+    modules: tuple[str, ...],
+) -> None:
     """Start each RUN_ID again with the same inputs; prints the new run ids.
 
     A RUN_ID may be a unique prefix of an id. Without --latest or
     --deployment a rerun stays on the original run's deployment. The new run
-    records which run it reruns.
+    records which run it reruns. With --from-step it is a fork: steps before
+    request N keep their results and are not run again (the target's code,
+    imported with --code, must replay that history).
     """
     if latest and deployment is not None:
         raise UsageProblem("give --latest or --deployment, not both")
+    step = _from_step(from_step)
+    if step is not None:
+        if not modules:
+            raise UsageProblem("--from-step needs --code MODULE: the target's code, to check")
+        import_modules(modules, "nothing to check the history against")
     target = "latest" if latest else deployment
     world = backend.world()
     originals = [backend.require_run(world, run_id) for run_id in run_ids]
     with render.progress("rerunning", len(originals)) as advance:
         for original in originals:
-            run = api.rerun(original.run_id, target, world=world)
+            run = api.rerun(original.run_id, target, from_step=step, world=world)
             click.echo(run.run_id)
             note = (
                 f" (the original is still {original.status}: tether cancel {original.run_id})"
@@ -198,6 +226,14 @@ def rerun(run_ids: tuple[str, ...], latest: bool, deployment: str | None) -> Non
                 soft_wrap=True,
             )
             advance(1)
+
+
+def _from_step(value: str | None) -> int | Literal["auto"] | None:
+    if value is None or value == "auto":
+        return value  # type: ignore[return-value]
+    if value.isdigit():
+        return int(value)
+    raise UsageProblem(f"invalid --from-step {value!r}: give a step number (0, 1, ...) or auto")
 
 
 # -- start ----------------------------------------------------------------------------

@@ -191,6 +191,11 @@ class RunInstance:
         self.last_seq = event.seq
         self.loop.clock = event.created_at
         kind = event.type
+        if kind == "run_created":
+            seed = (event.attrs or {}).get("seed")
+            if isinstance(seed, str):  # a fork: its original's random() and uuid4() values
+                self._rng = random.Random(seed)
+            return
         if kind == "run_started":
             self._start()
         elif kind in ("step_completed", "step_failed", "wait_completed"):

@@ -91,6 +91,16 @@ class RunStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    def fork_run(self, run: NewRun, history: Sequence[EventRecord]) -> RunRecord:
+        """Create ``run`` (a fork) whose log is ``run_created`` then ``history``, in one commit.
+
+        ``history`` is events of another run, renumbered from seq 2 and given
+        ``run.run_id``; the views are derived from it as from any append, and a
+        workflow task due now is queued. With ``run.if_absent`` and the id
+        taken, the run holding it is returned and nothing is written.
+        """
+
+    @abc.abstractmethod
     def get_run(self, run_id: str) -> RunRecord | None:
         """Return the run, or ``None`` if there is no run with that id."""
 

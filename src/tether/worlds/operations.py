@@ -136,11 +136,15 @@ def create_run(tx: Tx, run: NewRun, activation: Activation | None) -> RunRecord:
         existing = tx.query_one(tx.sql.get_run, (run.run_id,))
         assert existing is not None  # the conflict was with this row, and runs are never deleted
         return run_record(existing)
-    attrs = {"deployment_id": run.deployment_id}
+    attrs: dict[str, Any] = {"deployment_id": run.deployment_id}
     if run.parent_run_id:
         attrs["parent_run_id"] = run.parent_run_id
     if run.rerun_of:
         attrs["rerun_of"] = run.rerun_of
+    if run.forked_from:
+        attrs.update(forked_from=run.forked_from, fork_point=run.fork_point)
+    if run.seed:
+        attrs["seed"] = run.seed
     tx.execute(
         tx.sql.insert_run_created,
         (run.run_id, run.workflow_name, run.input, json.dumps(attrs), now),
@@ -261,6 +265,22 @@ def finish_step(
     if outcome.status != "retrying":
         queue_workflow(tx, run_id, deployment_id, now)
     return False
+
+
+def fork_run(tx: Tx, run: NewRun, history: Sequence[EventRecord]) -> RunRecord:
+    """Create ``run`` with ``history`` (events from seq 2) as its log, and its workflow task.
+
+    The views follow from the history as from any append: recorded steps are
+    done, a step asked for and not finished is queued, sleeps wait for their
+    deadlines, hooks hold their tokens. The task is due now: the run's first
+    activation replays the history and goes on from there.
+    """
+    record = create_run(tx, run, None)
+    if record.workflow_name != run.workflow_name or record.created_at != run.created_at:
+        return record  # a named fork that exists already: nothing more is written
+    if history:
+        tx.append(run.run_id, run.deployment_id, history, None)
+    return record
 
 
 def cancel_runs(tx: Tx, run_ids: Sequence[str]) -> CancelResult:

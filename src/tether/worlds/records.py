@@ -141,6 +141,11 @@ class NewRun:
     #: The caller named the run: if a run with that id exists, ``create_run``
     #: returns it unchanged instead of failing (an idempotent start).
     if_absent: bool = False
+    #: A fork: the run whose history it starts with, and how many of its requests.
+    forked_from: str | None = None
+    fork_point: int | None = None
+    #: What seeds ``random()``/``uuid4()`` (a fork keeps its original's); ``None``: the id.
+    seed: str | None = None
 
 
 @dataclass(slots=True)

@@ -190,6 +190,10 @@ class SqlWorld(World):
             lambda tx: operations.create_run(tx, run, activation), on_created
         )
 
+    def fork_run(self, run: NewRun, history: Sequence[EventRecord]) -> RunRecord:
+        _check_new_run(run)
+        return self._write(lambda tx: operations.fork_run(tx, run, history))
+
     def get_run(self, run_id: str) -> RunRecord | None:
         if not can_be_identifier(run_id):
             return None

@@ -1,0 +1,38 @@
+"""Version 1 of an order flow whose third step has a bug (the fork tests' v1).
+
+``tests/apps/fork_v2/orders.py`` is the same module with the bug fixed.
+"""
+
+from __future__ import annotations
+
+from tests.apps.basic import mark
+
+import tether
+from tether import FatalError, step, workflow
+
+VERSION = "v1"
+
+
+@step
+def reserve(path: str, order: str) -> str:
+    mark(path, f"reserve:{order}:{VERSION}")
+    return f"reserved {order}"
+
+
+@step
+def charge(path: str, order: str) -> str:
+    mark(path, f"charge:{order}:{VERSION}")
+    return f"charged {order}"
+
+
+@step
+def ship(path: str, order: str) -> str:
+    mark(path, f"ship:{order}:{VERSION}")
+    raise FatalError(f"no carrier for {order}")  # the bug v2 fixes
+
+
+@workflow
+async def fulfil(path: str, order: str, nap: float) -> list[str]:
+    done = [await reserve(path, order), await charge(path, order)]
+    await tether.sleep(nap)
+    return [*done, await ship(path, order), VERSION]

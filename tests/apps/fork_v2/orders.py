@@ -1,0 +1,35 @@
+"""Version 2 of ``tests/apps/fork_v1/orders.py``: ``ship`` works."""
+
+from __future__ import annotations
+
+from tests.apps.basic import mark
+
+import tether
+from tether import step, workflow
+
+VERSION = "v2"
+
+
+@step
+def reserve(path: str, order: str) -> str:
+    mark(path, f"reserve:{order}:{VERSION}")
+    return f"reserved {order}"
+
+
+@step
+def charge(path: str, order: str) -> str:
+    mark(path, f"charge:{order}:{VERSION}")
+    return f"charged {order}"
+
+
+@step
+def ship(path: str, order: str) -> str:
+    mark(path, f"ship:{order}:{VERSION}")
+    return f"shipped {order}"
+
+
+@workflow
+async def fulfil(path: str, order: str, nap: float) -> list[str]:
+    done = [await reserve(path, order), await charge(path, order)]
+    await tether.sleep(nap)
+    return [*done, await ship(path, order), VERSION]
