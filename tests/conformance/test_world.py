@@ -980,3 +980,36 @@ def test_a_chunk_from_another_instance_wakes_readers(world: World, other_world: 
         other_world.append_chunks("s1", "r1", "default", ["hello"], False)
 
     assert seconds_to_wake(world, write) < 2.0
+
+
+def test_a_fork_starts_with_its_history_and_derives_its_views_from_it(world: World) -> None:
+    history = [
+        ev("f1", 2, "run_started"),
+        ev("f1", 3, "step_created", "0", name=STEP, payload="[[1], {}]"),
+        ev("f1", 4, "step_started", "0", attrs={"attempt": 1}),
+        ev("f1", 5, "step_completed", "0", payload='"one"'),
+        ev("f1", 6, "wait_created", "1", attrs={"resume_at": CLOCK.time() + 3600}),
+        ev("f1", 7, "step_created", "2", name=STEP, payload="[[2], {}]"),
+    ]
+    made = world.fork_run(new_run("f1", forked_from="r0", fork_point=3, seed="r0"), history)
+    assert (made.run_id, made.status, made.last_seq) == ("f1", "running", 7)
+    events = world.list_events("f1")
+    assert [e.type for e in events] == ["run_created", *[e.type for e in history]]
+    assert events[0].attrs == {
+        "deployment_id": DEP,
+        "forked_from": "r0",
+        "fork_point": 3,
+        "seed": "r0",
+    }
+    steps = {s.step_id: (s.status, s.output) for s in world.list_steps("f1")}
+    assert steps == {"0": ("completed", '"one"'), "2": ("pending", None)}
+    (wait,) = world.list_waits("f1")
+    assert (wait.status, wait.resume_at) == ("waiting", CLOCK.time() + 3600)
+    # Due now: the step asked for and not answered, and the run's first activation.
+    due = {(t.kind, t.step_id) for t in claim(world, DEP, "w1", 10, 30.0)}
+    assert due == {("step", "2"), ("workflow", "")}
+    assert_dense(world, "f1")
+    count = len(world.list_events("f1"))
+    # A named fork that exists already is returned, and nothing more is written.
+    again = world.fork_run(new_run("f1", if_absent=True, forked_from="r0", fork_point=3), [])
+    assert again.created_at == made.created_at and len(world.list_events("f1")) == count

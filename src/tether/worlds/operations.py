@@ -10,6 +10,7 @@ wake.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -275,12 +276,17 @@ def fork_run(tx: Tx, run: NewRun, history: Sequence[EventRecord]) -> RunRecord:
     deadlines, hooks hold their tokens. The task is due now: the run's first
     activation replays the history and goes on from there.
     """
-    record = create_run(tx, run, None)
-    if record.workflow_name != run.workflow_name or record.created_at != run.created_at:
-        return record  # a named fork that exists already: nothing more is written
-    if history:
-        tx.append(run.run_id, run.deployment_id, history, None)
-    return record
+    if run.if_absent:
+        existing = tx.query_one(tx.sql.get_run, (run.run_id,))
+        if existing is not None:
+            return run_record(existing)  # a named fork made already: nothing more is written
+    # Of two forks racing with one id, the second meets the driver's integrity error.
+    record = create_run(tx, dataclasses.replace(run, if_absent=False), None)
+    if not history:
+        return record
+    tx.append(run.run_id, run.deployment_id, history, None)
+    after = tx.query_one(tx.sql.get_run, (run.run_id,))  # as its history left it
+    return record if after is None else run_record(after)
 
 
 def cancel_runs(tx: Tx, run_ids: Sequence[str]) -> CancelResult:
