@@ -6,14 +6,16 @@ What a process's own deployment is (its id and manifest) lives in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tether import registry
+from tether import forking, registry
 from tether.config import resolve_world
 from tether.errors import (
     DeploymentConflictError,
     DeploymentNotFoundError,
+    TetherError,
     WorkflowNotFoundError,
 )
 from tether.handles import iter_runs
@@ -186,6 +188,83 @@ def check(
     return checks
 
 
+@dataclass(frozen=True, slots=True)
+class Upgraded:
+    """What ``upgrade`` did with one run of the old deployment.
+
+    ``outcome`` is ``moved`` (forked onto the target at ``fork_point`` and
+    cancelled, with ``upgraded_to``), ``would move`` (a dry run), or ``left``
+    (it cannot move, or it ended or moved on meanwhile; ``reason`` says).
+    ``verdict`` is the check's: ``replays`` means nothing ran again.
+    """
+
+    run_id: str
+    outcome: str
+    verdict: str
+    fork_point: int | None
+    moved_to: str | None
+    reason: str
+
+
+def upgrade(
+    from_deployment: str,
+    to_deployment: str = "latest",
+    *,
+    workflow_name: str | None = None,
+    dry_run: bool = False,
+    world: World | str | None = None,
+    on_progress: Callable[[Upgraded], None] | None = None,
+) -> list[Upgraded]:
+    """Move every in-flight run of ``from_deployment`` that can move onto ``to_deployment``.
+
+    Each run is checked (``check``); one that replays or diverges is forked
+    onto the target at its furthest safe point and cancelled, pointing to the
+    fork, in one transaction per run: never both running, never neither.
+    Steps before the fork point keep their results, sleeps their deadlines,
+    hooks their tokens. This process must hold the target's code, as for
+    ``check``. ``dry_run`` only says what it would do.
+    """
+    target = resolve_world(world)
+    checks = check(from_deployment, to_deployment, workflow_name=workflow_name, world=target)
+    to_id = _resolved(target, from_deployment, to_deployment)
+    done: list[Upgraded] = []
+    for found in checks:
+        result = _move(target, found, to_id, dry_run)
+        done.append(result)
+        if on_progress is not None:
+            on_progress(result)
+    return done
+
+
+def _move(target: World, found: RunCheck, to_id: str, dry_run: bool) -> Upgraded:
+    def left(reason: str) -> Upgraded:
+        return Upgraded(found.run_id, "left", found.verdict, None, None, reason)
+
+    original = target.get_run(found.run_id)
+    if found.fork_point is None or original is None:
+        return left(found.reason)
+    try:
+        planned = forking.plan(target, original, to_id, found.fork_point)
+    except TetherError as exc:
+        return left(str(exc))
+    if dry_run:
+        return Upgraded(found.run_id, "would move", found.verdict, found.fork_point, None, "")
+    made = target.upgrade_run(original.run_id, planned.read_at, planned.run, planned.history)
+    if made is None:
+        return left("it ended or moved on while it was checked: check it again")
+    return Upgraded(found.run_id, "moved", found.verdict, found.fork_point, made.run_id, "")
+
+
+def _resolved(target: World, from_deployment: str, to_deployment: str) -> str:
+    if to_deployment != "latest":
+        return to_deployment
+    old = target.get_deployment(from_deployment)
+    latest = target.latest_deployment(old.environment if old else current_environment())
+    if latest is None:
+        raise DeploymentNotFoundError(f"no deployment is registered in {redact(target.url)}")
+    return latest.deployment_id
+
+
 # -- helpers ------------------------------------------------------------------
 
 
@@ -304,6 +383,7 @@ __all__ = [
     "LIVE_WITHIN_SECONDS",
     "DeploymentDiff",
     "RunCheck",
+    "Upgraded",
     "WorkflowChange",
     "build_manifest",
     "check",
@@ -312,4 +392,5 @@ __all__ = [
     "defines_workflows",
     "diff",
     "list_deployments",
+    "upgrade",
 ]

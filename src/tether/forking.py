@@ -45,6 +45,16 @@ _ENDINGS = frozenset({"run_completed", "run_failed", "run_cancelled"})
 _STEP_ENDS = frozenset({"step_completed", "step_failed"})
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Plan:
+    """A fork worked out and checked, not yet written: what ``World.fork_run`` takes."""
+
+    run: NewRun
+    history: list[EventRecord]
+    #: The original's last sequence number when its history was read.
+    read_at: int
+
+
 def fork(
     target: World,
     original: RunRecord,
@@ -53,6 +63,23 @@ def fork(
     run_id: str | None,
 ) -> RunRecord:
     """Write the fork of ``original`` onto ``deployment`` from request ``from_step``."""
+    planned = plan(target, original, deployment, from_step, run_id)
+    _check_hooks_free(target, original, planned.history)
+    return target.fork_run(planned.run, planned.history)
+
+
+def plan(
+    target: World,
+    original: RunRecord,
+    deployment: str,
+    from_step: FromStep,
+    run_id: str | None = None,
+) -> Plan:
+    """The fork of ``original`` onto ``deployment`` from ``from_step``, checked against its code.
+
+    Raises ``NonDeterminismError`` when the target's code does not replay the
+    history it would keep, ``InvalidValueError`` for a step past the history.
+    """
     definition = _definition_here(target, original.workflow_name, deployment)
     events = target.list_events(original.run_id)
     requests = [e for e in events if e.type in COMMAND_EVENTS]
@@ -84,7 +111,6 @@ def fork(
             f" target's code does not replay its history up to there ({checked.reason});"
             f" fork from step {checked.fork_point} or earlier, or from_step='auto'"
         )
-    _check_hooks_free(target, original, history)
     seed = (events[0].attrs or {}).get("seed") or original.run_id
     new_id = run_id or f"run_{uuid.uuid4().hex}"
     run = NewRun(
@@ -103,7 +129,7 @@ def fork(
         dataclasses.replace(event, run_id=new_id, seq=seq)
         for seq, event in enumerate(history, start=2)
     ]
-    return target.fork_run(run, copied)
+    return Plan(run, copied, events[-1].seq)
 
 
 # -- helpers ------------------------------------------------------------------

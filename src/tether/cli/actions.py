@@ -83,7 +83,7 @@ def cancel(
             render.err().print("nothing to cancel: no pending or running run matches")
             return
     _preview(targets)
-    _confirm(f"Cancel {_runs(len(targets))}?", action=f"cancel {_runs(len(targets))}", yes=yes)
+    confirm(f"Cancel {_runs(len(targets))}?", action=f"cancel {_runs(len(targets))}", yes=yes)
     cancelled: list[str] = []
     with render.progress("cancelling", len(targets)) as advance:
         for i in range(0, len(targets), CANCEL_CHUNK):
@@ -148,7 +148,7 @@ def _preview(targets: list[RunRecord]) -> None:
     render.err().print(Group(*parts))
 
 
-def _confirm(question: str, *, action: str, yes: bool) -> None:
+def confirm(question: str, *, action: str, yes: bool) -> None:
     """Ask on the terminal unless ``yes``; without a terminal, refuse."""
     if yes:
         return

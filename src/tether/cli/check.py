@@ -1,4 +1,4 @@
-"""``tether deployments check``: which in-flight runs of a deployment could move to new code."""
+"""``tether deployments check`` and ``upgrade``: moving in-flight runs to new code."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from rich.text import Text
 
 from tether import deployments as tether_deployments
 from tether.cli import backend, params, render
+from tether.cli.actions import confirm
 from tether.cli.backend import backend_option
 from tether.cli.errors import UsageProblem
 from tether.cli.worker import import_modules
@@ -75,4 +76,78 @@ def check(
         f"{len(results)} runs of {old}: "
         + ", ".join(f"{n} {verdict}" for verdict, n in counts.items()),
         soft_wrap=True,
+    )
+
+
+@click.command(short_help="Move OLD's in-flight runs onto new code, keeping what they did.")
+@click.argument("old")
+@click.option("--to", "to", default="latest", show_default=True, metavar="ID|latest")
+@click.option(
+    "--code",
+    "modules",
+    multiple=True,
+    metavar="MODULE",
+    help="Import the target's code from MODULE (repeatable): runs are checked against it.",
+)
+@click.option("--workflow-name", metavar="NAME", help="Only runs of this workflow (full name).")
+@click.option("--dry-run", is_flag=True, help="Say what would move, and move nothing.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask before moving.")
+@backend_option
+def upgrade(
+    old: str,
+    to: str,
+    modules: tuple[str, ...],
+    workflow_name: str | None,
+    dry_run: bool,
+    yes: bool,
+) -> None:
+    """Fork each in-flight run of OLD that can move onto --to, and cancel it, at once.
+
+    Each run is checked first (as by check). One that replays moves with
+    nothing run again; one that diverges moves re-running from its fork
+    point; one that is incompatible is left. A moved run is a new run on the
+    target: steps before the fork point keep their results, sleeps their
+    deadlines, hooks their tokens; the original ends cancelled, pointing to
+    it (upgraded_to), in the same transaction.
+    """
+    if not modules:
+        raise UsageProblem("give the target's code with --code MODULE")
+    if workflow_name is not None:
+        params.check_workflow_name(workflow_name)
+    import_modules(modules, "nothing to move runs onto")
+    world = backend.world()
+    checks = tether_deployments.check(old, to, workflow_name=workflow_name, world=world)
+    movable = [c for c in checks if c.fork_point is not None]
+    if not checks:
+        render.err().print(f"deployment {old!r} has no runs in flight: nothing to move")
+        return
+    if not dry_run and movable:
+        confirm(
+            f"Move {len(movable)} of {len(checks)} runs of {old} onto {to}?",
+            action="move runs",
+            yes=yes,
+        )
+    with render.progress("moving", len(checks)) as advance:
+        done = tether_deployments.upgrade(
+            old,
+            to,
+            workflow_name=workflow_name,
+            dry_run=dry_run,
+            world=world,
+            on_progress=lambda _: advance(1),
+        )
+    table = render.table("RUN", "OUTCOME", "HOW", "NEW RUN / WHY")
+    for u in done:
+        how = (
+            "nothing re-run"
+            if u.verdict == "replays"
+            else f"re-running from step {u.fork_point}"
+            if u.fork_point is not None
+            else "-"
+        )
+        table.add_row(u.run_id, u.outcome, how, u.moved_to or u.reason or "-")
+    render.out().print(table)
+    counts = {o: sum(1 for u in done if u.outcome == o) for o in ("moved", "would move", "left")}
+    render.err().print(
+        ", ".join(f"{n} {o}" for o, n in counts.items() if n or o == "left"), soft_wrap=True
     )

@@ -101,6 +101,17 @@ class RunStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    def upgrade_run(
+        self, original: str, expected_seq: int, run: NewRun, history: Sequence[EventRecord]
+    ) -> RunRecord | None:
+        """Cancel ``original`` (``run_cancelled`` with ``upgraded_to``) and fork ``run``, at once.
+
+        One commit: never both running, never neither. Returns ``None`` and
+        writes nothing when the original has ended or its log is past
+        ``expected_seq`` (it moved since ``history`` was read).
+        """
+
+    @abc.abstractmethod
     def get_run(self, run_id: str) -> RunRecord | None:
         """Return the run, or ``None`` if there is no run with that id."""
 

@@ -302,25 +302,57 @@ def cancel_runs(tx: Tx, run_ids: Sequence[str]) -> CancelResult:
             continue
         _, last_seq, deployment_id = state
         states[run_id] = ("cancelled", last_seq, deployment_id)  # a repeated id: cancelled once
-        hooks = tx.query(tx.sql.run_hooks, (run_id,))
-        active = [hook_id for hook_id, hook_status in hooks if hook_status == "active"]
-        events = [
-            EventRecord(
-                run_id,
-                last_seq + i,
-                "hook_disposed",
-                hook_id,
-                attrs={"reason": "run cancelled"},
-                created_at=now,
-            )
-            for i, hook_id in enumerate(active, start=1)
-        ]
-        events.append(
-            EventRecord(run_id, last_seq + len(events) + 1, "run_cancelled", created_at=now)
-        )
-        tx.append(run_id, deployment_id, events, None)
+        _cancel(tx, run_id, last_seq, deployment_id, now, None)
         result.cancelled.append(run_id)
     return result
+
+
+def upgrade_run(
+    tx: Tx, original: str, expected_seq: int, run: NewRun, history: Sequence[EventRecord]
+) -> RunRecord | None:
+    """Cancel ``original`` pointing to ``run`` and fork ``run`` from it, in one commit.
+
+    ``None`` (nothing written) when the original has ended or its log moved
+    past ``expected_seq`` since ``history`` was read from it: then it is
+    checked again, or left.
+    """
+    state = tx.lock_runs([original]).get(original)
+    if state is None or state[0] in TERMINAL_STATUSES or state[1] != expected_seq:
+        return None
+    _, last_seq, deployment_id = state
+    # Cancelled first: its hooks are released, and the fork takes their tokens over.
+    _cancel(tx, original, last_seq, deployment_id, tx.clock.time(), {"upgraded_to": run.run_id})
+    return fork_run(tx, run, history)
+
+
+def _cancel(
+    tx: Tx,
+    run_id: str,
+    last_seq: int,
+    deployment_id: str,
+    now: float,
+    attrs: dict[str, Any] | None,
+) -> None:
+    """Dispose the run's active hooks, then append ``run_cancelled`` (with ``attrs``)."""
+    hooks = tx.query(tx.sql.run_hooks, (run_id,))
+    active = [hook_id for hook_id, hook_status in hooks if hook_status == "active"]
+    events = [
+        EventRecord(
+            run_id,
+            last_seq + i,
+            "hook_disposed",
+            hook_id,
+            attrs={"reason": "run cancelled"},
+            created_at=now,
+        )
+        for i, hook_id in enumerate(active, start=1)
+    ]
+    events.append(
+        EventRecord(
+            run_id, last_seq + len(events) + 1, "run_cancelled", attrs=attrs, created_at=now
+        )
+    )
+    tx.append(run_id, deployment_id, events, None)
 
 
 def wake_sleeps(tx: Tx, run_id: str) -> int:

@@ -194,6 +194,16 @@ class SqlWorld(World):
         _check_new_run(run)
         return self._write(lambda tx: operations.fork_run(tx, run, history))
 
+    def upgrade_run(
+        self, original: str, expected_seq: int, run: NewRun, history: Sequence[EventRecord]
+    ) -> RunRecord | None:
+        _check_new_run(run)
+        if not can_be_identifier(original):
+            return None
+        return self._write(
+            lambda tx: operations.upgrade_run(tx, original, expected_seq, run, history)
+        )
+
     def get_run(self, run_id: str) -> RunRecord | None:
         if not can_be_identifier(run_id):
             return None

@@ -1,0 +1,85 @@
+"""``tether deployments upgrade``: runs sleeping on v1 move to v2 without redoing their work.
+
+v1 and v2 of ``orders.fulfil`` (``tests/apps/fork_v1``, ``fork_v2``) agree up
+to the sleep; v1's shipping fails, v2's works. Runs asleep on v1 replay on v2
+with nothing re-run: the move keeps their reservation, charge and sleep.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import tether
+from tests.cli.helpers import tether_exe
+from tests.integration.processes import REPO, WorkerProcess, read_marks, wait_for
+
+pytestmark = pytest.mark.both_worlds
+
+V1, V2 = REPO / "tests" / "apps" / "fork_v1", REPO / "tests" / "apps" / "fork_v2"
+FULFIL = "workflow//orders//fulfil"
+RUNS = 5
+
+
+def worker_of(version: str, url: str, tmp_path: Path) -> WorkerProcess:
+    code = V1 if version == "v1" else V2
+    log = tmp_path / f"{version}.log"
+    return WorkerProcess(
+        url, ["orders"], log, pythonpath=code, env={"TETHER_DEPLOYMENT_ID": version}
+    )
+
+
+def test_upgrade_moves_sleeping_runs_keeping_what_they_did(world_url: str, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    v1 = worker_of("v1", world_url, tmp_path)
+    runs = [
+        tether.start(FULFIL, [str(marks), f"o-{i}", 3.0], deployment_id="v1") for i in range(RUNS)
+    ]
+    for run in runs:
+        wait_for(lambda r=run: bool(r._world.list_waits(r.run_id)), 20, "a run to sleep")
+    v1.stop()  # v1 is gone: its runs would wait for it forever
+    deadlines = {r.run_id: r._world.list_waits(r.run_id)[0].resume_at for r in runs}
+    v2 = worker_of("v2", world_url, tmp_path)
+    try:
+        env = {"PYTHONPATH": os.pathsep.join([str(V2), str(REPO), str(REPO / "src")])}
+        dry = tether_exe(
+            "deployments", "upgrade", "v1", "--code", "orders", "--dry-run", url=world_url, env=env
+        )
+        assert dry.code == 0, dry
+        assert f"{RUNS} would move" in dry.err
+        assert all(r.status() == "running" for r in runs)  # a dry run moves nothing
+        moved = tether_exe(
+            "deployments",
+            "upgrade",
+            "v1",
+            "--to",
+            "v2",
+            "--code",
+            "orders",
+            "-y",
+            url=world_url,
+            env=env,
+        )
+        assert moved.code == 0, moved
+        assert f"{RUNS} moved" in moved.err and "nothing re-run" in moved.out
+        for run in runs:
+            events = run.events()
+            assert run.status() == "cancelled"
+            upgraded_to = events[-1].attrs["upgraded_to"]  # type: ignore[index]
+            new = tether.get_run(upgraded_to)
+            assert (new.deployment_id, new.forked_from, new.fork_point) == ("v2", run.run_id, 3)
+            result = new.result(timeout=30)
+            assert result[-1] == "v2"
+            sleep = next(e for e in new.events() if e.type == "wait_created")
+            assert sleep.attrs["resume_at"] == deadlines[run.run_id]  # type: ignore[index]
+    finally:
+        v2.stop()
+    labels = sorted(label for label, _ in read_marks(marks))
+    expected = sorted(
+        label
+        for i in range(RUNS)
+        for label in (f"reserve:o-{i}:v1", f"charge:o-{i}:v1", f"ship:o-{i}:v2")
+    )
+    assert labels == expected  # reserved and charged once each, on v1; shipped once, on v2
