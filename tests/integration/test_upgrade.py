@@ -83,3 +83,36 @@ def test_upgrade_moves_sleeping_runs_keeping_what_they_did(world_url: str, tmp_p
         for label in (f"reserve:o-{i}:v1", f"charge:o-{i}:v1", f"ship:o-{i}:v2")
     )
     assert labels == expected  # reserved and charged once each, on v1; shipped once, on v2
+
+
+def test_a_run_waiting_on_a_hook_moves_with_its_token(world_url: str, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    v1 = worker_of("v1", world_url, tmp_path)
+    run = tether.start("workflow//orders//approve", [str(marks), "o-7"], deployment_id="v1")
+    wait_for(lambda: bool(run.hooks()), 20, "the run to wait on its hook")
+    v1.stop()
+    v2 = worker_of("v2", world_url, tmp_path)
+    try:
+        env = {"PYTHONPATH": os.pathsep.join([str(V2), str(REPO), str(REPO / "src")])}
+        moved = tether_exe(
+            "deployments",
+            "upgrade",
+            "v1",
+            "--to",
+            "v2",
+            "--code",
+            "orders",
+            "-y",
+            url=world_url,
+            env=env,
+        )
+        assert moved.code == 0, moved
+        new = tether.get_run(run.events()[-1].attrs["upgraded_to"])  # type: ignore[index]
+        assert [h.status for h in run.hooks()] == ["disposed"]
+        assert [(h.token, h.status) for h in new.hooks()] == [("approve-o-7", "active")]
+        # Whoever holds the token delivers to the new run.
+        assert tether.resume_hook("approve-o-7", "yes") == new.run_id
+        assert new.result(timeout=30) == ["reserved o-7", "yes", "v2"]
+    finally:
+        v2.stop()
+    assert [label for label, _ in read_marks(marks)] == ["reserve:o-7:v1"]

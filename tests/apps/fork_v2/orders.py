@@ -33,3 +33,11 @@ async def fulfil(path: str, order: str, nap: float) -> list[str]:
     done = [await reserve(path, order), await charge(path, order)]
     await tether.sleep(nap)
     return [*done, await ship(path, order), VERSION]
+
+
+@workflow
+async def approve(path: str, order: str) -> list[str]:
+    """Reserves, then waits for an approval on a hook whose token callers hold."""
+    reserved = await reserve(path, order)
+    decision = await tether.create_hook(token=f"approve-{order}")
+    return [reserved, str(decision), VERSION]
