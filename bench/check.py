@@ -1,4 +1,4 @@
-"""How long ``tether.deployments.check`` takes per in-flight run (issue 14's check benchmark).
+"""How long ``deployments.check`` and ``upgrade`` take per in-flight run (issue 14's benchmark).
 
 RUNS runs of a STEPS-step workflow are driven to a long sleep by an
 in-process worker, then checked against this process's own code (``"local"``):
@@ -66,8 +66,9 @@ def main() -> None:
     report(args, *timings)
 
 
-def measure(runs: int, steps: int) -> tuple[float, float, list[float]]:
-    """Seconds to drive the runs to their sleep, seconds for one check of all, per-run times."""
+def measure(runs: int, steps: int) -> tuple[float, float, list[float], float]:
+    """Seconds to drive the runs to their sleep, to check them all, per-run check times, and
+    seconds to upgrade them all onto a second deployment of the same code."""
     started = time.perf_counter()
     with tether.Worker():
         handles = [tether.start(long_order, [steps]) for _ in range(runs)]
@@ -81,7 +82,7 @@ def measure(runs: int, steps: int) -> tuple[float, float, list[float]]:
     results = tether.deployments.check("check-bench", "local")
     total = time.perf_counter() - t0
     assert len(results) == runs and all(r.verdict == "replays" for r in results), results[:3]
-    assert all(r.fork_point == steps for r in results)
+    assert all(r.fork_point == steps + 1 for r in results)  # its steps and its sleep
     # Per run: check a single run's log again, one by one (a sample of 100).
     per_run = []
     world = tether.config.resolve_world()
@@ -93,17 +94,25 @@ def measure(runs: int, steps: int) -> tuple[float, float, list[float]]:
         t = time.perf_counter()
         check_run(record, world.list_events(run.run_id), long_order)
         per_run.append(time.perf_counter() - t)
-    return driven, total, per_run
+    with tether.Worker(deployment_id="check-bench-2"):
+        pass  # registers the target: the same code under another id
+    t0 = time.perf_counter()
+    moved = tether.deployments.upgrade("check-bench", "check-bench-2")
+    upgraded = time.perf_counter() - t0
+    assert len(moved) == runs and all(m.outcome == "moved" for m in moved), moved[:3]
+    return driven, total, per_run, upgraded
 
 
-def report(args: argparse.Namespace, driven: float, total: float, per_run: list[float]) -> None:
+def report(
+    args: argparse.Namespace, driven: float, total: float, per_run: list[float], upgraded: float
+) -> None:
     lines = [
-        "# tether: `deployments.check` of in-flight runs",
+        "# tether: `deployments.check` and `upgrade` of in-flight runs",
         "",
         f"`bench/check.py --runs {args.runs} --steps {args.steps} --backend {args.backend}`:"
         f" {args.runs} runs of a {args.steps}-step workflow, each asleep after its steps,",
-        'checked against this process\'s code (`"local"`). Written by `check.py`; no peer has',
-        "a check to compare with.",
+        'checked against this process\'s code (`"local"`), then upgraded onto a second',
+        "deployment of the same code. Written by `check.py`; no peer has a check to compare with.",
         "",
         "| measure | value |",
         "|---|---|",
@@ -111,6 +120,8 @@ def report(args: argparse.Namespace, driven: float, total: float, per_run: list[
         f"| per run, in that check | {total / args.runs * 1000:.2f} ms |",
         f"| one run's log read and replayed, p50 of {len(per_run)}"
         f" | {statistics.median(per_run) * 1000:.2f} ms |",
+        f"| upgrade of all {args.runs} runs (check, fork, cancel) | {upgraded:.2f} s |",
+        f"| per run, in that upgrade | {upgraded / args.runs * 1000:.2f} ms |",
         f"| setup: driving the runs to their sleep | {driven:.1f} s |",
         "",
     ]
