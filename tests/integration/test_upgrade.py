@@ -8,12 +8,14 @@ with nothing re-run: the move keeps their reservation, charge and sleep.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
 import tether
-from tests.cli.helpers import tether_exe
+from tests.cli.helpers import TETHER, tether_exe
 from tests.integration.processes import REPO, WorkerProcess, read_marks, wait_for
 
 pytestmark = pytest.mark.both_worlds
@@ -116,3 +118,54 @@ def test_a_run_waiting_on_a_hook_moves_with_its_token(world_url: str, tmp_path: 
     finally:
         v2.stop()
     assert [label for label, _ in read_marks(marks)] == ["reserve:o-7:v1"]
+
+
+def test_an_upgrade_killed_midway_leaves_each_run_moved_or_not(
+    world_url: str, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    v1 = worker_of("v1", world_url, tmp_path)
+    count = 60
+    runs = [
+        tether.start(FULFIL, [str(marks), f"k-{i}", 3600], deployment_id="v1") for i in range(count)
+    ]
+    world = runs[0]._world
+    for run in runs:
+        wait_for(lambda r=run: bool(world.list_waits(r.run_id)), 30, "a run to sleep")
+    v1.stop()
+    worker_of("v2", world_url, tmp_path).stop()  # v2 registered; no worker needed to move
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(V2), str(REPO), str(REPO / "src")]),
+        "TETHER_WORLD": world_url,
+    }
+    env.pop("TETHER_DEPLOYMENT_ID", None)
+    args = ["deployments", "upgrade", "v1", "--to", "v2", "--code", "orders", "-y"]
+    upgrading = subprocess.Popen([*TETHER, *args], env=env, cwd=REPO, stderr=subprocess.DEVNULL)
+
+    def some_moved() -> bool:
+        return upgrading.poll() is not None or any(r.status() == "cancelled" for r in runs)
+
+    wait_for(some_moved, 60, "the upgrade to move a first run")
+    upgrading.send_signal(signal.SIGKILL)  # mid-way, most likely: no cleanup at all
+    upgrading.wait(timeout=10)
+
+    def forks() -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for record in tether.list_runs(deployment_id="v2", limit=None):
+            found.setdefault(str(record.forked_from), []).append(record.run_id)
+        return found
+
+    moved = forks()
+    for run in runs:
+        if run.status() == "cancelled":
+            target = run.events()[-1].attrs["upgraded_to"]  # type: ignore[index]
+            assert moved.get(run.run_id) == [target], run.run_id  # moved: exactly one fork
+        else:
+            assert run.status() == "running" and run.run_id not in moved  # not moved at all
+    # The rest moves when the upgrade is run again; nothing is doubled.
+    again = tether_exe(*args, url=world_url, env={"PYTHONPATH": env["PYTHONPATH"]})
+    assert again.code == 0, again
+    assert all(r.status() == "cancelled" for r in runs)
+    assert sorted(forks()) == sorted(r.run_id for r in runs)
+    assert all(len(ids) == 1 for ids in forks().values())
