@@ -2,8 +2,9 @@
 
 A v1 worker serves orders; v2 (charges shipping, holds orders less) is
 deployed beside it. The order that was asleep finishes on v1, new orders
-go to v2, a buggy v1 order is cancelled and rerun on latest, and a daily
-digest continues itself from v1 onto v2. This process is a pure client: it
+go to v2, a buggy v1 order is cancelled and forked onto v2 keeping its
+reservation and its sleep, and a daily digest continues itself from v1
+onto v2. This process is a pure client: it
 imports none of the store's code and starts runs by name.
 """
 
@@ -26,6 +27,7 @@ from tether.worlds.records import RunFilter
 
 ROOT = Path(__file__).resolve().parent.parent
 DB = ROOT / ".tether" / "demo.db"
+SRC = ROOT / "src"
 ORDER = "workflow//store//fulfill_order"
 DIGEST = "workflow//store//daily_digest"
 
@@ -65,13 +67,17 @@ def main() -> None:
         o3 = tether.start(ORDER, ["o-1003", 1200], deployment_id="latest")
         follower.name(o3, "order o-1003")
         say(f"4. A new order, o-1003, starts on latest = {o3.deployment_id}.")
-        say("5. Recover the buggy order: cancel o-1002 and rerun it on latest.")
+        say("5. Move the buggy order onto v2 without reserving its stock again: cancel o-1002,")
+        say("   then fork it onto store-v2 from where it is (tether rerun --from-step auto).")
         o2.cancel()
-        fixed = tether.rerun(o2.run_id, deployment_id="latest")
-        follower.name(fixed, "o-1002 rerun")
-        say(f"   o-1002 is {o2.status()}; its rerun runs on {fixed.deployment_id}.")
+        fixed = tether.get_run(fork_onto_v2(url, o2.run_id))
+        follower.name(fixed, "o-1002 fork")
+        say(
+            f"   o-1002 is {o2.status()}; its fork runs on {fixed.deployment_id}, keeping its"
+            f" first {fixed.fork_point} requests (the reservation and the sleep's deadline)."
+        )
         results = {
-            name: run.result(timeout=30) for name, run in [("o-1003", o3), ("o-1002 rerun", fixed)]
+            name: run.result(timeout=30) for name, run in [("o-1003", o3), ("o-1002 fork", fixed)]
         }
         results["o-1001"] = o1.result(timeout=30)
         chain = follow_chain(digest)
@@ -81,6 +87,10 @@ def main() -> None:
         for name, result in results.items():
             say(f"   {name:13} finished on {result['code']}: charged {result['charged']} cents")
         say("   o-1001 slept through the deploy and still finished on the code it started with.")
+        say(
+            "   o-1002 was reserved once, on v1: its fork kept that step's result and the"
+            " sleep's deadline, and only charged and shipped on v2."
+        )
         say(
             "   digest chain: "
             + " -> ".join(f"{run.run_id[:12]} on {run.deployment_id}" for run in chain)
@@ -118,6 +128,26 @@ def start_worker(url: str, version: str) -> subprocess.Popen[bytes]:
             raise RuntimeError(f"worker {version} did not start; see {log.name}")
         time.sleep(0.02)
     return proc
+
+
+def fork_onto_v2(url: str, run_id: str) -> str:
+    """``tether rerun RUN --deployment store-v2 --from-step auto --code store``, as v2's code."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(ROOT / "examples" / "versions" / "v2"), str(ROOT / "src")]
+        ),
+    }
+    env.pop("TETHER_DEPLOYMENT_ID", None)
+    args = ["rerun", run_id, "--deployment", "store-v2", "--from-step", "auto", "--code", "store"]
+    done = subprocess.run(
+        [sys.executable, "-m", "tether", *args, "--backend", url],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.split()[0]
 
 
 def tether_command() -> str:
