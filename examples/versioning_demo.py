@@ -205,11 +205,17 @@ class Follower:
         while not self._stop.is_set():
             for run in self.world.list_runs(RunFilter(limit=50, descending=False)):
                 parent = self.labels.get(run.parent_run_id or "", "")
+                if run.run_id not in self.labels and run.rerun_of in self.labels:
+                    self.labels[run.run_id] = f"{self.labels[run.rerun_of].split()[-1]} fork"
                 if run.run_id not in self.labels and parent.startswith("digest #"):
                     self.labels[run.run_id] = f"digest #{int(parent.removeprefix('digest #')) + 1}"
                 for event in self.world.list_events(run.run_id, self.seen.get(run.run_id, 0)):
                     self.seen[run.run_id] = event.seq
                     line = self._describe(event.type, event.correlation_id, event, run.run_id)
+                    if line and event.created_at < run.created_at:
+                        # A fork's history: recorded by its original, not run again.
+                        kept = self.labels.get(run.rerun_of or "", "its original")
+                        line = f"(kept from {kept}) {line}"
                     if line:
                         label = self.labels.get(run.run_id, run.run_id[:12])
                         say(f"      [{label:13} @ {run.deployment_id}] {line}")
