@@ -73,3 +73,57 @@ def test_check_says_which_runs_replay_diverge_or_cannot_move(
 def test_check_needs_the_new_code(world_url: str) -> None:
     code, _, err = check_exe(world_url, V2, "v1")
     assert code == 2 and "--code MODULE" in err
+
+
+def test_upgrade_reruns_a_diverging_run_from_where_it_diverges(
+    world_url: str, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    v1 = WorkerProcess(
+        world_url, ["shop"], tmp_path / "v1.log", pythonpath=V1, env={"TETHER_DEPLOYMENT_ID": "v1"}
+    )
+    run = tether.start(CHECKOUT, [str(marks), "o-5", 0.5], deployment_id="v1")
+    wait_for(lambda: any(e.type == "wait_created" for e in run.events()), 20, "a sleep")
+    v1.stop()
+    refund = tether.start(REFUND, [str(marks), "o-6"], deployment_id="v1")  # v2 needs an amount
+    v2 = WorkerProcess(
+        world_url, ["shop"], tmp_path / "v2.log", pythonpath=V2, env={"TETHER_DEPLOYMENT_ID": "v2"}
+    )
+    try:
+        env = {"PYTHONPATH": f"{V2}:{REPO}:{REPO / 'src'}"}
+        # Past the divergence (v2 packs where v1 slept, request #1): refused, nothing written.
+        past = tether_exe(
+            "rerun",
+            run.run_id,
+            "--deployment",
+            "v2",
+            "--from-step",
+            "2",
+            "--code",
+            "shop",
+            url=world_url,
+            env=env,
+        )
+        assert past.code == 1 and "does not replay its history up to there" in past.err
+        assert len(tether.list_runs(limit=None)) == 2
+        moved = tether_exe(
+            "deployments",
+            "upgrade",
+            "v1",
+            "--to",
+            "v2",
+            "--code",
+            "shop",
+            "-y",
+            url=world_url,
+            env=env,
+        )
+        assert moved.code == 0, moved
+        assert "1 moved" in moved.err and "re-running from step 1" in moved.out
+        assert refund.status() == "pending"  # incompatible: left where it was
+        fork = tether.get_run(run.events()[-1].attrs["upgraded_to"])  # type: ignore[index]
+        assert fork.fork_point == 1 and fork.result(timeout=30) == "v2"
+    finally:
+        v2.stop()
+    # The pick ran once (on v1); packing ran on v2's code only.
+    assert sorted(label for label, _ in read_marks(marks)) == ["pack:o-5:v2", "pick:o-5:v1"]
