@@ -90,7 +90,7 @@ def test_upgrade_reruns_a_diverging_run_from_where_it_diverges(
         world_url, ["shop"], tmp_path / "v2.log", pythonpath=V2, env={"TETHER_DEPLOYMENT_ID": "v2"}
     )
     try:
-        env = {"PYTHONPATH": f"{V2}:{REPO}:{REPO / 'src'}"}
+        env = {"PYTHONPATH": f"{V2}:{REPO}:{REPO / 'src'}", "COLUMNS": "200"}  # one row a line
         # Past the divergence (v2 packs where v1 slept, request #1): refused, nothing written.
         past = tether_exe(
             "rerun",

@@ -45,7 +45,10 @@ def test_upgrade_moves_sleeping_runs_keeping_what_they_did(world_url: str, tmp_p
     deadlines = {r.run_id: r._world.list_waits(r.run_id)[0].resume_at for r in runs}
     v2 = worker_of("v2", world_url, tmp_path)
     try:
-        env = {"PYTHONPATH": os.pathsep.join([str(V2), str(REPO), str(REPO / "src")])}
+        env = {
+            "PYTHONPATH": os.pathsep.join([str(V2), str(REPO), str(REPO / "src")]),
+            "COLUMNS": "200",  # one table row a line, whatever the terminal
+        }
         dry = tether_exe(
             "deployments", "upgrade", "v1", "--code", "orders", "--dry-run", url=world_url, env=env
         )
