@@ -187,7 +187,7 @@ def rerun(
             if existing is not None:
                 return _named(target, existing, new_run_id, name, is_new=False)
         made = forking.fork(target, original, deployment, from_step, new_run_id)
-        return Run(made, target, is_new=made.rerun_of == run_id and new_run_id is None)
+        return Run(made, target, is_new=True)
     return _create(target, name, deployment, original.input, None, run_id, new_run_id)
 
 
