@@ -27,6 +27,7 @@ from tether.manifest import (
     defines_workflows,
 )
 from tether.redaction import redact
+from tether.registry import Workflow
 from tether.runtime.check import RunCheck, check_run
 from tether.worlds.base import World
 from tether.worlds.manifests import FIELDS, conflicts
@@ -141,20 +142,10 @@ def check(
     """
     target = resolve_world(world)
     _manifest(from_deployment, target)  # it must exist
-    old = target.get_deployment(from_deployment)
-    environment = old.environment if old is not None else current_environment()
     here = build_manifest()
     defines: set[str] | None = None  # what the target defines; None: this process's code
-    to_id = to_deployment
+    to_id = _resolved(target, from_deployment, to_deployment)
     if to_deployment != "local":
-        if to_deployment == "latest":  # the newest of OLD's environment
-            latest = target.latest_deployment(environment)
-            if latest is None:
-                raise DeploymentNotFoundError(
-                    f"no deployment is registered in environment {environment!r}"
-                    f" of {redact(target.url)}: check against 'local' (this process's code)"
-                )
-            to_id = latest.deployment_id
         _, recorded = _manifest(to_id, target)
         differ = conflicts(recorded, here)
         if differ:
@@ -227,16 +218,26 @@ def upgrade(
     target = resolve_world(world)
     checks = check(from_deployment, to_deployment, workflow_name=workflow_name, world=target)
     to_id = _resolved(target, from_deployment, to_deployment)
+    codes: dict[str, Workflow[..., Any]] = {}
     done: list[Upgraded] = []
     for found in checks:
-        result = _move(target, found, to_id, dry_run)
+        result = _move(target, found, to_id, dry_run, codes)
         done.append(result)
         if on_progress is not None:
             on_progress(result)
     return done
 
 
-def _move(target: World, found: RunCheck, to_id: str, dry_run: bool) -> Upgraded:
+def _move(
+    target: World,
+    found: RunCheck,
+    to_id: str,
+    dry_run: bool,
+    codes: dict[str, Workflow[..., Any]],
+) -> Upgraded:
+    """Fork one checked run onto ``to_id`` and cancel it; ``codes`` caches each workflow's
+    code as this process holds it (checked against the target once per workflow)."""
+
     def left(reason: str) -> Upgraded:
         return Upgraded(found.run_id, "left", found.verdict, None, None, reason)
 
@@ -244,7 +245,10 @@ def _move(target: World, found: RunCheck, to_id: str, dry_run: bool) -> Upgraded
     if found.fork_point is None or original is None:
         return left(found.reason)
     try:
-        planned = forking.plan(target, original, to_id, found.fork_point)
+        name = original.workflow_name
+        if name not in codes:
+            codes[name] = forking.code_here(target, name, to_id)
+        planned = forking.plan(target, original, to_id, found.fork_point, definition=codes[name])
     except TetherError as exc:
         return left(str(exc))
     if dry_run:
@@ -256,12 +260,17 @@ def _move(target: World, found: RunCheck, to_id: str, dry_run: bool) -> Upgraded
 
 
 def _resolved(target: World, from_deployment: str, to_deployment: str) -> str:
+    """``to_deployment``, with ``"latest"`` the newest deployment of OLD's environment."""
     if to_deployment != "latest":
         return to_deployment
     old = target.get_deployment(from_deployment)
-    latest = target.latest_deployment(old.environment if old else current_environment())
+    environment = old.environment if old is not None else current_environment()
+    latest = target.latest_deployment(environment)
     if latest is None:
-        raise DeploymentNotFoundError(f"no deployment is registered in {redact(target.url)}")
+        raise DeploymentNotFoundError(
+            f"no deployment is registered in environment {environment!r}"
+            f" of {redact(target.url)}: check against 'local' (this process's code)"
+        )
     return latest.deployment_id
 
 

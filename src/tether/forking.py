@@ -74,13 +74,17 @@ def plan(
     deployment: str,
     from_step: FromStep,
     run_id: str | None = None,
+    *,
+    definition: registry.Workflow[..., Any] | None = None,
 ) -> Plan:
     """The fork of ``original`` onto ``deployment`` from ``from_step``, checked against its code.
 
-    Raises ``NonDeterminismError`` when the target's code does not replay the
-    history it would keep, ``InvalidValueError`` for a step past the history.
+    ``definition`` is the workflow's code from ``code_here`` (looked up when
+    not given). Raises ``NonDeterminismError`` when the target's code does not
+    replay the history it would keep, ``InvalidValueError`` for a step past it.
     """
-    definition = _definition_here(target, original.workflow_name, deployment)
+    if definition is None:
+        definition = code_here(target, original.workflow_name, deployment)
     events = target.list_events(original.run_id)
     requests = [e for e in events if e.type in COMMAND_EVENTS]
     if from_step == "auto":
@@ -135,9 +139,7 @@ def plan(
 # -- helpers ------------------------------------------------------------------
 
 
-def _definition_here(
-    target: World, workflow_name: str, deployment: str
-) -> registry.Workflow[..., Any]:
+def code_here(target: World, workflow_name: str, deployment: str) -> registry.Workflow[..., Any]:
     """The workflow as this process defines it, if that is the target deployment's code."""
     record = target.get_deployment(deployment)
     if record is None:
