@@ -7,11 +7,13 @@ stderr, so that the recovery after a bad deploy composes in a shell:
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import signal
 import sys
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import click
 from rich.console import Group
@@ -22,6 +24,7 @@ from tether.cli import backend, params, render, views
 from tether.cli.backend import backend_option
 from tether.cli.errors import CliError, UsageProblem
 from tether.cli.worker import import_modules
+from tether.handles import Run
 from tether.worlds.base import World
 from tether.worlds.records import TERMINAL_STATUSES, RunFilter, RunRecord
 
@@ -282,25 +285,61 @@ def start(
     world = backend.world()
     target = "latest" if latest else deployment
     run = api.start(name, values, deployment_id=target, run_id=run_id, world=world)
-    try:
+
+    def announce() -> None:
         click.echo(run.run_id)
         render.err().print(
             f"{'started' if run.is_new else 'run exists, not started again:'} {run.run_id} "
             f"({render.short_name(name)} on {run.deployment_id})",
             soft_wrap=True,
         )
-        # A failed or cancelled run, or the timeout, raises: one line, exit code 1.
-        result = run.result(timeout=timeout) if wait else None
-    except KeyboardInterrupt:
-        if not wait:
-            raise
+
+    if not wait:
+        announce()
+        return
+    # A failed or cancelled run, or the timeout, raises: one line, exit code 1.
+    waited, result = _wait_interruptibly(run, timeout, announce)
+    if not waited:
         render.err().print(
             f"stopped waiting; run {run.run_id} goes on (tether inspect runs {run.run_id})",
             soft_wrap=True,
         )
-        raise SystemExit(130) from None
-    if wait:
-        click.echo(json.dumps(render.jsonable(result), ensure_ascii=False))
+        raise SystemExit(130)
+    click.echo(json.dumps(render.jsonable(result), ensure_ascii=False))
+
+
+def _wait_interruptibly(
+    run: Run, timeout: float | None, first: Callable[[], None]
+) -> tuple[bool, Any]:
+    """Call ``first``, then wait for ``run``: ``(True, result)`` when it ends,
+    ``(False, None)`` when Ctrl-C (from ``first`` on) stops the wait.
+
+    Ctrl-C becomes a cancellation at an ``await``: a KeyboardInterrupt can land
+    inside a lock's release or a thread's start and leave them broken.
+    """
+    asked = False
+
+    def ask(signum: int, frame: object) -> None:
+        nonlocal asked
+        asked = True
+
+    async def wait() -> tuple[bool, Any]:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, task.cancel)
+        if asked:  # pressed before the loop listened
+            return False, None
+        try:
+            return True, await run.result_async(timeout=timeout)
+        except asyncio.CancelledError:
+            return False, None
+
+    previous = signal.signal(signal.SIGINT, ask)
+    try:
+        first()
+        return asyncio.run(wait())
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # -- sleeps and hooks -------------------------------------------------------------------

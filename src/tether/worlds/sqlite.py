@@ -156,10 +156,12 @@ class SqliteWorld(SqlWorld):
     def _start_watching(self) -> None:
         with self._watch_lock:
             if self._watcher is None and not self._closed:
-                self._watcher = threading.Thread(
+                watcher = threading.Thread(
                     target=self._watch, name="tether-sqlite-watch", daemon=True
                 )
-                self._watcher.start()
+                watcher.start()
+                # Kept once started: a Ctrl-C inside start() leaves none for _stop to join.
+                self._watcher = watcher
 
     def _watch(self) -> None:
         """Notice commits of other processes (and other World instances).
