@@ -10,31 +10,29 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tether import forking, registry
+from tether import forking
+from tether.checking import Checker, Replay
 from tether.config import resolve_world
 from tether.errors import (
-    DeploymentConflictError,
     DeploymentNotFoundError,
+    InvalidValueError,
     TetherError,
-    WorkflowNotFoundError,
 )
 from tether.handles import iter_runs
 from tether.manifest import (
     DEFAULT_ENVIRONMENT,
+    LIVE_WITHIN_SECONDS,
     build_manifest,
     current_deployment_id,
     current_environment,
     defines_workflows,
 )
 from tether.redaction import redact
-from tether.registry import Workflow
-from tether.runtime.check import RunCheck, check_run
+from tether.runtime.answering import Checked
+from tether.runtime.check import RunCheck
 from tether.worlds.base import World
-from tether.worlds.manifests import FIELDS, conflicts
-from tether.worlds.records import DeploymentStatus, RunFilter
-
-#: A worker whose heartbeat is older than this is not counted as live.
-LIVE_WITHIN_SECONDS = 15.0
+from tether.worlds.manifests import FIELDS
+from tether.worlds.records import DeploymentStatus, RunFilter, RunRecord
 
 
 def list_deployments(
@@ -122,6 +120,7 @@ def check(
     *,
     workflow_name: str | None = None,
     world: World | str | None = None,
+    replay: Replay = "auto",
 ) -> list[RunCheck]:
     """Replay each in-flight run of ``from_deployment`` against ``to_deployment``'s code.
 
@@ -130,53 +129,32 @@ def check(
     ``diverges`` (the new code asks for something else; ``fork_point`` says
     how many of its requests it keeps) or ``incompatible`` (the new code
     lacks the workflow, its arguments do not fit, the code raises where the
-    run is, or its replay outlasts the time budget). The replay runs in this
-    process, which must hold the target's code: its workflows must be
-    registered here with the code the target recorded (import the new
-    release's modules, as ``tether deployments check --code MODULE`` does).
-    ``to_deployment="latest"`` is the newest registered deployment;
-    ``"local"`` is this process's code, registered or not (a CI gate before
-    the deploy). Raises ``DeploymentNotFoundError`` for an unknown
-    deployment and ``DeploymentConflictError`` when this process's code is
-    not the target's.
+    run is, or its replay outlasts the time budget). The replay runs where
+    the target's code is: in this process when it imported that release's
+    modules (``tether deployments check --code MODULE``), else on a live
+    worker of the target, asked through the World. ``replay`` forces one:
+    ``"here"`` or ``"worker"``. ``to_deployment="latest"`` is the newest
+    registered deployment; ``"local"`` is this process's code, registered or
+    not (a CI gate before the deploy). Raises ``DeploymentNotFoundError``
+    for an unknown deployment, ``NoLiveWorkerError`` when no worker of the
+    target answers, and ``DeploymentConflictError`` when ``"here"`` is asked
+    and this process's code is not the target's.
     """
     target = resolve_world(world)
     _manifest(from_deployment, target)  # it must exist
-    here = build_manifest()
-    defines: set[str] | None = None  # what the target defines; None: this process's code
-    to_id = _resolved(target, from_deployment, to_deployment)
-    if to_deployment != "local":
-        _, recorded = _manifest(to_id, target)
-        differ = conflicts(recorded, here)
-        if differ:
-            raise DeploymentConflictError(
-                f"this process does not hold the code of deployment {to_id!r}: it differs in"
-                f" {'; '.join(differ[:5])}. Import that release's modules (tether deployments"
-                " check --code MODULE), or check against 'local'"
-            )
-        defines = set(recorded.get("workflows", {}))
-    checks: list[RunCheck] = []
-    seen: set[str] = set()
+    checker = Checker(target, _resolved(target, from_deployment, to_deployment), replay)
+    runs = _in_flight(target, from_deployment, workflow_name)
+    return [found.check for found in checker.check([(run, None) for run in runs])]
+
+
+def _in_flight(target: World, deployment_id: str, workflow_name: str | None) -> list[RunRecord]:
+    """The deployment's pending and running runs (of the workflow, when given), each once."""
+    runs: dict[str, RunRecord] = {}
     for status in ("pending", "running"):
-        filters = RunFilter(
-            status=status, workflow_name=workflow_name, deployment_id=from_deployment
-        )
+        filters = RunFilter(status=status, workflow_name=workflow_name, deployment_id=deployment_id)
         for run in iter_runs(target, filters):
-            if run.run_id in seen:  # claimed between the two listings: checked once
-                continue
-            seen.add(run.run_id)
-            definition = registry.WORKFLOWS.get(run.workflow_name)
-            if defines is not None:
-                if run.workflow_name not in defines:
-                    definition = None  # the target does not define it: incompatible
-                elif definition is None:
-                    raise WorkflowNotFoundError(
-                        f"deployment {to_id!r} defines {run.workflow_name}, which this"
-                        " process has not imported: import its module to check its runs"
-                    )
-            events = target.list_events(run.run_id)
-            checks.append(check_run(run, events, definition))
-    return checks
+            runs.setdefault(run.run_id, run)  # claimed between the two listings: once
+    return list(runs.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,58 +183,54 @@ def upgrade(
     dry_run: bool = False,
     world: World | str | None = None,
     on_progress: Callable[[Upgraded], None] | None = None,
+    replay: Replay = "auto",
 ) -> list[Upgraded]:
     """Move every in-flight run of ``from_deployment`` that can move onto ``to_deployment``.
 
-    Each run is checked (``check``); one that replays or diverges is forked
-    onto the target at its furthest safe point and cancelled, pointing to the
-    fork, in one transaction per run: never both running, never neither.
-    Steps before the fork point keep their results, sleeps their deadlines,
-    hooks their tokens. This process must hold the target's code, as for
-    ``check``. ``dry_run`` only says what it would do.
+    Each run is checked (``check``, where the target's code is); one that
+    replays or diverges is forked onto the target at its furthest safe point
+    and cancelled, pointing to the fork, in one transaction per run: never
+    both running, never neither. Steps before the fork point keep their
+    results, sleeps their deadlines, hooks their tokens, streams their
+    chunks. ``dry_run`` only says what it would do.
     """
     target = resolve_world(world)
-    checks = check(from_deployment, to_deployment, workflow_name=workflow_name, world=target)
+    _manifest(from_deployment, target)
     to_id = _resolved(target, from_deployment, to_deployment)
-    codes: dict[str, Workflow[..., Any]] = {}
+    if to_id == "local":
+        raise InvalidValueError(
+            "runs move onto a registered deployment, and 'local' is none: give its id or 'latest'"
+        )
+    runs = _in_flight(target, from_deployment, workflow_name)
+    checked = Checker(target, to_id, replay).check([(run, None) for run in runs])
     done: list[Upgraded] = []
-    for found in checks:
-        result = _move(target, found, to_id, dry_run, codes)
+    for run, found in zip(runs, checked, strict=True):
+        result = _move(target, run, found, to_id, dry_run)
         done.append(result)
         if on_progress is not None:
             on_progress(result)
     return done
 
 
-def _move(
-    target: World,
-    found: RunCheck,
-    to_id: str,
-    dry_run: bool,
-    codes: dict[str, Workflow[..., Any]],
-) -> Upgraded:
-    """Fork one checked run onto ``to_id`` and cancel it; ``codes`` caches each workflow's
-    code as this process holds it (checked against the target once per workflow)."""
+def _move(target: World, run: RunRecord, found: Checked, to_id: str, dry_run: bool) -> Upgraded:
+    """Fork one checked run onto ``to_id`` and cancel it, if it has not moved on since."""
+    check = found.check
 
     def left(reason: str) -> Upgraded:
-        return Upgraded(found.run_id, "left", found.verdict, None, None, reason)
+        return Upgraded(run.run_id, "left", check.verdict, None, None, reason)
 
-    original = target.get_run(found.run_id)
-    if found.fork_point is None or original is None:
-        return left(found.reason)
+    if check.fork_point is None:
+        return left(check.reason)
     try:
-        name = original.workflow_name
-        if name not in codes:
-            codes[name] = forking.code_here(target, name, to_id)
-        planned = forking.plan(target, original, to_id, found.fork_point, definition=codes[name])
+        planned = forking.checked_plan(target, run, to_id, check.fork_point, found.read_at)
     except TetherError as exc:
         return left(str(exc))
     if dry_run:
-        return Upgraded(found.run_id, "would move", found.verdict, found.fork_point, None, "")
-    made = target.upgrade_run(original.run_id, planned.read_at, planned.run, planned.history)
+        return Upgraded(run.run_id, "would move", check.verdict, check.fork_point, None, "")
+    made = target.upgrade_run(run.run_id, planned.read_at, planned.run, planned.history)
     if made is None:
         return left("it ended or moved on while it was checked: check it again")
-    return Upgraded(found.run_id, "moved", found.verdict, found.fork_point, made.run_id, "")
+    return Upgraded(run.run_id, "moved", check.verdict, check.fork_point, made.run_id, "")
 
 
 def _resolved(target: World, from_deployment: str, to_deployment: str) -> str:

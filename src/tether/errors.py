@@ -100,6 +100,10 @@ class DeploymentConflictError(TetherError):
     """A worker's code differs from what its deployment id was registered with."""
 
 
+class NoLiveWorkerError(TetherError, LookupError):
+    """No live worker of the deployment answered a replay asked of it (``deployments.check``)."""
+
+
 class ConfigurationError(TetherError, RuntimeError):
     """A setting the call needs is missing or malformed; the message names it and an example."""
 

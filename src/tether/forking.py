@@ -5,8 +5,9 @@ to its request ``N`` (numbered as ``tether inspect steps`` numbers them):
 steps recorded before it keep their results and are not run again, sleeps
 keep their deadlines, hook payloads stay received, ``now()``, ``random()``
 and ``uuid4()`` keep their values. Everything from request ``N`` on runs on
-the target's code. The target's code must replay that history: this
-process must hold it (the check runs here, before anything is written).
+the target's code. The target's code must replay that history: the check
+runs where that code is (here, or on a live worker of the target), before
+anything is written.
 """
 
 from __future__ import annotations
@@ -14,21 +15,16 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
-from tether import manifest, registry
+from tether.checking import Checker
 from tether.errors import (
-    DeploymentConflictError,
-    DeploymentNotFoundError,
     HookConflictError,
     InvalidValueError,
     NonDeterminismError,
-    WorkflowNotFoundError,
 )
-from tether.redaction import redact
-from tether.runtime.check import check_run
+from tether.runtime.check import kept_history
 from tether.worlds.base import World
-from tether.worlds.manifests import conflicts
 from tether.worlds.records import (
     COMMAND_EVENTS,
     TERMINAL_STATUSES,
@@ -38,11 +34,6 @@ from tether.worlds.records import (
 )
 
 FromStep = int | Literal["auto"]
-
-#: Events that end a run: never part of a fork's history.
-_ENDINGS = frozenset({"run_completed", "run_failed", "run_cancelled"})
-#: What answers a step: a step asked for and not answered is queued again.
-_STEP_ENDS = frozenset({"step_completed", "step_failed"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -75,46 +66,70 @@ def plan(
     from_step: FromStep,
     run_id: str | None = None,
     *,
-    definition: registry.Workflow[..., Any] | None = None,
+    checker: Checker | None = None,
 ) -> Plan:
     """The fork of ``original`` onto ``deployment`` from ``from_step``, checked against its code.
 
-    ``definition`` is the workflow's code from ``code_here`` (looked up when
-    not given). Raises ``NonDeterminismError`` when the target's code does not
-    replay the history it would keep, ``InvalidValueError`` for a step past it.
+    The check runs where the target's code is (``Checker``: here, or on a
+    live worker of it). ``"auto"`` is the furthest point the check allows;
+    for a failed run, the step that failed it (so the fixed code runs it
+    again). Raises ``NonDeterminismError`` when the target's code does not
+    replay the history the fork would keep, ``InvalidValueError`` for a step
+    past it.
     """
-    if definition is None:
-        definition = code_here(target, original.workflow_name, deployment)
+    checker = checker or Checker(target, deployment)
     events = target.list_events(original.run_id)
-    requests = [e for e in events if e.type in COMMAND_EVENTS]
+    made = sum(1 for e in events if e.type in COMMAND_EVENTS)
     if from_step == "auto":
-        found = check_run(original, events, definition)
-        if found.fork_point is None:
+        found = checker.check_one(original, _failing_request(events))
+        if found.check.fork_point is None:
             raise NonDeterminismError(
-                f"run {original.run_id} cannot move to {deployment!r}: {found.reason}"
+                f"run {original.run_id} cannot move to {deployment!r}: {found.check.reason}"
             )
-        point = found.fork_point
+        point = found.check.fork_point
     elif isinstance(from_step, int) and not isinstance(from_step, bool):
+        if not 0 <= from_step <= made:
+            raise InvalidValueError(
+                f"invalid from_step {from_step}: run {original.run_id} made {made} requests"
+                f" (#0 to #{made - 1} in tether inspect steps); fork from 0 to {made}, or 'auto'"
+            )
         point = from_step
+        found = checker.check_one(original, point)
+        if found.check.verdict != "replays":
+            raise NonDeterminismError(
+                f"cannot fork run {original.run_id} from step {point} onto {deployment!r}: the"
+                f" target's code does not replay its history up to there"
+                f" ({found.check.reason}); fork from step {found.check.fork_point or 0} or"
+                " earlier, or from_step='auto'"
+            )
     else:
         raise InvalidValueError(
             f"invalid from_step {from_step!r}: expected a step number or 'auto'"
         )
-    if not 0 <= point <= len(requests):
+    return checked_plan(target, original, deployment, point, found.read_at, run_id, events)
+
+
+def checked_plan(
+    target: World,
+    original: RunRecord,
+    deployment: str,
+    point: int,
+    read_at: int,
+    run_id: str | None = None,
+    events: list[EventRecord] | None = None,
+) -> Plan:
+    """The fork from request ``point``, which a check of the log as of ``read_at`` allowed.
+
+    Raises ``InvalidValueError`` when the run moved on since (check it again).
+    """
+    if events is None or events[-1].seq != read_at:
+        events = target.list_events(original.run_id)
+    if events[-1].seq != read_at:
         raise InvalidValueError(
-            f"invalid from_step {point}: run {original.run_id} made {len(requests)} requests"
-            f" (#0 to #{len(requests) - 1} in tether inspect steps); fork from 0 to"
-            f" {len(requests)}, or 'auto'"
+            f"run {original.run_id} moved on while it was checked (event {events[-1].seq},"
+            f" checked at {read_at}): check it again"
         )
-    cut = events.index(requests[point]) if point < len(requests) else len(events)
-    history = _history(events[1:cut])
-    checked = check_run(original, [events[0], *history], definition)
-    if checked.verdict != "replays":
-        raise NonDeterminismError(
-            f"cannot fork run {original.run_id} from step {point} onto {deployment!r}: the"
-            f" target's code does not replay its history up to there ({checked.reason});"
-            f" fork from step {checked.fork_point} or earlier, or from_step='auto'"
-        )
+    history = kept_history(events, point)
     seed = (events[0].attrs or {}).get("seed") or original.run_id
     new_id = run_id or f"run_{uuid.uuid4().hex}"
     run = NewRun(
@@ -133,49 +148,24 @@ def plan(
         dataclasses.replace(event, run_id=new_id, seq=seq)
         for seq, event in enumerate(history, start=2)
     ]
-    return Plan(run, copied, events[-1].seq)
+    return Plan(run, copied, read_at)
 
 
 # -- helpers ------------------------------------------------------------------
 
 
-def code_here(target: World, workflow_name: str, deployment: str) -> registry.Workflow[..., Any]:
-    """The workflow as this process defines it, if that is the target deployment's code."""
-    record = target.get_deployment(deployment)
-    if record is None:
-        raise DeploymentNotFoundError(
-            f"deployment {deployment!r} is not registered in {redact(target.url)}:"
-            " no worker of it has started"
-        )
-    if workflow_name not in record.manifest.get("workflows", {}):
-        raise WorkflowNotFoundError(
-            f"deployment {deployment!r} does not define {workflow_name}: its runs cannot"
-            " move there (rerun them elsewhere, or leave them)"
-        )
-    definition = registry.WORKFLOWS.get(workflow_name)
-    differ = conflicts(record.manifest, manifest.build_manifest())
-    if definition is None or differ:
-        why = f"it differs in {'; '.join(differ[:5])}" if differ else "it lacks the workflow"
-        raise DeploymentConflictError(
-            f"forking checks the history against {deployment!r}'s code, which this process"
-            f" does not hold: {why}. Run it where that code is imported (tether rerun"
-            " --from-step N --code MODULE)"
-        )
-    return definition
-
-
-def _history(events: Sequence[EventRecord]) -> list[EventRecord]:
-    """The events a fork copies: no ending, and a step not answered only as asked for."""
-    answered = {e.correlation_id for e in events if e.type in _STEP_ENDS}
-    asked = {e.correlation_id for e in events if e.type == "step_created"}
-    unanswered = asked - answered
-    return [
-        e
-        for e in events
-        if e.type not in _ENDINGS
-        and not (e.type == "hook_disposed" and (e.attrs or {}).get("reason") != "conflict")
-        and not (e.correlation_id in unanswered and e.type in ("step_started", "step_retrying"))
-    ]
+def _failing_request(events: Sequence[EventRecord]) -> int | None:
+    """The request whose step failed the run, if a step's failure ended it."""
+    if not events or events[-1].type != "run_failed":
+        return None
+    failed = [e.correlation_id for e in events if e.type == "step_failed"]
+    if not failed:
+        return None
+    requests = [e for e in events if e.type in COMMAND_EVENTS]
+    for index, request in enumerate(requests):
+        if request.type == "step_created" and request.correlation_id == failed[-1]:
+            return index
+    return None
 
 
 def _check_hooks_free(target: World, original: RunRecord, history: Sequence[EventRecord]) -> None:

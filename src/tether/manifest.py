@@ -22,6 +22,8 @@ from tether import registry
 from tether.errors import ConfigurationError, InvalidIdentifierError
 
 DEFAULT_ENVIRONMENT = "default"
+#: A worker whose heartbeat is older than this is not counted as live.
+LIVE_WITHIN_SECONDS = 15.0
 
 #: The Python version whose bytecode a manifest's fingerprints hash.
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"

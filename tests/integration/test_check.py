@@ -70,9 +70,38 @@ def test_check_says_which_runs_replay_diverge_or_cannot_move(
     assert code == 2 and "does not hold the code of deployment 'v2'" in err
 
 
-def test_check_needs_the_new_code(world_url: str) -> None:
-    code, _, err = check_exe(world_url, V2, "v1")
-    assert code == 2 and "--code MODULE" in err
+def test_a_live_worker_of_the_target_replays_for_a_caller_without_its_code(
+    world_url: str, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    v1 = WorkerProcess(
+        world_url, ["shop"], tmp_path / "v1.log", pythonpath=V1, env={"TETHER_DEPLOYMENT_ID": "v1"}
+    )
+    run = tether.start(CHECKOUT, [str(marks), "o-3", 3600], deployment_id="v1")
+    wait_for(lambda: any(e.type == "wait_created" for e in run.events()), 20, "a sleep")
+    v1.stop()
+    logged = len(run.events())
+    v2 = WorkerProcess(
+        world_url, ["shop"], tmp_path / "v2.log", pythonpath=V2, env={"TETHER_DEPLOYMENT_ID": "v2"}
+    )
+    try:
+        # This caller has neither release's code on its path: v2's worker replays.
+        code, out, err = check_exe(world_url, REPO, "v1", "latest", "--json")
+        assert code == 0, err
+        [found] = json.loads(out)
+        assert (found["run_id"], found["verdict"], found["fork_point"]) == (run.run_id, "diverges", 1)
+        assert "pack_and_label" in found["reason"]
+        # The API the same way; asked to replay here, where v2's code is not, it says so.
+        [again] = tether.deployments.check("v1", "v2", replay="worker")
+        assert (again.verdict, again.fork_point) == ("diverges", 1)
+        with pytest.raises(tether.WorkflowNotFoundError, match="has not imported"):
+            tether.deployments.check("v1", "v2", replay="here")
+    finally:
+        v2.stop()
+    code, _, err = check_exe(world_url, REPO, "v1", "v2")
+    assert code == 1 and "deployment 'v2' has no live worker" in err and "--code MODULE" in err
+    assert len(run.events()) == logged  # checks write nothing to the run
+    assert sorted(label for label, _ in read_marks(marks)) == ["pick:o-3:v1"]
 
 
 def test_upgrade_reruns_a_diverging_run_from_where_it_diverges(

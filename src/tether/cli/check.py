@@ -6,6 +6,7 @@ import click
 from rich.text import Text
 
 from tether import deployments as tether_deployments
+from tether.checking import Replay
 from tether.cli import backend, params, render
 from tether.cli.actions import confirm
 from tether.cli.backend import backend_option
@@ -24,7 +25,7 @@ _STYLES = {"replays": "green", "diverges": "yellow", "incompatible": "bold red"}
     "modules",
     multiple=True,
     metavar="MODULE",
-    help="Import NEW's code from MODULE (repeatable) and replay in this process.",
+    help="Import NEW's code from MODULE (repeatable) and replay here, not on a live worker.",
 )
 @click.option("--workflow-name", metavar="NAME", help="Only runs of this workflow (full name).")
 @click.option("--json", "as_json", is_flag=True, help="Print one record per run as JSON.")
@@ -37,19 +38,21 @@ def check(
     Each run replays (it could move with nothing run again), diverges (the
     new code asks for something else: KEEPS says how many of its steps a move
     keeps) or is incompatible (NEW lacks the workflow, or its arguments do
-    not fit). NEW is a deployment id, "latest" (the default), or "local":
-    the code of MODULES itself, registered or not (a gate in a release's CI).
+    not fit). A live worker of NEW replays them, asked through the World;
+    with --code, this process does. NEW is a deployment id, "latest" (the
+    default), or "local": the code of MODULES itself, registered or not (a
+    gate in a release's CI).
     """
-    if not modules:
-        raise UsageProblem(
-            "give NEW's code with --code MODULE (checking through a live worker of NEW is"
-            " not built yet)"
-        )
+    if new == "local" and not modules:
+        raise UsageProblem("checking against 'local' needs its code: --code MODULE")
     if workflow_name is not None:
         params.check_workflow_name(workflow_name)
-    import_modules(modules, "nothing to replay against")
+    if modules:
+        import_modules(modules, "nothing to replay against")
     world = backend.world()
-    results = tether_deployments.check(old, new, workflow_name=workflow_name, world=world)
+    results = tether_deployments.check(
+        old, new, workflow_name=workflow_name, world=world, replay=_replay(modules)
+    )
     if as_json:
         render.emit_json(
             [
@@ -87,7 +90,7 @@ def check(
     "modules",
     multiple=True,
     metavar="MODULE",
-    help="Import the target's code from MODULE (repeatable): runs are checked against it.",
+    help="Import the target's code from MODULE (repeatable) and check here, not on a worker.",
 )
 @click.option("--workflow-name", metavar="NAME", help="Only runs of this workflow (full name).")
 @click.option("--dry-run", is_flag=True, help="Say what would move, and move nothing.")
@@ -108,15 +111,18 @@ def upgrade(
     point; one that is incompatible is left. A moved run is a new run on the
     target: steps before the fork point keep their results, sleeps their
     deadlines, hooks their tokens; the original ends cancelled, pointing to
-    it (upgraded_to), in the same transaction.
+    it (upgraded_to), in the same transaction. The check runs on a live
+    worker of the target, or here with --code.
     """
-    if not modules:
-        raise UsageProblem("give the target's code with --code MODULE")
     if workflow_name is not None:
         params.check_workflow_name(workflow_name)
-    import_modules(modules, "nothing to move runs onto")
+    if modules:
+        import_modules(modules, "nothing to move runs onto")
     world = backend.world()
-    checks = tether_deployments.check(old, to, workflow_name=workflow_name, world=world)
+    replay = _replay(modules)
+    checks = tether_deployments.check(
+        old, to, workflow_name=workflow_name, world=world, replay=replay
+    )
     movable = [c for c in checks if c.fork_point is not None]
     if not checks:
         render.err().print(f"deployment {old!r} has no runs in flight: nothing to move")
@@ -135,6 +141,7 @@ def upgrade(
             dry_run=dry_run,
             world=world,
             on_progress=lambda _: advance(1),
+            replay=replay,
         )
     table = render.table("RUN", "OUTCOME", "HOW", "NEW RUN / WHY")
     for u in done:
@@ -151,3 +158,8 @@ def upgrade(
     render.err().print(
         ", ".join(f"{n} {o}" for o, n in counts.items() if n or o == "left"), soft_wrap=True
     )
+
+
+def _replay(modules: tuple[str, ...]) -> Replay:
+    """Where the replay runs: here with the code given, else on a live worker of the target."""
+    return "here" if modules else "worker"

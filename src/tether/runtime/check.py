@@ -111,6 +111,35 @@ def check_run(
     )
 
 
+#: Events that end a run: never part of a fork's history.
+_ENDINGS = frozenset({"run_completed", "run_failed", "run_cancelled"})
+#: What answers a step: a step asked for and not answered is queued again.
+_STEP_ENDS = frozenset({"step_completed", "step_failed"})
+
+
+def kept_history(events: Sequence[EventRecord], point: int) -> list[EventRecord]:
+    """What a fork from request ``point`` keeps of the log ``events`` (its first event left out).
+
+    The events before request ``point`` (numbered as ``tether inspect steps``
+    numbers them), without the run's ending, hooks it let go of, and a step
+    not answered kept only as asked for (it is queued again). ``point`` must be
+    from 0 to the number of requests logged.
+    """
+    requests = [e for e in events if e.type in COMMAND_EVENTS]
+    cut = events.index(requests[point]) if point < len(requests) else len(events)
+    kept = events[1:cut]
+    answered = {e.correlation_id for e in kept if e.type in _STEP_ENDS}
+    asked = {e.correlation_id for e in kept if e.type == "step_created"}
+    unanswered = asked - answered
+    return [
+        e
+        for e in kept
+        if e.type not in _ENDINGS
+        and not (e.type == "hook_disposed" and (e.attrs or {}).get("reason") != "conflict")
+        and not (e.correlation_id in unanswered and e.type in ("step_started", "step_retrying"))
+    ]
+
+
 # -- helpers ------------------------------------------------------------------
 
 

@@ -39,6 +39,7 @@ from tether.clock import Clock, SystemClock
 from tether.errors import ContextError
 from tether.runtime import shutdown
 from tether.runtime.activation import Activations
+from tether.runtime.answering import serve_checks
 from tether.runtime.pacing import ClaimPacer
 from tether.runtime.retry import DEFAULT_POLICY, RetryPolicy
 from tether.runtime.steps import StepJob, StepRunner
@@ -243,9 +244,13 @@ class Worker:
         if on_ready is not None:
             on_ready()
         heartbeat = asyncio.create_task(self._heartbeat())
+        checks = asyncio.create_task(
+            serve_checks(self.world, self.deployment_id, self.worker_id, self._io)
+        )
         try:
             await self._claim_loop()
         finally:
+            checks.cancel()
             config.withdraw_worker(self.world.url, self.deployment_id, self)
             remove_listener()
             await self._drain()

@@ -43,6 +43,7 @@ from tether.clock import Clock
 from tether.worlds.records import (
     Activation,
     CancelResult,
+    CheckRequest,
     Chunk,
     DeploymentRecord,
     DeploymentStatus,
@@ -242,6 +243,32 @@ class RunStore(abc.ABC):
     @abc.abstractmethod
     def unregister_worker(self, worker_id: str) -> None:
         """Mark the worker stopped and give back its leases, due now (unknown: no-op)."""
+
+    # -- replays asked of live workers (``tether.checking``) ------------------------
+
+    @abc.abstractmethod
+    def ask_check(self, request: CheckRequest) -> None:
+        """Record a replay asked of the deployment's live workers, and wake them."""
+
+    @abc.abstractmethod
+    def take_check(self, deployment_id: str, worker_id: str) -> CheckRequest | None:
+        """The oldest unanswered request of the deployment, now the worker's to answer.
+
+        ``None`` when there is none. A request another worker took is taken
+        again only once that worker's hold has passed (it died meanwhile).
+        """
+
+    @abc.abstractmethod
+    def answer_check(self, request_id: str, answer: str) -> None:
+        """Record the answer to a request; the first answer given stays."""
+
+    @abc.abstractmethod
+    def get_check(self, request_id: str) -> CheckRequest | None:
+        """The request, with its answer once given; ``None`` once dropped."""
+
+    @abc.abstractmethod
+    def drop_check(self, request_id: str) -> None:
+        """Forget the request (the asker has its answer, or gave up)."""
 
     @abc.abstractmethod
     def get_deployment(self, deployment_id: str) -> DeploymentRecord | None:

@@ -22,6 +22,7 @@ from tether.worlds.records import (
     TERMINAL_STATUSES,
     Activation,
     CancelResult,
+    CheckRequest,
     EventRecord,
     NewRun,
     RunRecord,
@@ -469,6 +470,43 @@ def heartbeat(tx: Tx, worker_id: str, lease_seconds: float) -> None:
     now = tx.clock.time()
     tx.execute(tx.sql.worker_heartbeat, (now, worker_id))
     tx.execute(tx.sql.extend_leases, (now + lease_seconds, worker_id))
+
+
+# -- replays asked of live workers ------------------------------------------------
+
+#: Seconds a worker holds a replay it took; past them another live worker may take it.
+CHECK_LEASE_SECONDS = 120.0
+#: Requests older than this are dropped with any other (their askers gave up long ago).
+CHECK_KEPT_SECONDS = 3600.0
+
+
+def ask_check(tx: Tx, request: CheckRequest) -> None:
+    """Record the request and wake the deployment's workers."""
+    tx.execute(
+        tx.sql.ask_check,
+        (request.request_id, request.deployment_id, request.body, request.created_at),
+    )
+    tx.work_due(request.deployment_id)
+
+
+def take_check(tx: Tx, deployment_id: str, worker_id: str) -> CheckRequest | None:
+    """The oldest request of the deployment nobody answered or holds, now held by the worker."""
+    now = tx.clock.time()
+    row = tx.query_one(
+        tx.sql.take_check, (worker_id, now + CHECK_LEASE_SECONDS, deployment_id, now, now)
+    )
+    return CheckRequest(*row) if row else None
+
+
+def answer_check(tx: Tx, request_id: str, answer: str) -> None:
+    """Record the answer (the first one given stays) and wake the asker."""
+    tx.execute(tx.sql.answer_check, (answer, tx.clock.time(), request_id))
+    tx.readers_wait()
+
+
+def drop_check(tx: Tx, request_id: str) -> None:
+    """Forget the request, and any left behind by askers long gone."""
+    tx.execute(tx.sql.drop_check, (request_id, tx.clock.time() - CHECK_KEPT_SECONDS))
 
 
 # -- deployments and workers -------------------------------------------------------

@@ -268,6 +268,22 @@ class DeploymentStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckRequest:
+    """A replay asked of a deployment's live workers, and its answer once one gave it.
+
+    ``body`` and ``answer`` are JSON text whose shape the asker and the
+    answerer agree on (``tether.checking``); the World only carries them.
+    """
+
+    request_id: str
+    deployment_id: str
+    body: str
+    created_at: float
+    taken_by: str | None = None
+    answer: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CancelResult:
     """Which runs a cancel ended (runs already finished are left alone)."""
 

@@ -217,6 +217,32 @@ class Statements:
         )
         self.worker_heartbeat = q("UPDATE workers SET heartbeat_at = ? WHERE worker_id = ?")
         self.worker_stopped = q("UPDATE workers SET stopped_at = ? WHERE worker_id = ?")
+        # -- replays asked of live workers
+        self.ask_check = q(
+            "INSERT INTO check_requests (request_id, deployment_id, body, created_at)"
+            " VALUES (?, ?, ?, ?)"
+        )
+        self.check_waiting = q(
+            "SELECT 1 FROM check_requests WHERE deployment_id = ? AND answer IS NULL"
+            " AND (taken_until IS NULL OR taken_until < ?) LIMIT 1"
+        )
+        # One statement: of two workers taking at once, the second finds the row taken.
+        self.take_check = q(
+            "UPDATE check_requests SET taken_by = ?, taken_until = ? WHERE request_id = ("
+            "SELECT request_id FROM check_requests WHERE deployment_id = ? AND answer IS NULL"
+            " AND (taken_until IS NULL OR taken_until < ?) ORDER BY created_at LIMIT 1)"
+            " AND (taken_until IS NULL OR taken_until < ?)"
+            " RETURNING request_id, deployment_id, body, created_at, taken_by, answer"
+        )
+        self.answer_check = q(
+            "UPDATE check_requests SET answer = ?, answered_at = ?"
+            " WHERE request_id = ? AND answer IS NULL"
+        )
+        self.get_check = q(
+            "SELECT request_id, deployment_id, body, created_at, taken_by, answer"
+            " FROM check_requests WHERE request_id = ?"
+        )
+        self.drop_check = q("DELETE FROM check_requests WHERE request_id = ? OR created_at < ?")
         self.runs_in_flight = (
             "SELECT deployment_id, COUNT(*) FROM runs"
             " WHERE status IN ('pending', 'running') GROUP BY deployment_id"

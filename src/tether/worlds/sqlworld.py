@@ -31,6 +31,7 @@ from tether.worlds.operations import Reader, Tx
 from tether.worlds.records import (
     Activation,
     CancelResult,
+    CheckRequest,
     Chunk,
     DeploymentRecord,
     DeploymentStatus,
@@ -383,6 +384,28 @@ class SqlWorld(World):
 
     def unregister_worker(self, worker_id: str) -> None:
         self._write(lambda tx: operations.unregister_worker(tx, worker_id))
+
+    # -- replays asked of live workers -----------------------------------------------
+
+    def ask_check(self, request: CheckRequest) -> None:
+        check_identifier(request.deployment_id, "deployment id")
+        self._write(lambda tx: operations.ask_check(tx, request))
+
+    def take_check(self, deployment_id: str, worker_id: str) -> CheckRequest | None:
+        # A read first: idle workers look every few seconds, and most looks find nothing.
+        if not self._query(self.sql.check_waiting, (deployment_id, self.clock.time())):
+            return None
+        return self._write(lambda tx: operations.take_check(tx, deployment_id, worker_id))
+
+    def answer_check(self, request_id: str, answer: str) -> None:
+        self._write(lambda tx: operations.answer_check(tx, request_id, answer))
+
+    def get_check(self, request_id: str) -> CheckRequest | None:
+        rows = self._query(self.sql.get_check, (request_id,))
+        return CheckRequest(*rows[0]) if rows else None
+
+    def drop_check(self, request_id: str) -> None:
+        self._write(lambda tx: operations.drop_check(tx, request_id))
 
     def get_deployment(self, deployment_id: str) -> DeploymentRecord | None:
         if not can_be_identifier(deployment_id):

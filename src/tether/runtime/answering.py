@@ -1,0 +1,134 @@
+"""Replays asked through the World, answered by a live worker that holds the code.
+
+``tether deployments check`` on a machine without the new release's code
+writes a request (``World.ask_check``); a worker of that deployment takes
+it, replays each run's log against the code it runs (``check_run``: no step
+runs) and writes the answer. A request's body is JSON
+``{"runs": [[run_id, upto], ...]}``: ``upto`` ``null`` checks the whole log,
+a number checks what a fork from that request would keep. The answer is a
+JSON list of ``{"run_id", "verdict", "fork_point", "reason", "read_at"}``,
+``read_at`` the last sequence number of the log that was replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tether import registry
+from tether.runtime.check import RunCheck, check_run, kept_history
+from tether.worlds.base import World
+from tether.worlds.records import COMMAND_EVENTS, CheckRequest, RunRecord
+
+log = logging.getLogger("tether.worker")
+
+#: Seconds between looks for requests when nothing woke the worker.
+POLL_SECONDS = 2.0
+#: The shortest time between two looks: commits of busy neighbours wake it often.
+MIN_GAP_SECONDS = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A run's check and the last sequence number of the log it replayed."""
+
+    check: RunCheck
+    read_at: int
+
+
+def encode_request(runs: Sequence[tuple[str, int | None]]) -> str:
+    """The body of a request to check ``runs`` (each a run id and its ``upto``)."""
+    return json.dumps({"runs": [[run_id, upto] for run_id, upto in runs]})
+
+
+def decode_answer(answer: str) -> list[Checked]:
+    """The answer to a request, one ``Checked`` per run asked about, in order."""
+    return [
+        Checked(
+            RunCheck(item["run_id"], item["verdict"], item["fork_point"], item["reason"]),
+            item["read_at"],
+        )
+        for item in json.loads(answer)
+    ]
+
+
+def check_here(world: World, run: RunRecord, upto: int | None) -> Checked:
+    """Replay ``run``'s log (up to request ``upto``) against this process's workflows."""
+    events = world.list_events(run.run_id)
+    read_at = events[-1].seq if events else 0
+    definition = registry.WORKFLOWS.get(run.workflow_name)
+    if upto is None:
+        return Checked(check_run(run, events, definition), read_at)
+    made = sum(1 for e in events if e.type in COMMAND_EVENTS)
+    if not 0 <= upto <= made:
+        reason = f"the run made {made} requests: a fork may keep 0 to {made}, not {upto}"
+        return Checked(RunCheck(run.run_id, "incompatible", None, reason), read_at)
+    kept = [events[0], *kept_history(events, upto)] if events else []
+    return Checked(check_run(run, kept, definition), read_at)
+
+
+def answer(world: World, request: CheckRequest) -> str:
+    """The answer to ``request``, replayed against this process's code."""
+    found: list[dict[str, Any]] = []
+    for run_id, upto in json.loads(request.body)["runs"]:
+        run = world.get_run(run_id)
+        if run is None:
+            checked = Checked(RunCheck(run_id, "incompatible", None, "the run is gone"), 0)
+        else:
+            checked = check_here(world, run, upto)
+        c = checked.check
+        found.append(
+            {
+                "run_id": c.run_id,
+                "verdict": c.verdict,
+                "fork_point": c.fork_point,
+                "reason": c.reason,
+                "read_at": checked.read_at,
+            }
+        )
+    # ASCII JSON: a NUL or a lone surrogate in a reason travels escaped.
+    return json.dumps(found)
+
+
+async def serve_checks(
+    world: World,
+    deployment_id: str,
+    worker_id: str,
+    io: Callable[..., Awaitable[Any]],
+) -> None:
+    """Answer the deployment's requests until cancelled (a task of the worker).
+
+    ``io`` runs a blocking call off the event loop. A request's replays run
+    there too: workflow code is replayed, never a step.
+    """
+    loop = asyncio.get_running_loop()
+    wake = asyncio.Event()
+
+    def notify() -> None:
+        loop.call_soon_threadsafe(wake.set)
+
+    remove = world.add_listener(notify, work_only=True, deployment_id=deployment_id)
+    try:
+        while True:
+            looked = loop.time()
+            try:
+                request = await io(world.take_check, deployment_id, worker_id)
+                if request is not None:
+                    text = await io(answer, world, request)
+                    await io(world.answer_check, request.request_id, text)
+                    continue  # there may be more
+            except Exception:
+                log.exception("answering a check for deployment %s failed", deployment_id)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), POLL_SECONDS)
+            wake.clear()
+            gap = looked + MIN_GAP_SECONDS - loop.time()
+            if gap > 0:
+                await asyncio.sleep(gap)
+    finally:
+        remove()
