@@ -166,8 +166,10 @@ def rerun(
     with the original's history before its request ``N`` (as ``tether
     inspect steps`` numbers them), whose steps keep their results and are
     not run again; ``"auto"`` is the furthest point the target's code
-    replays. This process must hold the target's code (it checks the
-    history against it first; nothing is written if it diverges). The new
+    replays (for a failed run, the step that failed it). The history is
+    checked against the target's code first, here when this process holds
+    it, else by a live worker of the target; nothing is written if it
+    diverges. The new
     run records ``forked_from`` and ``fork_point``; the original is left as
     it is (cancel it to stop it).
     """

@@ -115,10 +115,12 @@ class Checker:
             if d.deployment_id == self.deployment_id and d.live_workers
         ]
         if not live:
+            differ = conflicts(self._recorded, manifest.build_manifest())
+            here = f" (this process's code differs in {'; '.join(differ[:3])})" if differ else ""
             raise NoLiveWorkerError(
                 f"deployment {self.deployment_id!r} has no live worker to replay the runs"
                 f" against its code: start one (TETHER_DEPLOYMENT_ID={self.deployment_id}"
-                " tether worker MODULE...), or replay here with its code (--code MODULE)"
+                f" tether worker MODULE...), or replay here with its code (--code MODULE){here}"
             )
         asked: list[tuple[str, int]] = []
         now = self.world.clock.time()

@@ -89,7 +89,13 @@ def test_a_failed_run_forked_onto_fixed_code_runs_only_what_failed(
             "v2",
         )
         run = tether.get_run(str(forked["run_id"]))
-        assert run.result(timeout=30) == ["reserved o-1", "charged o-1", "shipped o-1", "v2"]
+        assert run.result(timeout=30) == [
+            "reserved o-1",
+            "charged o-1",
+            "shipped o-1",
+            "notified o-1",
+            "v2",
+        ]
         assert run.rerun_of == failed.run_id
         # The same from the shell, by a prefix of the id.
         env = {"PYTHONPATH": os.pathsep.join([str(V2), str(REPO), str(REPO / "src")])}
@@ -99,18 +105,25 @@ def test_a_failed_run_forked_onto_fixed_code_runs_only_what_failed(
         again = tether.get_run(shell.lines[0])
         assert (again.forked_from, again.fork_point) == (failed.run_id, 3)
         assert again.result(timeout=30)[-1] == "v2"
-        without_code = tether_exe(*args, url=world_url, env=env)
-        assert without_code.code == 2 and "--from-step needs --code MODULE" in without_code.err
+        # Without the code here, v2's live worker checks; auto for a failed run is the
+        # step that failed it.
+        plain = {"PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "src")])}
+        auto = ("rerun", failed.run_id, "--deployment", "v2", "--from-step", "auto")
+        by_worker = tether_exe(*auto, url=world_url, env=plain)
+        assert by_worker.code == 0, by_worker
+        third = tether.get_run(by_worker.lines[0])
+        assert (third.forked_from, third.fork_point) == (failed.run_id, 3)
+        assert third.result(timeout=30)[-1] == "v2"
     finally:
         with_v2.stop()
     labels = sorted(label for label, _ in read_marks(marks))
     # Reserved and charged once in all (on v1); shipped on v1 (failed), then by each fork.
     assert labels == [
         "charge:o-1:v1",
+        *["notify:o-1:v2"] * 3,
         "reserve:o-1:v1",
         "ship:o-1:v1",
-        "ship:o-1:v2",
-        "ship:o-1:v2",
+        *["ship:o-1:v2"] * 3,
     ]
     # The sleep kept its deadline: the fork did not sleep again.
     kinds = [e.type for e in run.events()]

@@ -179,14 +179,16 @@ def _runs(count: int) -> str:
     "--from-step",
     metavar="N|auto",
     help="Fork: keep the history before request N (as inspect steps numbers them), run the"
-    " rest on the target; auto: the furthest point its code replays. Needs --code.",
+    " rest on the target; auto: the furthest point its code replays (for a failed run, the"
+    " step that failed it).",
 )
 @click.option(
     "--code",
     "modules",
     multiple=True,
     metavar="MODULE",
-    help="With --from-step: import the target's code from MODULE to check the history.",
+    help="With --from-step: import the target's code from MODULE and check the history here"
+    " (else a live worker of the target checks it).",
 )
 @backend_option
 def rerun(
@@ -201,15 +203,16 @@ def rerun(
     A RUN_ID may be a unique prefix of an id. Without --latest or
     --deployment a rerun stays on the original run's deployment. The new run
     records which run it reruns. With --from-step it is a fork: steps before
-    request N keep their results and are not run again (the target's code,
-    imported with --code, must replay that history).
+    request N keep their results and are not run again (the target's code
+    must replay that history: a live worker of the target checks it, or this
+    process with --code).
     """
     if latest and deployment is not None:
         raise UsageProblem("give --latest or --deployment, not both")
     step = _from_step(from_step)
-    if step is not None:
-        if not modules:
-            raise UsageProblem("--from-step needs --code MODULE: the target's code, to check")
+    if modules:
+        if step is None:
+            raise UsageProblem("--code is for --from-step: a plain rerun checks nothing")
         import_modules(modules, "nothing to check the history against")
     target = "latest" if latest else deployment
     world = backend.world()

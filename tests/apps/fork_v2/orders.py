@@ -28,11 +28,18 @@ def ship(path: str, order: str) -> str:
     return f"shipped {order}"
 
 
+@step
+def notify(path: str, order: str) -> str:
+    mark(path, f"notify:{order}:{VERSION}")
+    return f"notified {order}"
+
+
 @workflow
 async def fulfil(path: str, order: str, nap: float) -> list[str]:
+    """Four steps: reserve, charge, (a sleep), ship, notify."""
     done = [await reserve(path, order), await charge(path, order)]
     await tether.sleep(nap)
-    return [*done, await ship(path, order), VERSION]
+    return [*done, await ship(path, order), await notify(path, order), VERSION]
 
 
 @workflow
