@@ -131,6 +131,17 @@ def checked_plan(
         )
     history = kept_history(events, point)
     seed = (events[0].attrs or {}).get("seed") or original.run_id
+    # Chunks written from the first request the fork does not keep, or by a step it
+    # runs again, are the fork's to write: the original's copies of them are left.
+    requests = [e for e in events if e.type in COMMAND_EVENTS]
+    answered = {e.correlation_id for e in history if e.type in ("step_completed", "step_failed")}
+    again = [
+        e.created_at
+        for e in history
+        if e.type == "step_created" and e.correlation_id not in answered
+    ]
+    if point < len(requests):
+        again.append(requests[point].created_at)
     new_id = run_id or f"run_{uuid.uuid4().hex}"
     run = NewRun(
         run_id=new_id,
@@ -143,6 +154,7 @@ def checked_plan(
         forked_from=original.run_id,
         fork_point=point,
         seed=str(seed),
+        streams_before=min(again) if again else None,
     )
     copied = [
         dataclasses.replace(event, run_id=new_id, seq=seq)

@@ -18,7 +18,7 @@ from tether.errors import (
     RunTimeoutError,
 )
 from tether.hooks import webhook_url
-from tether.readers import Readable
+from tether.readers import Readable, upgraded_to
 from tether.redaction import redact
 from tether.streams import DEFAULT_NAMESPACE
 from tether.worlds.base import World
@@ -87,6 +87,11 @@ class Run:
         """How many of ``forked_from``'s requests this run's history kept, else ``None``."""
         point = self._created_attrs().get("fork_point")
         return point if isinstance(point, int) else None
+
+    @property
+    def upgraded_to(self) -> str | None:
+        """The run that replaced this one when an upgrade moved it (it ended cancelled)."""
+        return upgraded_to(self._world, self._record())
 
     def _created_attrs(self) -> dict[str, Any]:
         if self._attrs is None:

@@ -2,7 +2,8 @@
 
 Readers iterate ``run.readable`` or ``get_readable(run_id, ...)``, sync or
 async; they wait for new chunks and stop when the stream is closed (or when
-its run and every run started from it have ended unclosed).
+its run and every run started from it have ended unclosed). A reader of a
+run that ``tether deployments upgrade`` moved follows it to its replacement.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from tether import serde
 from tether.config import resolve_world
 from tether.streams import DEFAULT_NAMESPACE
 from tether.worlds.base import World
-from tether.worlds.records import TERMINAL_STATUSES, RunFilter
+from tether.worlds.records import TERMINAL_STATUSES, RunFilter, RunRecord
 
 _PAGE = 256
 
@@ -29,6 +30,15 @@ def get_readable(
 ) -> Readable:
     """Read the stream ``namespace`` of ``run_id`` from ``start_index`` (negative: from the end)."""
     return Readable(resolve_world(world), run_id, namespace or DEFAULT_NAMESPACE, start_index)
+
+
+def upgraded_to(world: World, record: RunRecord) -> str | None:
+    """The run that replaced ``record`` when an upgrade moved it, else ``None``."""
+    if record.status != "cancelled":
+        return None
+    last = world.list_events(record.run_id, after_seq=record.last_seq - 1)
+    moved = (last[-1].attrs or {}).get("upgraded_to") if last else None
+    return moved if isinstance(moved, str) else None
 
 
 class Readable:
@@ -73,7 +83,10 @@ class Readable:
         closed = stream is not None and stream.closed
         if chunks or closed:
             return chunks, closed and len(chunks) < _PAGE
+        followed = self.stream_id
         if self._writers_active():
+            if self.stream_id != followed:  # the run moved: read on in its replacement
+                return self._page(position)
             return chunks, False
         # The writers have ended, perhaps after the read above: what they wrote before
         # ending is there now, so one more read decides.
@@ -81,9 +94,18 @@ class Readable:
         return chunks, not chunks
 
     def _writers_active(self) -> bool:
-        """Whether the stream's run, or any run started from it, can still write."""
+        """Whether the stream's run, or any run started from it, can still write.
+
+        A run an upgrade moved is followed: the reader goes on, at the same
+        index, in the stream of the run that replaced it, which starts with
+        the chunks the moved run's kept steps wrote.
+        """
         root = self._world.get_run(self.run_id)
         if root is not None and root.status not in TERMINAL_STATUSES:
+            return True
+        moved = upgraded_to(self._world, root) if root is not None else None
+        if moved is not None:
+            self.run_id, self.stream_id = moved, f"{moved}/{self.namespace}"
             return True
         frontier = [self.run_id]  # parent links form a tree: each run is visited once
         while frontier:

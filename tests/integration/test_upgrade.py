@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,62 @@ def test_an_upgrade_killed_midway_leaves_each_run_moved_or_not(
     assert all(r.status() == "cancelled" for r in runs)
     assert sorted(forks()) == sorted(r.run_id for r in runs)
     assert all(len(ids) == 1 for ids in forks().values())
+
+
+def test_streams_and_hook_payloads_follow_runs_that_move(world_url: str, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    count = 24
+    v1 = worker_of("v1", world_url, tmp_path)
+    runs = [
+        tether.start("workflow//orders//dispatch", [str(marks), f"d-{i}"], deployment_id="v1")
+        for i in range(count)
+    ]
+    for run in runs:
+        wait_for(lambda r=run: bool(r.hooks()), 20, "a run to wait for its carrier")
+    v1.stop()
+    v2 = worker_of("v2", world_url, tmp_path)
+    read: dict[int, list[object]] = {}
+
+    def reader(i: int, run: tether.Run) -> None:
+        read[i] = list(run.readable)  # the original's stream, read until it closes
+
+    readers = [
+        threading.Thread(target=reader, args=(i, r), daemon=True) for i, r in enumerate(runs)
+    ]
+    for thread in readers:
+        thread.start()
+    try:
+        args = ("deployments", "upgrade", "v1", "--to", "latest", "-y")
+        env = {**os.environ, "TETHER_WORLD": world_url, "PYTHONPATH": f"{REPO}:{REPO / 'src'}"}
+        env.pop("TETHER_DEPLOYMENT_ID", None)
+        upgrading = subprocess.Popen([*TETHER, *args], env=env, cwd=REPO, stdout=subprocess.PIPE)
+        wait_for(
+            lambda: upgrading.poll() is not None or any(r.status() == "cancelled" for r in runs),
+            60,
+            "the upgrade to move a first run",
+        )
+        # Each payload races the move: it reaches the original, or the run that replaced
+        # it, never neither (a HookNotFoundError here would be a payload lost).
+        for i in range(count):
+            assert tether.resume_hook(f"carrier-d-{i}", f"c{i}")
+        assert upgrading.wait(timeout=60) == 0
+        # A run a payload reached after its check was left; moving again takes it.
+        again = tether_exe(*args, url=world_url, env={"PYTHONPATH": env["PYTHONPATH"]})
+        assert again.code == 0, again
+        for i, run in enumerate(runs):
+            assert run.status() == "cancelled" and run.upgraded_to is not None
+            new = tether.get_run(run.upgraded_to)
+            assert new.result(timeout=30) == [f"packed d-{i}", f"labelled d-{i}", "v2"]
+        for thread in readers:
+            thread.join(timeout=30)
+            assert not thread.is_alive(), "a reader of a moved run never ended"
+    finally:
+        v2.stop()
+    for i in range(count):
+        # The reader of the original read on in its replacement: the packing once (v1's
+        # chunk, copied), the label once (v2's).
+        assert read[i] == [f"packed d-{i} on v1", f"labelled d-{i} for c{i} on v2"]
+    labels = sorted(label for label, _ in read_marks(marks))
+    assert labels == sorted(
+        label for i in range(count) for label in (f"pack:d-{i}:v1", f"label:d-{i}:v2")
+    )

@@ -283,11 +283,43 @@ def fork_run(tx: Tx, run: NewRun, history: Sequence[EventRecord]) -> RunRecord:
             return run_record(existing)  # a named fork made already: nothing more is written
     # Of two forks racing with one id, the second meets the driver's integrity error.
     record = create_run(tx, dataclasses.replace(run, if_absent=False), None)
+    if run.forked_from:
+        _copy_streams(tx, run.forked_from, run.run_id, run.streams_before)
     if not history:
         return record
     tx.append(run.run_id, run.deployment_id, history, None)
     after = tx.query_one(tx.sql.get_run, (run.run_id,))  # as its history left it
     return record if after is None else run_record(after)
+
+
+def _copy_streams(tx: Tx, original: str, run_id: str, before: float | None) -> None:
+    """Start the fork's streams as the original's were at ``before`` (``None``: now).
+
+    Each keeps the leading chunks written before then, at the same indexes, so
+    a reader that follows the original onto the fork goes on where it was.
+    """
+    now = tx.clock.time()
+    for stream_id, namespace, closed, closed_at in tx.query(tx.sql.run_streams, (original,)):
+        kept: list[tuple[Any, ...]] = []
+        for index, data, created_at in tx.query(tx.sql.stream_chunks, (stream_id,)):
+            if before is not None and created_at >= before:
+                break
+            kept.append((f"{run_id}/{namespace}", index, data, created_at))
+        still_closed = bool(closed) and (before is None or closed_at < before)
+        tx.execute(
+            tx.sql.insert_stream,
+            (
+                f"{run_id}/{namespace}",
+                run_id,
+                namespace,
+                len(kept),
+                still_closed,
+                now,
+                closed_at if still_closed else None,
+            ),
+        )
+        if kept:
+            tx.executemany(tx.sql.insert_chunk, kept)
 
 
 def cancel_runs(tx: Tx, run_ids: Sequence[str]) -> CancelResult:
@@ -379,12 +411,19 @@ def wake_sleeps(tx: Tx, run_id: str) -> int:
 
 def resume_hook(tx: Tx, token: str, payload: str, webhook_only: bool) -> str | None:
     """Append ``hook_received`` and queue the run; ``None`` when no active hook matches."""
-    hook = tx.query_one(tx.sql.active_hook, (token,))
-    if hook is None or (webhook_only and not hook[2]):
-        return None
-    run_id, hook_id = str(hook[0]), hook[1]
-    state = tx.query_one(tx.sql.lock_run, (run_id,))
-    if state is None or state[0] in TERMINAL_STATUSES:
+    for _ in range(3):
+        hook = tx.query_one(tx.sql.active_hook, (token,))
+        if hook is None or (webhook_only and not hook[2]):
+            return None
+        run_id, hook_id = str(hook[0]), hook[1]
+        state = tx.query_one(tx.sql.lock_run, (run_id,))
+        if state is None:
+            return None
+        if state[0] not in TERMINAL_STATUSES:
+            break
+        # The run ended while its lock was awaited. An upgrade that moved it handed the
+        # token to its replacement in the same commit: look again, now that it is seen.
+    else:
         return None
     now = tx.clock.time()
     event = EventRecord(

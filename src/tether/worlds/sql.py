@@ -187,6 +187,16 @@ class Statements:
         self.insert_chunk = q(
             "INSERT INTO stream_chunks (stream_id, idx, data, created_at) VALUES (?, ?, ?, ?)"
         )
+        self.run_streams = q(
+            "SELECT stream_id, namespace, closed, closed_at FROM streams WHERE run_id = ?"
+        )
+        self.stream_chunks = q(
+            "SELECT idx, data, created_at FROM stream_chunks WHERE stream_id = ? ORDER BY idx"
+        )
+        self.insert_stream = q(
+            "INSERT INTO streams (stream_id, run_id, namespace, next_index, closed, created_at,"
+            " closed_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        )
         self.update_stream = q(
             "UPDATE streams SET next_index = ?, closed = ?, closed_at = ? WHERE stream_id = ?"
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tests.apps.basic import mark
 
 import tether
-from tether import step, workflow
+from tether import StreamHandle, step, workflow
 
 VERSION = "v2"
 
@@ -48,3 +48,27 @@ async def approve(path: str, order: str) -> list[str]:
     reserved = await reserve(path, order)
     decision = await tether.create_hook(token=f"approve-{order}")
     return [reserved, str(decision), VERSION]
+
+
+@step
+def pack(path: str, order: str, stream: StreamHandle) -> str:
+    mark(path, f"pack:{order}:{VERSION}")
+    stream.write(f"packed {order} on {VERSION}")
+    return f"packed {order}"
+
+
+@step
+def label(path: str, order: str, stream: StreamHandle, carrier: str) -> str:
+    mark(path, f"label:{order}:{VERSION}")
+    stream.write(f"labelled {order} for {carrier} on {VERSION}")
+    stream.close()
+    return f"labelled {order}"
+
+
+@workflow
+async def dispatch(path: str, order: str) -> list[str]:
+    """Packs (writing to its stream), waits for a carrier on a hook, labels (writing again)."""
+    stream = tether.get_writable()
+    packed = await pack(path, order, stream)
+    carrier = await tether.create_hook(token=f"carrier-{order}")
+    return [packed, await label(path, order, stream, str(carrier)), VERSION]
