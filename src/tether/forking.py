@@ -154,7 +154,7 @@ def checked_plan(
         forked_from=original.run_id,
         fork_point=point,
         seed=str(seed),
-        streams_before=min(again) if again else None,
+        kept_until=min(again) if again else None,
     )
     copied = [
         dataclasses.replace(event, run_id=new_id, seq=seq)

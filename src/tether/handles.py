@@ -152,9 +152,20 @@ class Run:
         return Readable(self._world, self.run_id, DEFAULT_NAMESPACE)
 
     def children(self) -> list[Run]:
-        """Runs started from this run's steps (child runs and continuations), oldest first."""
-        filters = RunFilter(parent_run_id=self.run_id, descending=False)
-        return [Run(record, self._world) for record in iter_runs(self._world, filters)]
+        """Runs started from this run's steps (child runs and continuations), oldest first.
+
+        A fork's include those its original's kept steps started: they stay linked.
+        """
+        found = list(iter_runs(self._world, RunFilter(parent_run_id=self.run_id, descending=False)))
+        original = self.forked_from
+        if original is not None:
+            kept_until = self._created_attrs().get("kept_until")
+            if not isinstance(kept_until, float | int):  # it kept all: what came before it
+                kept_until = self._record().created_at
+            family = RunFilter(parent_run_id=original, descending=False)
+            found += [r for r in iter_runs(self._world, family) if r.created_at < kept_until]
+        found.sort(key=lambda record: record.created_at)
+        return [Run(record, self._world) for record in found]
 
     async def status_async(self) -> str:
         """``status()`` for async code: the read happens off the event loop."""

@@ -494,7 +494,7 @@ def test_postgres_migration_0007_keeps_older_data_and_older_writers() -> None:
                 conn.execute(search_path)
                 versions = conn.execute("SELECT version FROM schema_migrations").fetchall()
                 assert sorted(v for (v,) in versions) == [v for v, _ in migrations("postgres")]
-                assert max(v for (v,) in versions) == 7
+                assert 7 in {v for (v,) in versions}
                 # A process of the older tether, beside this one, still commits.
                 _append_as_0006(
                     conn,

@@ -89,7 +89,11 @@ def test_a_live_worker_of_the_target_replays_for_a_caller_without_its_code(
         code, out, err = check_exe(world_url, REPO, "v1", "latest", "--json")
         assert code == 0, err
         [found] = json.loads(out)
-        assert (found["run_id"], found["verdict"], found["fork_point"]) == (run.run_id, "diverges", 1)
+        assert (found["run_id"], found["verdict"], found["fork_point"]) == (
+            run.run_id,
+            "diverges",
+            1,
+        )
         assert "pack_and_label" in found["reason"]
         # The API the same way; asked to replay here, where v2's code is not, it says so.
         [again] = tether.deployments.check("v1", "v2", replay="worker")

@@ -228,3 +228,25 @@ def test_streams_and_hook_payloads_follow_runs_that_move(world_url: str, tmp_pat
     assert labels == sorted(
         label for i in range(count) for label in (f"pack:d-{i}:v1", f"label:d-{i}:v2")
     )
+
+
+def test_children_started_before_the_move_stay_linked(world_url: str, tmp_path: Path) -> None:
+    v1 = worker_of("v1", world_url, tmp_path)
+    run = tether.start("workflow//orders//escalate", ["e-1", 3600], deployment_id="v1")
+    wait_for(lambda: bool(run._world.list_waits(run.run_id)), 20, "the run to sleep")
+    [child] = run.children()
+    assert child.result(timeout=30) == "ticket for e-1 on v1"
+    v1.stop()
+    v2 = worker_of("v2", world_url, tmp_path)
+    try:
+        moved = tether_exe("deployments", "upgrade", "v1", "-y", url=world_url)
+        assert moved.code == 0, moved
+        assert run.upgraded_to is not None
+        new = tether.get_run(run.upgraded_to)
+        # The step that opened the ticket was kept, not run again: the same child, linked.
+        assert [c.run_id for c in new.children()] == [child.run_id]
+        assert tether.get_run(child.run_id).parent_run_id == run.run_id
+        assert len(tether.list_runs(workflow_name="workflow//orders//ticket", limit=None)) == 1
+        new.cancel()
+    finally:
+        v2.stop()

@@ -145,6 +145,8 @@ def create_run(tx: Tx, run: NewRun, activation: Activation | None) -> RunRecord:
         attrs["rerun_of"] = run.rerun_of
     if run.forked_from:
         attrs.update(forked_from=run.forked_from, fork_point=run.fork_point)
+        if run.kept_until is not None:
+            attrs["kept_until"] = run.kept_until
     if run.seed:
         attrs["seed"] = run.seed
     tx.execute(
@@ -284,7 +286,7 @@ def fork_run(tx: Tx, run: NewRun, history: Sequence[EventRecord]) -> RunRecord:
     # Of two forks racing with one id, the second meets the driver's integrity error.
     record = create_run(tx, dataclasses.replace(run, if_absent=False), None)
     if run.forked_from:
-        _copy_streams(tx, run.forked_from, run.run_id, run.streams_before)
+        _copy_streams(tx, run.forked_from, run.run_id, run.kept_until)
     if not history:
         return record
     tx.append(run.run_id, run.deployment_id, history, None)

@@ -146,9 +146,9 @@ class NewRun:
     fork_point: int | None = None
     #: What seeds ``random()``/``uuid4()`` (a fork keeps its original's); ``None``: the id.
     seed: str | None = None
-    #: A fork's streams start as its original's did: with the chunks they got before
-    #: this time (what the steps it keeps wrote); ``None``: all of them.
-    streams_before: float | None = None
+    #: What a fork keeps of its original was made before this time (``None``: all of
+    #: it): the chunks its kept steps wrote to the streams, the children they started.
+    kept_until: float | None = None
 
 
 @dataclass(slots=True)

@@ -75,3 +75,22 @@ async def dispatch(path: str, order: str) -> list[str]:
     packed = await pack(path, order, stream)
     carrier = await tether.create_hook(token=f"carrier-{order}")
     return [packed, await label(path, order, stream, str(carrier)), VERSION]
+
+
+@workflow
+async def ticket(order: str) -> str:
+    """A child run: a support ticket for the order."""
+    return f"ticket for {order} on {VERSION}"
+
+
+@step
+def open_ticket(order: str) -> str:
+    return tether.start(ticket, [order]).run_id
+
+
+@workflow
+async def escalate(order: str, nap: float) -> list[str]:
+    """Opens a ticket (a child run) from a step, then sleeps."""
+    child = await open_ticket(order)
+    await tether.sleep(nap)
+    return [child, VERSION]

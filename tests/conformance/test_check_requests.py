@@ -1,0 +1,111 @@
+"""Replays asked of live workers: the ``check_requests`` table, reached from the schema before it.
+
+Each World is built as the tether before the table did it (its migrations
+up to then, a run of that time in it), then opened by this tether: the
+migration adds the table, the old run reads back as it was, and a request
+goes the whole way (asked, taken once, answered once, dropped).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conformance.backends import admin, fresh_schema
+from tether.clock import ManualClock
+from tether.worlds import open_world
+from tether.worlds.base import World
+from tether.worlds.operations import CHECK_KEPT_SECONDS, CHECK_LEASE_SECONDS
+from tether.worlds.records import CheckRequest
+from tether.worlds.schema import migrations
+
+#: The last migration of each backend before ``check_requests``.
+BEFORE = {"sqlite": 4, "postgres": 7}
+OLD_RUN = (
+    "INSERT INTO runs (run_id, workflow_name, deployment_id, status, input, created_at,"
+    " last_seq) VALUES ('old-1', 'workflow//old//flow', 'dep', 'pending', '[[],{}]', 1.0, 1)"
+)
+
+
+def _apply(conn: Any, backend: str, param: str) -> None:
+    """The migrations a tether of that time applied, recorded as it recorded them."""
+    conn.execute(
+        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+    )
+    for version, statements in migrations(backend):
+        if version <= BEFORE[backend]:
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute(f"INSERT INTO schema_migrations VALUES ({param}, 0)", (version,))
+    conn.execute(OLD_RUN)
+
+
+@contextmanager
+def older_world(backend: str, folder: Path, clock: ManualClock) -> Iterator[World]:
+    if backend == "sqlite":
+        path = folder / "old.db"
+        conn = sqlite3.connect(path)
+        _apply(conn, "sqlite", "?")
+        conn.commit()
+        conn.close()
+        world = open_world(f"sqlite:///{path}", clock)
+        try:
+            yield world
+        finally:
+            world.close()
+        return
+    with fresh_schema() as url:
+        with admin() as pg:
+            pg.execute(f"SET search_path TO {url.rsplit('schema=', 1)[1]}")
+            _apply(pg, "postgres", "%s")
+        world = open_world(url, clock)
+        try:
+            yield world
+        finally:
+            world.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_check_request_goes_the_whole_way_in_a_world_an_older_tether_made(
+    backend: str, tmp_path: Path
+) -> None:
+    clock = ManualClock()
+    with older_world(backend, tmp_path, clock) as world:
+        old = world.get_run("old-1")
+        assert old is not None and (old.status, old.input) == ("pending", "[[],{}]")
+
+        assert world.take_check("dep", "w1") is None  # nothing asked
+        world.ask_check(CheckRequest("q1", "dep", '{"runs": [["old-1", null]]}', clock.time()))
+        world.ask_check(CheckRequest("q2", "dep", '{"runs": []}', clock.time() + 1))
+        assert world.take_check("other", "w1") is None  # asked of another deployment
+        first = world.take_check("dep", "w1")
+        assert first is not None and (first.request_id, first.taken_by) == ("q1", "w1")
+        assert first.body == '{"runs": [["old-1", null]]}' and first.answer is None
+        second = world.take_check("dep", "w2")
+        assert second is not None and second.request_id == "q2"  # q1 is w1's
+        assert world.take_check("dep", "w3") is None
+
+        # w1 died: once its hold passes, another live worker takes q1 over.
+        clock.advance(CHECK_LEASE_SECONDS + 1)
+        again = world.take_check("dep", "w3")
+        assert again is not None and (again.request_id, again.taken_by) == ("q1", "w3")
+
+        world.answer_check("q1", '[{"late": false}]')
+        world.answer_check("q1", '[{"late": true}]')  # w1 woke up: the first answer stays
+        answered = world.get_check("q1")
+        assert answered is not None and answered.answer == '[{"late": false}]'
+        clock.advance(CHECK_LEASE_SECONDS + 1)
+        assert world.take_check("dep", "w4") is not None  # q2, never answered
+        assert world.take_check("dep", "w4") is None  # an answered request is not taken
+
+        world.drop_check("q1")
+        assert world.get_check("q1") is None
+        # A request its asker left behind is dropped with the next one dropped, in time.
+        clock.advance(CHECK_KEPT_SECONDS)
+        world.drop_check("none")
+        assert world.get_check("q2") is None
