@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 WORKLOADS: tuple[str, ...] = ("W1", "W2", "W3", "W5", "W6", "W2P")
 #: Workloads only tether runs: W2P starts tether worker processes.
@@ -110,3 +111,27 @@ def step_time_metrics(stamps: Sequence[float], window: int) -> Metrics:
         "last_over_first": round(last / first, 3),
         "mean_ms_per_step": round(sum(gaps) / len(gaps) * 1000.0, 3),
     }
+
+
+#: Where RESULTS.md's section of ``check.py``'s figures begins; ``run.py`` keeps it.
+CHECK_MARK = "<!-- from bench/check.py (CHECK-RESULTS-<backend>.md): run.py keeps this part -->"
+
+
+def check_section(folder: Path) -> str:
+    """RESULTS.md's closing part: CHECK_MARK, then each CHECK-RESULTS-<backend>.md in it."""
+    parts = [CHECK_MARK, ""]
+    for backend in ("sqlite", "postgres"):
+        found = folder / f"CHECK-RESULTS-{backend}.md"
+        if found.exists():
+            # One level down: RESULTS.md has one title of its own.
+            parts += [
+                "#" + line if line.startswith("#") else line
+                for line in found.read_text().splitlines()
+            ]
+            parts.append("")
+    return "\n".join(parts)
+
+
+def with_check_section(report: str, folder: Path) -> str:
+    """``report`` (RESULTS.md, or what it held before CHECK_MARK) with the check figures after."""
+    return report.split(CHECK_MARK)[0].rstrip("\n") + "\n\n" + check_section(folder)

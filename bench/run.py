@@ -29,7 +29,17 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from common import BUDGET_S, FULL, QUICK, TETHER_ONLY, WORKLOADS, Counts, Deadline, Metrics
+from common import (
+    BUDGET_S,
+    FULL,
+    QUICK,
+    TETHER_ONLY,
+    WORKLOADS,
+    Counts,
+    Deadline,
+    Metrics,
+    with_check_section,
+)
 
 HERE = Path(__file__).resolve().parent
 ENGINES: tuple[str, ...] = ("tether", "dbos")
@@ -581,7 +591,8 @@ def main() -> None:
 
     wall = time.monotonic() - start
     out = HERE / (args.out or ("RESULTS-quick.md" if args.quick else "RESULTS.md"))
-    out.write_text(render(results, backends, counts, args.quick, sys.argv[1:], wall))
+    report = render(results, backends, counts, args.quick, sys.argv[1:], wall)
+    out.write_text(report if args.quick else with_check_section(report, HERE))
     print(f"wrote {out} ({wall:.0f} s)")
 
 

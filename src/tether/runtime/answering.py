@@ -110,9 +110,13 @@ async def serve_checks(
     wake = asyncio.Event()
 
     def notify() -> None:
-        loop.call_soon_threadsafe(wake.set)
+        if not wake.is_set():  # already woken: no need to poke the loop again
+            loop.call_soon_threadsafe(wake.set)
 
-    remove = world.add_listener(notify, work_only=True, deployment_id=deployment_id)
+    # The worker's own commits never ask for a check: they do not wake it.
+    remove = world.add_listener(
+        notify, skip_own_loop=True, work_only=True, deployment_id=deployment_id
+    )
     try:
         while True:
             looked = loop.time()
