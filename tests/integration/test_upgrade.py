@@ -7,6 +7,7 @@ with nothing re-run: the move keeps their reservation, charge and sleep.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -250,3 +251,32 @@ def test_children_started_before_the_move_stay_linked(world_url: str, tmp_path: 
         new.cancel()
     finally:
         v2.stop()
+
+
+def test_a_workflow_the_target_dropped_is_incompatible_and_nothing_moves(
+    world_url: str, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    v1 = worker_of("v1", world_url, tmp_path)
+    run = tether.start("workflow//orders//gift_card", [str(marks), "g-1"], deployment_id="v1")
+    wait_for(lambda: bool(run._world.list_waits(run.run_id)), 20, "the run to sleep")
+    v1.stop()
+    logged = len(run.events())
+    v2 = worker_of("v2", world_url, tmp_path)
+    try:
+        checked = tether_exe("deployments", "check", "v1", "--json", url=world_url)
+        assert checked.code == 0, checked
+        [found] = json.loads(checked.out)
+        assert (found["verdict"], found["fork_point"]) == ("incompatible", None)
+        assert "does not define workflow//orders//gift_card" in found["reason"]
+        moved = tether_exe(
+            "deployments", "upgrade", "v1", "-y", url=world_url, env={"COLUMNS": "200"}
+        )
+        assert moved.code == 0, moved
+        assert "0 moved" not in moved.err and "1 left" in moved.err
+        assert "does not define" in moved.out
+    finally:
+        v2.stop()
+    # Nothing moved: the run sleeps on v1 as it was, and no run was made on v2.
+    assert run.status() == "running" and len(run.events()) == logged
+    assert tether.list_runs(deployment_id="v2", limit=None) == []

@@ -94,3 +94,11 @@ async def escalate(order: str, nap: float) -> list[str]:
     child = await open_ticket(order)
     await tether.sleep(nap)
     return [child, VERSION]
+
+
+@workflow
+async def gift_card(path: str, order: str) -> str:
+    """Only v1 has it: v2 dropped gift cards, so its runs cannot move there."""
+    await reserve(path, order)
+    await tether.sleep(3600)
+    return f"gift card for {order}"
