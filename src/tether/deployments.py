@@ -6,7 +6,7 @@ What a process's own deployment is (its id and manifest) lives in
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,7 @@ from tether.runtime.answering import Checked
 from tether.runtime.check import RunCheck
 from tether.worlds.base import World
 from tether.worlds.manifests import FIELDS
-from tether.worlds.records import DeploymentStatus, RunFilter, RunRecord
+from tether.worlds.records import TERMINAL_STATUSES, DeploymentStatus, RunFilter, RunRecord
 
 
 def list_deployments(
@@ -202,6 +202,55 @@ def upgrade(
             "runs move onto a registered deployment, and 'local' is none: give its id or 'latest'"
         )
     runs = _in_flight(target, from_deployment, workflow_name)
+    return _upgrade(target, runs, to_id, dry_run, on_progress, replay)
+
+
+def upgrade_runs(
+    run_ids: Sequence[str],
+    to_deployment: str = "latest",
+    *,
+    dry_run: bool = False,
+    world: World | str | None = None,
+    on_progress: Callable[[Upgraded], None] | None = None,
+    replay: Replay = "auto",
+) -> list[Upgraded]:
+    """``upgrade`` for the runs named (the web UI's selection), whatever their deployments.
+
+    ``"latest"`` is the newest deployment of each run's environment. A run
+    not in flight, or unknown, is ``left`` with the reason.
+    """
+    target = resolve_world(world)
+    done: list[Upgraded] = []
+    groups: dict[str, list[RunRecord]] = {}
+    for run_id in dict.fromkeys(run_ids):
+        record = target.get_run(run_id)
+        if record is None or record.status in TERMINAL_STATUSES:
+            why = "no such run" if record is None else f"it has ended ({record.status})"
+            done.append(Upgraded(run_id, "left", "incompatible", None, None, why))
+            if on_progress is not None:
+                on_progress(done[-1])
+            continue
+        groups.setdefault(record.deployment_id, []).append(record)
+    for from_deployment, runs in groups.items():
+        to_id = _resolved(target, from_deployment, to_deployment)
+        if to_id == from_deployment:
+            for run in runs:
+                done.append(Upgraded(run.run_id, "left", "replays", None, None, "it is on it"))
+                if on_progress is not None:
+                    on_progress(done[-1])
+            continue
+        done += _upgrade(target, runs, to_id, dry_run, on_progress, replay)
+    return done
+
+
+def _upgrade(
+    target: World,
+    runs: list[RunRecord],
+    to_id: str,
+    dry_run: bool,
+    on_progress: Callable[[Upgraded], None] | None,
+    replay: Replay,
+) -> list[Upgraded]:
     checked = Checker(target, to_id, replay).check([(run, None) for run in runs])
     done: list[Upgraded] = []
     for run, found in zip(runs, checked, strict=True):
@@ -376,4 +425,5 @@ __all__ = [
     "diff",
     "list_deployments",
     "upgrade",
+    "upgrade_runs",
 ]

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from tether.cli import actions, backend, check, deploy, errors, inspect, worker
+from tether.cli import actions, backend, check, deploy, errors, inspect, web, worker
 
 
 class TetherGroup(click.Group):
@@ -50,3 +50,4 @@ deploy.deployments.add_command(check.check)
 deploy.deployments.add_command(check.upgrade)
 main.add_command(actions.sleeps)
 main.add_command(actions.hooks)
+main.add_command(web.web)

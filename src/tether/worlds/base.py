@@ -139,6 +139,10 @@ class RunStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    def count_runs(self, filters: RunFilter) -> dict[str, int]:
+        """How many runs match ``filters`` (all but its status, cursor and limit), per status."""
+
+    @abc.abstractmethod
     def list_events(self, run_id: str, after_seq: int = 0) -> list[EventRecord]:
         """Return the run's events with ``seq > after_seq`` in order; ``[]`` for no such run."""
 

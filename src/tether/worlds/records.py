@@ -190,6 +190,9 @@ class RunFilter:
     deployment_id: str | None = None
     parent_run_id: str | None = None
     rerun_of: str | None = None
+    #: Created at or after / before these times (seconds since the epoch).
+    created_after: float | None = None
+    created_before: float | None = None
     limit: int = 100
     #: Opaque position from a previous page (``created_at`` and ``run_id`` of its last row).
     cursor: str | None = None

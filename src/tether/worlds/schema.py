@@ -77,18 +77,7 @@ def split_statements(text: str) -> list[str]:
 
 def run_query(select: str, filters: RunFilter, *, placeholder: str) -> tuple[str, list[Any]]:
     """Build the SQL and parameters that list runs matching ``filters``."""
-    where: list[str] = []
-    params: list[Any] = []
-    for column, value in (
-        ("status", filters.status),
-        ("workflow_name", filters.workflow_name),
-        ("deployment_id", filters.deployment_id),
-        ("parent_run_id", filters.parent_run_id),
-        ("rerun_of", filters.rerun_of),
-    ):
-        if value is not None:
-            where.append(f"{column} = {placeholder}")
-            params.append(value)
+    where, params = run_conditions(filters, placeholder=placeholder)
     if filters.cursor:
         created_at, run_id = decode_cursor(filters.cursor)
         op = "<" if filters.descending else ">"
@@ -104,6 +93,40 @@ def run_query(select: str, filters: RunFilter, *, placeholder: str) -> tuple[str
     sql += f" ORDER BY created_at {order}, run_id {order} LIMIT {placeholder}"
     params.append(filters.limit)
     return sql, params
+
+
+def count_query(filters: RunFilter, *, placeholder: str) -> tuple[str, list[Any]]:
+    """The SQL that counts the runs matching ``filters`` (but their status), per status."""
+    where, params = run_conditions(filters, placeholder=placeholder, status=False)
+    sql = "SELECT status, COUNT(*) FROM runs"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    return sql + " GROUP BY status", params
+
+
+def run_conditions(
+    filters: RunFilter, *, placeholder: str, status: bool = True
+) -> tuple[list[str], list[Any]]:
+    """The WHERE terms of ``filters`` (without its cursor), and their parameters."""
+    where: list[str] = []
+    params: list[Any] = []
+    for column, value in (
+        ("status", filters.status if status else None),
+        ("workflow_name", filters.workflow_name),
+        ("deployment_id", filters.deployment_id),
+        ("parent_run_id", filters.parent_run_id),
+        ("rerun_of", filters.rerun_of),
+    ):
+        if value is not None:
+            where.append(f"{column} = {placeholder}")
+            params.append(value)
+    if filters.created_after is not None:
+        where.append(f"created_at >= {placeholder}")
+        params.append(filters.created_after)
+    if filters.created_before is not None:
+        where.append(f"created_at < {placeholder}")
+        params.append(filters.created_before)
+    return where, params
 
 
 def claim_again_at(row: Sequence[Any] | None, ahead: float) -> float | None:

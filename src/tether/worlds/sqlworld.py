@@ -245,6 +245,14 @@ class SqlWorld(World):
         )
         return [run_record(row) for row in self._query(statement, params)]
 
+    def count_runs(self, filters: RunFilter) -> dict[str, int]:
+        if not _findable(
+            filters.workflow_name, filters.deployment_id, filters.parent_run_id, filters.rerun_of
+        ):
+            return {}
+        statement, params = schema.count_query(filters, placeholder=self.sql.dialect.param)
+        return {str(status): int(n) for status, n in self._query(statement, params)}
+
     def list_events(self, run_id: str, after_seq: int = 0) -> list[EventRecord]:
         if not can_be_identifier(run_id):
             return []

@@ -1,0 +1,82 @@
+"""Who may see the UI and act through it: the access token, and cross-site request refusal.
+
+With a token, every request must carry it: ``Authorization: Bearer TOKEN``,
+or the cookie a first visit with ``?token=TOKEN`` sets. Every action is a
+POST that must come from the UI's own pages: its ``Origin`` (when the
+browser sends one) names this host, and its form carries the page's
+``csrf`` value, which another site cannot read.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+COOKIE = "tether_web_token"
+#: Addresses that only this machine reaches: the UI may serve them without a token.
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding to ``host`` keeps the UI on this machine."""
+    return host in LOOPBACK or host.startswith("127.")
+
+
+class TokenGuard:
+    """ASGI middleware: refuse every request that lacks the token (when one is set)."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.token is None or scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        given = request.query_params.get("token")
+        if given is not None and _same(given, self.token):
+            # Set the cookie and drop the token from the address bar (and from history).
+            url = request.url.remove_query_params("token")
+            response: Response = RedirectResponse(str(url), status_code=303)
+            response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict")
+            await response(scope, receive, send)
+            return
+        header = request.headers.get("authorization", "")
+        bearer = header[7:] if header.lower().startswith("bearer ") else None
+        cookie = request.cookies.get(COOKIE)
+        if any(v is not None and _same(v, self.token) for v in (bearer, cookie)):
+            await self.app(scope, receive, send)
+            return
+        response = Response(
+            "This tether web UI needs its access token: open it with ?token=TOKEN (the one"
+            " given to tether web with --token or $TETHER_WEB_TOKEN), or send"
+            " 'Authorization: Bearer TOKEN'.\n",
+            status_code=401,
+            media_type="text/plain",
+        )
+        await response(scope, receive, send)
+
+
+def _same(given: str, token: str) -> bool:
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+def new_csrf() -> str:
+    """A value for the pages' forms that no other site can learn."""
+    return secrets.token_urlsafe(24)
+
+
+def cross_site(request: Request, csrf: str, form_csrf: str | None) -> str | None:
+    """Why a POST is refused as cross-site, or ``None`` when it came from the UI's pages."""
+    origin = request.headers.get("origin")
+    if origin not in (None, "null") and urlsplit(origin).netloc != request.headers.get("host"):
+        return f"refused: a request from {origin} is not from this UI"
+    if form_csrf is None or not hmac.compare_digest(form_csrf.encode(), csrf.encode()):
+        return "refused: the form did not come from this UI (reload the page and try again)"
+    return None
