@@ -95,6 +95,21 @@ def value(text: str | None) -> Value | None:
     return Value(shown, len(shown) > FOLD_AT)
 
 
+def arguments(text: str) -> Value | None:
+    """A run's input as its arguments: a list, or ``{"args": [...], "kwargs": {...}}``."""
+    try:
+        args, kwargs = serde.loads(text)
+    except Exception:  # not the usual shape: show what is stored
+        return value(text)
+    plain = (
+        jsonable(list(args))
+        if not kwargs
+        else {"args": jsonable(list(args)), "kwargs": jsonable(kwargs)}
+    )
+    shown = json.dumps(plain, indent=2, ensure_ascii=False)
+    return Value(shown, len(shown) > FOLD_AT)
+
+
 def when(seconds: float | None) -> str:
     """A time as ``2026-12-01 20:15:03`` (UTC), or ``""``."""
     if seconds is None:
@@ -227,7 +242,7 @@ def run_page(world: World, record: RunRecord, events_page: int = 0) -> dict[str,
         "record": record,
         "started": when(record.started_at),
         "completed": when(record.completed_at),
-        "input": value(record.input),
+        "input": arguments(record.input),
         "output": value(record.output),
         "error": error,
         "error_line": error_summary(serde.loads(record.error)) if record.error else "",

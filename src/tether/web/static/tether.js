@@ -75,6 +75,7 @@
     }
   }
 
+  // form.action would be the form's <button name=action>: read the attribute.
   async function bulk(form, submitter) {
     const all = form.querySelector("[data-select-all]");
     let ids;
@@ -96,7 +97,7 @@
       chunk.append("csrf", csrf);
       chunk.append("action", submitter.value);
       for (const id of ids.slice(i, i + BATCH)) chunk.append("run_id", id);
-      const answer = await post(form.action, chunk);
+      const answer = await post(form.getAttribute("action"), chunk);
       if (!answer.ok) { ok = false; failures.push(answer.message); }
       bar.value = Math.min(ids.length, i + BATCH);
       text.textContent = `${bar.value} / ${ids.length}`;
@@ -128,7 +129,7 @@
     }
     const question = (submitter && submitter.dataset.confirm) || form.dataset.confirm;
     if (question && !window.confirm(question)) return;
-    const answer = await post(form.action, data);
+    const answer = await post(form.getAttribute("action"), data);
     flash(answer.message + (answer.lines && answer.lines.length ? ` (${answer.lines.join("; ")})` : ""), answer.ok);
     if (answer.ok) for (const t of form.querySelectorAll("textarea")) t.value = "";
     refresh();
