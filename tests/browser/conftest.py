@@ -16,6 +16,7 @@ from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 import tether
 from tests.browser.server import WebServer
 from tests.integration.processes import REPO
+from tests.integration.test_postgres_faults import private_server  # noqa: F401 (a fixture)
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [

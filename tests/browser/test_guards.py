@@ -1,0 +1,227 @@
+"""What the UI refuses and how it fails: the token, cross-site posts, read-only, escaping, 404s,
+bad payloads, ended runs, an unreachable World. Against a real ``tether web`` server."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+from playwright.sync_api import Page, expect
+
+import tether
+from tests.browser.conftest import Dialogs
+from tests.browser.server import WebServer
+from tests.integration.processes import REPO, wait_for
+from tests.integration.test_postgres_faults import PrivateServer
+from tether import create_hook, step, workflow
+
+SCRIPT = "<script>alert('from the World')</script>"
+
+
+@step
+def shout(text: str) -> str:
+    return text
+
+
+@workflow
+async def hostile(text: str) -> str:
+    """Returns markup, and waits on a hook for more."""
+    await create_hook(token="hostile-hook")
+    return await shout(text)
+
+
+@workflow
+async def waiting(token: str) -> str:
+    return str(await create_hook(token=token))
+
+
+def csrf_of(server: WebServer, path: str = "/") -> str:
+    found = re.search(r'data-csrf="([^"]+)"', server.get(path).text)
+    assert found, "the page carries no csrf value"
+    return found.group(1)
+
+
+def post(server: WebServer, path: str, data: dict[str, str], **headers: str) -> httpx.Response:
+    return httpx.post(
+        server.url + path, data=data, headers={"Accept": "application/json", **headers}, timeout=30
+    )
+
+
+def test_off_loopback_the_ui_needs_its_token(world_url: str, tmp_path: Path) -> None:
+    tether.config.resolve_world(world_url)
+    refused = subprocess.run(
+        [sys.executable, "-m", "tether", "web", "--backend", world_url, "--host", "0.0.0.0"],
+        cwd=REPO,
+        env={"PYTHONPATH": f"{REPO}:{REPO / 'src'}", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert refused.returncode == 2 and "give --token TOKEN" in refused.stderr
+    server = WebServer(world_url, tmp_path / "web.log", "--token", "s3cret", host="0.0.0.0")
+    try:
+        for path in ("/", "/deployments", "/live", "/static/tether.js", "/runs/x"):
+            response = server.get(path)
+            assert response.status_code == 401, path
+            assert "needs its access token" in response.text
+        assert server.get("/?token=wrong").status_code == 401
+        opened = server.get("/?token=s3cret", follow_redirects=False)
+        assert opened.status_code == 303 and opened.headers["location"].endswith(
+            ":" + str(server.port) + "/"
+        )
+        cookie = opened.cookies.get("tether_web_token")
+        assert cookie == "s3cret"
+        assert server.get("/", cookies={"tether_web_token": "s3cret"}).status_code == 200
+        assert server.get("/", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert server.get("/", headers={"Authorization": "Bearer nope"}).status_code == 401
+    finally:
+        server.stop()
+
+
+def test_cross_site_and_unsigned_posts_are_refused(
+    world_url: str, web: WebServer, worker: tether.Worker
+) -> None:
+    run = tether.start(waiting, ["guard-1"])
+    wait_for(lambda: bool(run.hooks()), 20, "the hook")
+    path = f"/runs/{run.run_id}/actions"
+    csrf = csrf_of(web, f"/runs/{run.run_id}")
+    evil = post(web, path, {"action": "cancel", "csrf": csrf}, Origin="http://evil.example")
+    assert evil.status_code == 403 and "not from this UI" in evil.json()["message"]
+    unsigned = post(web, path, {"action": "cancel"})
+    assert unsigned.status_code == 403 and "did not come from this UI" in unsigned.json()["message"]
+    assert run.status() == "running"
+    # A malformed payload is refused with the parse error; nothing is delivered.
+    bad = post(
+        web, path, {"action": "resolve", "token": "guard-1", "payload": "{bad", "csrf": csrf}
+    )
+    assert (
+        bad.status_code == 400
+        and "the payload is not JSON: Expecting property name" in bad.json()["message"]
+    )
+    assert run.status() == "running"
+    done = post(
+        web, path, {"action": "resolve", "token": "guard-1", "payload": '{"ok": 1}', "csrf": csrf}
+    )
+    assert done.status_code == 200 and done.json()["ok"], done.text
+    assert run.result(timeout=20) == "{'ok': 1}"
+    # An action on a run that has ended says so.
+    late = post(web, path, {"action": "cancel", "csrf": csrf})
+    assert late.status_code == 400 and "has ended (completed)" in late.json()["message"]
+    # Without the script, a refused form gets a page, an accepted one a redirect back.
+    page = httpx.post(web.url + path, data={"action": "cancel"}, timeout=30)
+    assert page.status_code == 403 and "text/html" in page.headers["content-type"]
+
+
+def test_read_only_offers_no_action_and_takes_none(
+    world_url: str, tmp_path: Path, worker: tether.Worker
+) -> None:
+    run = tether.start(waiting, ["guard-2"])
+    wait_for(lambda: bool(run.hooks()), 20, "the hook")
+    server = WebServer(world_url, tmp_path / "web.log", "--read-only")
+    try:
+        for path in ("/", f"/runs/{run.run_id}", "/deployments"):
+            html = server.get(path).text
+            assert 'method="post"' not in html and "read-only" in html, path
+        csrf = csrf_of(server)
+        refused = post(server, f"/runs/{run.run_id}/actions", {"action": "cancel", "csrf": csrf})
+        assert refused.status_code == 403 and "read-only" in refused.json()["message"]
+        assert run.status() == "running"
+    finally:
+        server.stop()
+    run.cancel()
+
+
+def test_values_from_the_world_are_text_never_markup(
+    world_url: str, web: WebServer, worker: tether.Worker, page: Page, dialogs: Dialogs
+) -> None:
+    run = tether.start(hostile, [SCRIPT])
+    wait_for(lambda: bool(run.hooks()), 20, "the hook")
+    tether.resume_hook("hostile-hook", "<img src=x onerror=alert('payload')>")
+    assert run.result(timeout=20) == SCRIPT
+    html = web.get(f"/runs/{run.run_id}").text
+    assert SCRIPT not in html and "&lt;script&gt;" in html
+    assert "<img src=x" not in html
+    page.goto(web.url + f"/runs/{run.run_id}")
+    expect(page.locator("#run-io")).to_contain_text(SCRIPT)  # shown, as text
+    expect(page.locator("#run-timeline")).to_contain_text("<img src=x onerror=")
+    page.goto(web.url + f"/?q={run.run_id}")
+    expect(page.locator("tr[data-run]")).to_have_count(1)
+    assert dialogs.asked == []  # no script from the World ran
+
+
+def test_what_the_world_does_not_hold_is_a_404_that_says_so(world_url: str, web: WebServer) -> None:
+    missing = web.get("/runs/run_nope")
+    assert missing.status_code == 404 and "no run &#39;run_nope&#39;" in missing.text
+    assert web.get("/deployments/nope/check").status_code == 404
+    diff = web.get("/deployments/diff?old=a&new=b")
+    assert diff.status_code == 404 and "deployment &#39;a&#39; is not registered" in diff.text
+    assert (
+        post(web, "/runs/run_nope/actions", {"action": "cancel", "csrf": csrf_of(web)}).status_code
+        == 404
+    )
+
+
+def test_an_unreachable_world_is_an_error_page_until_it_returns(
+    private_server: PrivateServer, tmp_path: Path
+) -> None:
+    # The World gives up on a lost server after reconnect_timeout seconds (default 60).
+    url = private_server.url.replace("postgres@", "postgres:s3cret@")
+    url += "?schema=web&reconnect_timeout=2"
+    tether.config.resolve_world(url)
+    server = WebServer(url, tmp_path / "web.log")
+    try:
+        assert server.get("/").status_code == 200
+        private_server.stop()
+        away = server.get("/")
+        assert away.status_code == 503, away.text
+        assert "cannot reach the World postgresql://postgres:***@127.0.0.1" in away.text
+        assert "s3cret" not in away.text
+        private_server.start()
+        wait_for(lambda: server.get("/").status_code == 200, 30, "the UI to recover")
+    finally:
+        server.stop()
+        tether.config.close(url)
+
+
+def test_the_ui_mounts_in_your_own_app_under_a_prefix(
+    world_url: str, worker: tether.Worker
+) -> None:
+    import threading
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    import tether.web
+    from tests.browser.server import free_port
+
+    run = tether.start(waiting, ["guard-3"])
+    wait_for(lambda: bool(run.hooks()), 20, "the hook")
+    host = Starlette(routes=[Mount("/ops/tether", app=tether.web.app(world=world_url))])
+    port = free_port()
+    served = uvicorn.Server(uvicorn.Config(host, port=port, log_level="warning"))
+    thread = threading.Thread(target=served.run, daemon=True)
+    thread.start()
+    wait_for(lambda: served.started, 20, "the host app to serve")
+    root = f"http://127.0.0.1:{port}/ops/tether"
+    try:
+        listing = httpx.get(root + "/", timeout=30)
+        assert listing.status_code == 200
+        assert f'href="/ops/tether/runs/{run.run_id}"' in listing.text
+        assert 'src="/ops/tether/static/tether.js"' in listing.text
+        assert httpx.get(root + "/static/tether.css", timeout=30).status_code == 200
+        csrf = re.search(r'data-csrf="([^"]+)"', listing.text).group(1)  # type: ignore[union-attr]
+        done = httpx.post(
+            f"{root}/runs/{run.run_id}/actions",
+            data={"action": "cancel", "csrf": csrf},
+            headers={"Accept": "application/json"},
+            timeout=30,
+        )
+        assert done.json()["ok"], done.text
+    finally:
+        served.should_exit = True
+        thread.join(timeout=10)
+    assert run.status() == "cancelled"
