@@ -101,3 +101,15 @@ def _exception_type(exc: BaseException) -> str:
 def _exception_message(exc: BaseException) -> str:
     message = getattr(exc, "message", None)
     return message if isinstance(message, str) else str(exc)
+
+
+def traceback_of(value: Any) -> str | None:
+    """The formatted traceback a stored error carries (a run's dict, a step's exception)."""
+    if isinstance(value, Mapping):
+        text = value.get("traceback")
+        return text if isinstance(text, str) and text else None
+    for attribute in ("traceback", "__tether_traceback__"):
+        text = getattr(value, attribute, None)
+        if isinstance(text, str) and text:
+            return text
+    return None

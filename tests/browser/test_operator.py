@@ -168,3 +168,39 @@ def test_a_sleeping_run_moved_onto_latest_from_the_deployments_page(
     # The run's own page links to where it went.
     page.goto(web.url + f"/runs/{run.run_id}")
     expect(page.locator("#run-family")).to_contain_text(re.compile(f"moved to {new.run_id}"))
+
+
+def test_a_failed_run_forked_from_its_failing_step_picked_on_the_timeline(
+    world_url: str, world_kind: str, tmp_path: Path, web: WebServer, page: Page
+) -> None:
+    v1 = worker_of("v1", world_url, tmp_path)
+    failed = tether.start(FULFIL, [str(tmp_path / "marks"), "f-1", 0.1], deployment_id="v1")
+    with pytest.raises(tether.RunFailedError):
+        failed.result(timeout=30)
+    v1.stop()
+    v2 = worker_of("v2", world_url, tmp_path)
+    try:
+        page.goto(web.url + f"/runs/{failed.run_id}")
+        expect(page.locator("#run-io .problem")).to_contain_text("FatalError: no carrier for f-1")
+        expect(page.locator("#run-io")).to_contain_text(
+            'raise FatalError(f"no carrier for {order}")'
+        )
+        ship = page.locator("li[data-request='3']")
+        expect(ship).to_contain_text("ship")
+        expect(ship).to_have_attribute("data-status", "failed")
+        screenshot(page, "run-failed", world_kind)
+        # Pick the failing step: the check's verdict comes first, nothing is written yet.
+        ship.locator("a.fork").click()
+        expect(page.locator(".verdict")).to_contain_text("replays, keeping 3 requests")
+        assert len(tether.list_runs(limit=None)) == 1
+        screenshot(page, "fork", world_kind)
+        page.click("text=Fork onto v2")
+        expect(page.locator("#flash")).to_contain_text("forked")
+    finally:
+        pass
+    [fork] = tether.list_runs(deployment_id="v2", limit=None)
+    try:
+        assert (fork.forked_from, fork.fork_point) == (failed.run_id, 3)
+        assert fork.result(timeout=30)[-1] == "v2"
+    finally:
+        v2.stop()

@@ -18,7 +18,7 @@ from tether import deployments, serde
 from tether.handles import Run
 from tether.hooks import webhook_path
 from tether.readers import upgraded_to
-from tether.shown import error_summary, jsonable, short_name
+from tether.shown import error_summary, jsonable, short_name, traceback_of
 from tether.worlds.base import World
 from tether.worlds.records import (
     COMMAND_EVENTS,
@@ -235,7 +235,7 @@ def run_page(world: World, record: RunRecord, events_page: int = 0) -> dict[str,
                 "chunks": [value(c.data) for c in chunks],
             }
         )
-    error = value(record.error)
+    error = serde.loads(record.error) if record.error else None
     shown_events = events[events_page * EVENTS_PAGE : (events_page + 1) * EVENTS_PAGE]
     return {
         "run": run_row(record, now),
@@ -244,8 +244,8 @@ def run_page(world: World, record: RunRecord, events_page: int = 0) -> dict[str,
         "completed": when(record.completed_at),
         "input": arguments(record.input),
         "output": value(record.output),
-        "error": error,
-        "error_line": error_summary(serde.loads(record.error)) if record.error else "",
+        "error_line": error_summary(error) if error is not None else "",
+        "traceback": traceback_of(error),
         "ended": record.status in TERMINAL_STATUSES,
         "timeline": timeline,
         "sleeping": [r for r in timeline if r.kind == "sleep" and r.status == "waiting"],
@@ -273,6 +273,7 @@ def _timeline(world: World, record: RunRecord, events: list[Any], now: float) ->
     hooks = {h.hook_id: h for h in world.list_hooks(record.run_id)}
     attempts: dict[str, list[dict[str, Any]]] = {}
     payloads: dict[str, list[Value | None]] = {}
+    urls: dict[str, str] = {}  # a webhook's URL as handed out (recorded when it was made)
     for e in events:
         if e.type in ("step_retrying", "step_failed") and e.correlation_id:
             attrs = e.attrs or {}
@@ -286,6 +287,8 @@ def _timeline(world: World, record: RunRecord, events: list[Any], now: float) ->
             )
         if e.type == "hook_received" and e.correlation_id:
             payloads.setdefault(e.correlation_id, []).append(value(e.payload))
+        if e.type == "hook_created" and e.correlation_id and (e.attrs or {}).get("url"):
+            urls[e.correlation_id] = str((e.attrs or {})["url"])
     found: list[Request] = []
     for index, e in enumerate(x for x in events if x.type in COMMAND_EVENTS):
         key = e.correlation_id or ""
@@ -328,7 +331,8 @@ def _timeline(world: World, record: RunRecord, events: list[Any], now: float) ->
             )
         elif e.type == "hook_created" and key in hooks:
             h = hooks[key]
-            detail = f"token {h.token}" + (f" · POST {webhook_path(h.token)}" if h.webhook else "")
+            url = urls.get(key) or webhook_path(h.token)
+            detail = f"token {h.token}" + (f" · POST {url}" if h.webhook else "")
             found.append(
                 Request(
                     index,
