@@ -9,6 +9,7 @@ works from any machine that reaches the World.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Sequence
@@ -23,19 +24,22 @@ from tether.errors import (
 )
 from tether.redaction import redact
 from tether.runtime.answering import Checked, check_here, decode_answer, encode_request
-from tether.runtime.check import DEFAULT_BUDGET, RunCheck
+from tether.runtime.check import DEFAULT_BUDGET, WATCHDOG_GRACE, RunCheck
 from tether.worlds.base import World
 from tether.worlds.manifests import conflicts
+from tether.worlds.operations import CHECK_LEASE_SECONDS
 from tether.worlds.records import CheckRequest, RunRecord
 
 #: ``"here"``: this process must hold the code; ``"worker"``: ask a live worker;
 #: ``"auto"``: here when this process holds the code, else a live worker.
 Replay = Literal["auto", "here", "worker"]
 REPLAYS = ("auto", "here", "worker")
-#: Runs a request asks about: several requests let several workers share a large check.
-BATCH = 100
-#: Seconds a live worker has to take a request (it looks at least every 2 s).
-TAKEN_WITHIN = 15.0
+#: Runs a request asks about: several requests let several workers share a large check,
+#: and a request's replays (each bounded by the budget) end well within its hold.
+BATCH = 25
+#: Seconds a live worker has to take a request (it looks at least every 2 s), counted
+#: from when the previous request was answered.
+TAKEN_WITHIN = 30.0
 
 
 class Checker:
@@ -141,7 +145,8 @@ class Checker:
             return found
         finally:
             for request_id, _ in asked:
-                self.world.drop_check(request_id)
+                with contextlib.suppress(Exception):  # left behind, it is dropped in an hour
+                    self.world.drop_check(request_id)
 
     def _answer(self, request_id: str, size: int) -> str:
         """Wait for a request's answer: taken within ``TAKEN_WITHIN`` s, answered in budget."""
@@ -154,7 +159,8 @@ class Checker:
                 waited = time.monotonic() - started
                 taken = request is not None and request.taken_by is not None
                 # A taker that dies is replaced once its hold passes: wait that long too.
-                limit = TAKEN_WITHIN + (size * DEFAULT_BUDGET + 130.0 if taken else 0.0)
+                replays = size * (DEFAULT_BUDGET + WATCHDOG_GRACE)
+                limit = TAKEN_WITHIN + (CHECK_LEASE_SECONDS + replays if taken else 0.0)
                 if waited > limit:
                     raise NoLiveWorkerError(
                         f"no live worker of deployment {self.deployment_id!r} answered the"

@@ -15,8 +15,9 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
+from tether import serde
 from tether.checking import Checker
 from tether.errors import (
     HookConflictError,
@@ -24,6 +25,7 @@ from tether.errors import (
     NonDeterminismError,
 )
 from tether.runtime.check import kept_history
+from tether.streams import StreamHandle
 from tether.worlds.base import World
 from tether.worlds.records import (
     COMMAND_EVENTS,
@@ -99,14 +101,20 @@ def plan(
             raise NonDeterminismError(
                 f"cannot fork run {original.run_id} from step {point} onto {deployment!r}: the"
                 f" target's code does not replay its history up to there"
-                f" ({found.check.reason}); fork from step {found.check.fork_point or 0} or"
-                " earlier, or from_step='auto'"
+                f" ({found.check.reason}); "
+                + (
+                    f"fork from step {found.check.fork_point} or earlier, or from_step='auto'"
+                    if found.check.fork_point is not None
+                    else "it cannot move there: rerun it instead"
+                )
             )
     else:
         raise InvalidValueError(
             f"invalid from_step {from_step!r}: expected a step number or 'auto'"
         )
-    return checked_plan(target, original, deployment, point, found.read_at, run_id, events)
+    # A fork keeps requests before ``point``: once logged they do not change, so the run
+    # may have moved on since its check (an upgrade, which keeps all, may not).
+    return checked_plan(target, original, deployment, point, None, run_id, events)
 
 
 def checked_plan(
@@ -114,17 +122,18 @@ def checked_plan(
     original: RunRecord,
     deployment: str,
     point: int,
-    read_at: int,
+    read_at: int | None,
     run_id: str | None = None,
     events: list[EventRecord] | None = None,
 ) -> Plan:
     """The fork from request ``point``, which a check of the log as of ``read_at`` allowed.
 
-    Raises ``InvalidValueError`` when the run moved on since (check it again).
+    With ``read_at`` (an upgrade), raises ``InvalidValueError`` when the run
+    moved on since (check it again); ``None`` takes the log as it is now.
     """
-    if events is None or events[-1].seq != read_at:
+    if events is None or (read_at is not None and events[-1].seq != read_at):
         events = target.list_events(original.run_id)
-    if events[-1].seq != read_at:
+    if read_at is not None and events[-1].seq != read_at:
         raise InvalidValueError(
             f"run {original.run_id} moved on while it was checked (event {events[-1].seq},"
             f" checked at {read_at}): check it again"
@@ -157,13 +166,44 @@ def checked_plan(
         kept_until=min(again) if again else None,
     )
     copied = [
-        dataclasses.replace(event, run_id=new_id, seq=seq)
+        dataclasses.replace(
+            event,
+            run_id=new_id,
+            seq=seq,
+            payload=_rehomed(event.payload, original.run_id, new_id)
+            if event.type == "step_created" and event.correlation_id not in answered
+            else event.payload,
+        )
         for seq, event in enumerate(history, start=2)
     ]
-    return Plan(run, copied, read_at)
+    return Plan(run, copied, events[-1].seq)
 
 
 # -- helpers ------------------------------------------------------------------
+
+
+def _rehomed(payload: str | None, original: str, fork: str) -> str | None:
+    """A step's arguments with the original's stream handles pointing to the fork's.
+
+    The fork runs this step again: what it writes belongs in the fork's streams,
+    which a reader of the original follows.
+    """
+    if payload is None or f'"{original}"' not in payload:  # no handle of it: as it is
+        return payload
+    moved = _moved(serde.loads(payload), original, fork)
+    return serde.dumps(moved, where="a step's arguments")
+
+
+def _moved(value: Any, original: str, fork: str) -> Any:
+    if isinstance(value, StreamHandle):
+        return StreamHandle(fork, value.namespace) if value.run_id == original else value
+    if isinstance(value, list):
+        return [_moved(v, original, fork) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_moved(v, original, fork) for v in value)
+    if isinstance(value, dict):
+        return {k: _moved(v, original, fork) for k, v in value.items()}
+    return value
 
 
 def _failing_request(events: Sequence[EventRecord]) -> int | None:

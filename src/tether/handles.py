@@ -157,13 +157,23 @@ class Run:
         A fork's include those its original's kept steps started: they stay linked.
         """
         found = list(iter_runs(self._world, RunFilter(parent_run_id=self.run_id, descending=False)))
-        original = self.forked_from
-        if original is not None:
-            kept_until = self._created_attrs().get("kept_until")
-            if not isinstance(kept_until, float | int):  # it kept all: what came before it
-                kept_until = self._record().created_at
+        # Up the fork chain: each fork keeps what its original's kept steps started.
+        handle: Run = self
+        kept_until = float("inf")
+        for _ in range(100):
+            original = handle.forked_from
+            if original is None:
+                break
+            until = handle._created_attrs().get("kept_until")
+            if not isinstance(until, float | int):  # it kept all: what came before it
+                until = handle._record().created_at
+            kept_until = min(kept_until, until)
             family = RunFilter(parent_run_id=original, descending=False)
             found += [r for r in iter_runs(self._world, family) if r.created_at < kept_until]
+            record = self._world.get_run(original)
+            if record is None:
+                break
+            handle = Run(record, self._world)
         found.sort(key=lambda record: record.created_at)
         return [Run(record, self._world) for record in found]
 

@@ -50,12 +50,16 @@ class Readable:
         self.namespace = namespace
         self.stream_id = f"{run_id}/{namespace}"
         self.start_index = start_index
+        #: Where to go on after following a moved run (``_writers_active``).
+        self._restart: int | None = None
 
     def __iter__(self) -> Iterator[Any]:
         with self._world.watch() as changed:
             position = self.start_index
             while True:
                 chunks, ended = self._page(position)
+                if self._restart is not None:  # it followed a moved run
+                    position, self._restart = self._restart, None
                 for chunk in chunks:
                     yield serde.loads(chunk.data)
                     position = chunk.index + 1
@@ -69,6 +73,8 @@ class Readable:
             position = self.start_index
             while True:
                 chunks, ended = await asyncio.to_thread(self._page, position)
+                if self._restart is not None:  # it followed a moved run
+                    position, self._restart = self._restart, None
                 for chunk in chunks:
                     yield serde.loads(chunk.data)
                     position = chunk.index + 1
@@ -86,12 +92,32 @@ class Readable:
         followed = self.stream_id
         if self._writers_active():
             if self.stream_id != followed:  # the run moved: read on in its replacement
-                return self._page(position)
+                self._restart = self._kept(position)
+                return self._page(self._restart)
             return chunks, False
         # The writers have ended, perhaps after the read above: what they wrote before
         # ending is there now, so one more read decides.
         chunks, _ = self._world.read_chunks(self.stream_id, position, _PAGE)
         return chunks, not chunks
+
+    def _kept(self, position: int) -> int:
+        """Where to read on in the stream of the run that replaced the one read so far.
+
+        Its stream starts with the chunks the kept steps wrote (copies, older
+        than the replacement); a reader that had read past them read chunks of
+        steps the replacement runs again, and reads those steps' chunks again,
+        as after a retry, rather than miss them.
+        """
+        fork = self._world.get_run(self.run_id)
+        if fork is None or position <= 0:
+            return max(position, 0)
+        chunks, _ = self._world.read_chunks(self.stream_id, 0, position)
+        kept = 0
+        for chunk in chunks:
+            if chunk.created_at >= fork.created_at:
+                break
+            kept += 1
+        return min(position, kept)
 
     def _writers_active(self) -> bool:
         """Whether the stream's run, or any run started from it, can still write.

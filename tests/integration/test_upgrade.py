@@ -273,10 +273,46 @@ def test_a_workflow_the_target_dropped_is_incompatible_and_nothing_moves(
             "deployments", "upgrade", "v1", "-y", url=world_url, env={"COLUMNS": "200"}
         )
         assert moved.code == 0, moved
-        assert "0 moved" not in moved.err and "1 left" in moved.err
+        assert moved.err.strip().splitlines()[-1] == "1 left"  # none moved
         assert "does not define" in moved.out
     finally:
         v2.stop()
     # Nothing moved: the run sleeps on v1 as it was, and no run was made on v2.
     assert run.status() == "running" and len(run.events()) == logged
     assert tether.list_runs(deployment_id="v2", limit=None) == []
+
+
+def test_a_step_run_again_after_the_move_writes_to_the_replacements_stream(
+    world_url: str, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    v1 = worker_of("v1", world_url, tmp_path)
+    run = tether.start("workflow//orders//replenish", [str(marks), "r-1"], deployment_id="v1")
+    # v1's restock wrote its chunk, failed, and waits an hour to try again.
+    wait_for(lambda: any(e.type == "step_retrying" for e in run.events()), 20, "a retry")
+    v1.stop()
+    reader = run.readable
+    seen: list[object] = []
+    for chunk in reader:  # what a reader had when the run moved
+        seen.append(chunk)
+        if len(seen) == 2:
+            break
+    assert seen == ["noted r-1 on v1", "restocking r-1 on v1"]
+    v2 = worker_of("v2", world_url, tmp_path)
+    try:
+        moved = tether_exe("deployments", "upgrade", "v1", "-y", url=world_url)
+        assert moved.code == 0, moved
+        assert run.upgraded_to is not None
+        new = tether.get_run(run.upgraded_to)
+        assert new.fork_point == 2 and new.result(timeout=30) == "restocked r-1"
+    finally:
+        v2.stop()
+    # The replacement's stream: the kept step's chunk, then the step run again on v2;
+    # not v1's failed attempt, and closed by the replacement.
+    assert list(new.readable) == ["noted r-1 on v1", "restocking r-1 on v2"]
+    # A reader of the original that had read past the kept chunks reads the step's
+    # chunks again, as after a retry, and ends when the replacement closes the stream.
+    follower = tether.get_readable(run.run_id, start_index=2)
+    assert list(follower) == ["restocking r-1 on v2"]
+    assert list(run.readable) == ["noted r-1 on v1", "restocking r-1 on v1", "restocking r-1 on v2"]
+    assert sorted(label for label, _ in read_marks(marks)) == ["restock:r-1:v1", "restock:r-1:v2"]

@@ -180,6 +180,28 @@ async def spins(order: str) -> list[str]:
     return [first]
 
 
+@workflow
+async def hogs(order: str) -> list[str]:
+    """``ship`` after a change that spins without ever yielding, and swallows errors."""
+    first = await pick(order)
+    while True:
+        try:
+            first = first.strip()
+        except Exception:  # what it catches cannot stop the watchdog
+            first = ""
+    return [first]
+
+
+def test_code_that_never_yields_is_interrupted_by_the_watchdog() -> None:
+    run = sleeping_ship()
+    result = check_run(record(ship, ("o-1",), run.run_id), run.log, hogs, budget=0.2)
+    assert (result.verdict, result.fork_point) == ("incompatible", None)
+    assert "took over 0.2 s" in result.reason
+    # The thread is free again, and no late interruption is left pending in it.
+    again = check_run(record(ship, ("o-1",), run.run_id), run.log, ship)
+    assert again.verdict == "replays"
+
+
 def test_code_that_never_suspends_is_stopped_at_the_budget() -> None:
     run = sleeping_ship()
     result = check_run(record(ship, ("o-1",), run.run_id), run.log, spins, budget=0.2)

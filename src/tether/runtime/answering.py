@@ -7,7 +7,8 @@ runs) and writes the answer. A request's body is JSON
 ``{"runs": [[run_id, upto], ...]}``: ``upto`` ``null`` checks the whole log,
 a number checks what a fork from that request would keep. The answer is a
 JSON list of ``{"run_id", "verdict", "fork_point", "reason", "read_at"}``,
-``read_at`` the last sequence number of the log that was replayed.
+``read_at`` the last sequence number of the log that was replayed, or
+``{"error": ...}`` when the worker could not replay them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tether import registry
+from tether.errors import TetherError
 from tether.runtime.check import RunCheck, check_run, kept_history
 from tether.worlds.base import World
 from tether.worlds.records import COMMAND_EVENTS, CheckRequest, RunRecord
@@ -47,13 +49,19 @@ def encode_request(runs: Sequence[tuple[str, int | None]]) -> str:
 
 
 def decode_answer(answer: str) -> list[Checked]:
-    """The answer to a request, one ``Checked`` per run asked about, in order."""
+    """The answer to a request, one ``Checked`` per run asked about, in order.
+
+    Raises ``TetherError`` with the worker's words when it could not replay them.
+    """
+    found = json.loads(answer)
+    if isinstance(found, dict):
+        raise TetherError(str(found.get("error", found)))
     return [
         Checked(
             RunCheck(item["run_id"], item["verdict"], item["fork_point"], item["reason"]),
             item["read_at"],
         )
-        for item in json.loads(answer)
+        for item in found
     ]
 
 
@@ -123,7 +131,16 @@ async def serve_checks(
             try:
                 request = await io(world.take_check, deployment_id, worker_id)
                 if request is not None:
-                    text = await io(answer, world, request)
+                    try:
+                        text = await io(answer, world, request)
+                    except Exception as exc:  # say so, rather than leave the asker waiting
+                        log.exception("replaying a check of deployment %s failed", deployment_id)
+                        text = json.dumps(
+                            {
+                                "error": f"worker {worker_id} could not replay the runs:"
+                                f" {type(exc).__name__}: {exc}"
+                            }
+                        )
                     await io(world.answer_check, request.request_id, text)
                     continue  # there may be more
             except Exception:

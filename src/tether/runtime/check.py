@@ -11,9 +11,11 @@ what a fork onto the new code may keep.
 
 from __future__ import annotations
 
+import ctypes
 import inspect
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,6 +29,42 @@ Verdict = Literal["replays", "diverges", "incompatible"]
 
 #: Seconds one run's replay may take: its code runs, but no step, sleep or I/O does.
 DEFAULT_BUDGET = 5.0
+#: Seconds past the budget after which a replay that never suspends is interrupted.
+WATCHDOG_GRACE = 0.5
+
+
+class OverBudget(BaseException):
+    """Raised into a replay's thread past its budget (a ``BaseException``: code that
+    catches ``Exception`` in a loop cannot swallow it)."""
+
+
+def _interrupt_after(seconds: float) -> Callable[[], None]:
+    """Raise ``OverBudget`` in this thread after ``seconds``, unless the returned
+    function is called first. Pure-Python code cannot otherwise be stopped from
+    outside; CPython's ``PyThreadState_SetAsyncExc`` delivers the exception at the
+    thread's next bytecode boundary."""
+    target = threading.get_ident()
+    lock = threading.Lock()
+    finished = False
+
+    def fire() -> None:
+        with lock:
+            if not finished:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(target), ctypes.py_object(OverBudget)
+                )
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+
+    def stop() -> None:
+        nonlocal finished
+        with lock:
+            finished = True
+        timer.cancel()
+
+    return stop
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +115,17 @@ def check_run(
     instance.loop.deadline = time.monotonic() + budget
     logged = [e for e in events if e.type in COMMAND_EVENTS]
     try:
-        instance.replay(events)
-        raised = _raised(instance)
-    except TimeoutError:
+        # The loop's deadline stops code that suspends; the watchdog, a little later,
+        # code that never does (``while True: pass``), which would hold the thread.
+        stop_watchdog = _interrupt_after(budget + WATCHDOG_GRACE)
+        try:
+            instance.replay(events)
+            raised = _raised(instance)
+        finally:
+            stop_watchdog()
+        if isinstance(raised, OverBudget) or isinstance(instance.failure, OverBudget):
+            raise OverBudget  # the workflow's task caught it as its own end
+    except (TimeoutError, OverBudget):
         return RunCheck(
             run.run_id,
             "incompatible",

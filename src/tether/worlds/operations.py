@@ -516,7 +516,8 @@ def heartbeat(tx: Tx, worker_id: str, lease_seconds: float) -> None:
 # -- replays asked of live workers ------------------------------------------------
 
 #: Seconds a worker holds a replay it took; past them another live worker may take it.
-CHECK_LEASE_SECONDS = 120.0
+#: Longer than a request's replays can take (``checking.BATCH`` runs, each bounded).
+CHECK_LEASE_SECONDS = 300.0
 #: Requests older than this are dropped with any other (their askers gave up long ago).
 CHECK_KEPT_SECONDS = 3600.0
 

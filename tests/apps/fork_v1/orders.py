@@ -8,7 +8,7 @@ from __future__ import annotations
 from tests.apps.basic import mark
 
 import tether
-from tether import FatalError, StreamHandle, step, workflow
+from tether import FatalError, RetryableError, StreamHandle, step, workflow
 
 VERSION = "v1"
 
@@ -102,3 +102,24 @@ async def gift_card(path: str, order: str) -> str:
     await reserve(path, order)
     await tether.sleep(3600)
     return f"gift card for {order}"
+
+
+@step
+def note(stream: StreamHandle, order: str) -> str:
+    stream.write(f"noted {order} on {VERSION}")
+    return f"noted {order}"
+
+
+@step(max_retries=10)
+def restock(path: str, order: str, stream: StreamHandle) -> str:
+    mark(path, f"restock:{order}:{VERSION}")
+    stream.write(f"restocking {order} on {VERSION}")
+    raise RetryableError("the supplier is down", retry_after=3600)  # v2 uses another
+
+
+@workflow
+async def replenish(path: str, order: str) -> str:
+    """Notes the order on its stream, then restocks, which v1 retries for an hour."""
+    stream = tether.get_writable()
+    await note(stream, order)
+    return await restock(path, order, stream)

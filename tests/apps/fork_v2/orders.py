@@ -91,3 +91,25 @@ async def escalate(order: str, nap: float) -> list[str]:
     child = await open_ticket(order)
     await tether.sleep(nap)
     return [child, VERSION]
+
+
+@step
+def note(stream: StreamHandle, order: str) -> str:
+    stream.write(f"noted {order} on {VERSION}")
+    return f"noted {order}"
+
+
+@step(max_retries=10)
+def restock(path: str, order: str, stream: StreamHandle) -> str:
+    mark(path, f"restock:{order}:{VERSION}")
+    stream.write(f"restocking {order} on {VERSION}")
+    stream.close()
+    return f"restocked {order}"
+
+
+@workflow
+async def replenish(path: str, order: str) -> str:
+    """Notes the order on its stream, then restocks, which v1 retries for an hour."""
+    stream = tether.get_writable()
+    await note(stream, order)
+    return await restock(path, order, stream)
