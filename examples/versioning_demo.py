@@ -99,6 +99,8 @@ def main() -> None:
         command = f"{tether_command()} inspect runs --backend {shlex.quote(url)}"
         say(f"   {command}")
         say(f"   {command} {chain[-1].run_id[:12]}   (the start of a run id will do)")
+        web = f"{tether_command()} web --backend {shlex.quote(url)} --open"
+        say(f"   {web}   (the web UI on http://127.0.0.1:8484/; Ctrl-C stops it)")
     finally:
         follower.stop()
         for proc in workers:
