@@ -30,13 +30,15 @@ ARGS = [
 SCREENSHOTS = REPO / "docs" / "screenshots" / "latest"
 
 
-@pytest.fixture(scope="session")
+# Per test, not per session: Playwright's sync API keeps an event loop running in the
+# thread while it is open, and the other tests of this process call asyncio.run.
+@pytest.fixture
 def playwright() -> Iterator[Playwright]:
     with sync_playwright() as p:
         yield p
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def browser(playwright: Playwright) -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
