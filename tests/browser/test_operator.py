@@ -138,6 +138,7 @@ def test_a_run_followed_live_through_its_hook_and_stream(
         expect(chunks).to_have_count(2)
         expect(chunks.nth(1)).to_contain_text("labelled d-7 for fast-carrier on v2")
         expect(page.locator("#run-io")).to_contain_text("labelled d-7")
+        expect(page.locator("form.resolve")).to_have_count(0)  # no hook waits any more
         assert_not_reloaded(page)
         screenshot(page, "run", world_kind)
     finally:
