@@ -38,16 +38,16 @@ async def waiting(token: str) -> str:
     return str(await create_hook(token=token))
 
 
-def csrf_of(server: WebServer, path: str = "/") -> str:
-    found = re.search(r'data-csrf="([^"]+)"', server.get(path).text)
+def browse(root: str, path: str = "/") -> tuple[httpx.Client, str]:
+    """A client that opened ``path`` (so it holds the csrf cookie), and the page's csrf value."""
+    client = httpx.Client(base_url=root, timeout=30)
+    found = re.search(r'data-csrf="([^"]+)"', client.get(path).text)
     assert found, "the page carries no csrf value"
-    return found.group(1)
+    return client, found.group(1)
 
 
-def post(server: WebServer, path: str, data: dict[str, str], **headers: str) -> httpx.Response:
-    return httpx.post(
-        server.url + path, data=data, headers={"Accept": "application/json", **headers}, timeout=30
-    )
+def post(client: httpx.Client, path: str, data: dict[str, str], **headers: str) -> httpx.Response:
+    return client.post(path, data=data, headers={"Accept": "application/json", **headers})
 
 
 def test_off_loopback_the_ui_needs_its_token(world_url: str, tmp_path: Path) -> None:
@@ -87,15 +87,22 @@ def test_cross_site_and_unsigned_posts_are_refused(
     run = tether.start(waiting, ["guard-1"])
     wait_for(lambda: bool(run.hooks()), 20, "the hook")
     path = f"/runs/{run.run_id}/actions"
-    csrf = csrf_of(web, f"/runs/{run.run_id}")
-    evil = post(web, path, {"action": "cancel", "csrf": csrf}, Origin="http://evil.example")
+    client, csrf = browse(web.url, f"/runs/{run.run_id}")
+    evil = post(client, path, {"action": "cancel", "csrf": csrf}, Origin="http://evil.example")
     assert evil.status_code == 403 and "not from this UI" in evil.json()["message"]
-    unsigned = post(web, path, {"action": "cancel"})
+    unsigned = post(client, path, {"action": "cancel"})
     assert unsigned.status_code == 403 and "did not come from this UI" in unsigned.json()["message"]
+    # The page's value alone is not enough: another site's form lacks the browser's cookie.
+    stranger = httpx.post(
+        web.url + path,
+        data={"action": "cancel", "csrf": csrf},
+        headers={"Accept": "application/json"},
+    )
+    assert stranger.status_code == 403
     assert run.status() == "running"
     # A malformed payload is refused with the parse error; nothing is delivered.
     bad = post(
-        web, path, {"action": "resolve", "token": "guard-1", "payload": "{bad", "csrf": csrf}
+        client, path, {"action": "resolve", "token": "guard-1", "payload": "{bad", "csrf": csrf}
     )
     assert (
         bad.status_code == 400
@@ -103,12 +110,14 @@ def test_cross_site_and_unsigned_posts_are_refused(
     )
     assert run.status() == "running"
     done = post(
-        web, path, {"action": "resolve", "token": "guard-1", "payload": '{"ok": 1}', "csrf": csrf}
+        client,
+        path,
+        {"action": "resolve", "token": "guard-1", "payload": '{"ok": 1}', "csrf": csrf},
     )
     assert done.status_code == 200 and done.json()["ok"], done.text
     assert run.result(timeout=20) == "{'ok': 1}"
     # An action on a run that has ended says so.
-    late = post(web, path, {"action": "cancel", "csrf": csrf})
+    late = post(client, path, {"action": "cancel", "csrf": csrf})
     assert late.status_code == 400 and "has ended (completed)" in late.json()["message"]
     # Without the script, a refused form gets a page, an accepted one a redirect back.
     page = httpx.post(web.url + path, data={"action": "cancel"}, timeout=30)
@@ -125,8 +134,8 @@ def test_read_only_offers_no_action_and_takes_none(
         for path in ("/", f"/runs/{run.run_id}", "/deployments"):
             html = server.get(path).text
             assert 'method="post"' not in html and "read-only" in html, path
-        csrf = csrf_of(server)
-        refused = post(server, f"/runs/{run.run_id}/actions", {"action": "cancel", "csrf": csrf})
+        client, csrf = browse(server.url)
+        refused = post(client, f"/runs/{run.run_id}/actions", {"action": "cancel", "csrf": csrf})
         assert refused.status_code == 403 and "read-only" in refused.json()["message"]
         assert run.status() == "running"
     finally:
@@ -158,10 +167,9 @@ def test_what_the_world_does_not_hold_is_a_404_that_says_so(world_url: str, web:
     assert web.get("/deployments/nope/check").status_code == 404
     diff = web.get("/deployments/diff?old=a&new=b")
     assert diff.status_code == 404 and "deployment &#39;a&#39; is not registered" in diff.text
-    assert (
-        post(web, "/runs/run_nope/actions", {"action": "cancel", "csrf": csrf_of(web)}).status_code
-        == 404
-    )
+    client, csrf = browse(web.url)
+    gone = post(client, "/runs/run_nope/actions", {"action": "cancel", "csrf": csrf})
+    assert gone.status_code == 404
 
 
 def test_an_unreachable_world_is_an_error_page_until_it_returns(
@@ -208,18 +216,13 @@ def test_the_ui_mounts_in_your_own_app_under_a_prefix(
     wait_for(lambda: served.started, 20, "the host app to serve")
     root = f"http://127.0.0.1:{port}/ops/tether"
     try:
-        listing = httpx.get(root + "/", timeout=30)
+        client, csrf = browse(root + "/")
+        listing = client.get(root + "/")
         assert listing.status_code == 200
         assert f'href="/ops/tether/runs/{run.run_id}"' in listing.text
         assert 'src="/ops/tether/static/tether.js"' in listing.text
-        assert httpx.get(root + "/static/tether.css", timeout=30).status_code == 200
-        csrf = re.search(r'data-csrf="([^"]+)"', listing.text).group(1)  # type: ignore[union-attr]
-        done = httpx.post(
-            f"{root}/runs/{run.run_id}/actions",
-            data={"action": "cancel", "csrf": csrf},
-            headers={"Accept": "application/json"},
-            timeout=30,
-        )
+        assert client.get(root + "/static/tether.css").status_code == 200
+        done = post(client, f"{root}/runs/{run.run_id}/actions", {"action": "cancel", "csrf": csrf})
         assert done.json()["ok"], done.text
     finally:
         served.should_exit = True

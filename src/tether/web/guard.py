@@ -3,8 +3,10 @@
 With a token, every request must carry it: ``Authorization: Bearer TOKEN``,
 or the cookie a first visit with ``?token=TOKEN`` sets. Every action is a
 POST that must come from the UI's own pages: its ``Origin`` (when the
-browser sends one) names this host, and its form carries the page's
-``csrf`` value, which another site cannot read.
+browser sends one) names this host, and its form carries the ``csrf``
+value the page was rendered with, which must equal the browser's
+``tether_csrf`` cookie: another site can neither read that value nor set
+the cookie (double submit; it works across server processes).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 COOKIE = "tether_web_token"
+CSRF_COOKIE = "tether_csrf"
 #: Addresses that only this machine reaches: the UI may serve them without a token.
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
@@ -72,11 +75,12 @@ def new_csrf() -> str:
     return secrets.token_urlsafe(24)
 
 
-def cross_site(request: Request, csrf: str, form_csrf: str | None) -> str | None:
+def cross_site(request: Request, form_csrf: str | None) -> str | None:
     """Why a POST is refused as cross-site, or ``None`` when it came from the UI's pages."""
+    csrf = request.cookies.get(CSRF_COOKIE)
     origin = request.headers.get("origin")
     if origin not in (None, "null") and urlsplit(origin).netloc != request.headers.get("host"):
         return f"refused: a request from {origin} is not from this UI"
-    if form_csrf is None or not hmac.compare_digest(form_csrf.encode(), csrf.encode()):
+    if not csrf or form_csrf is None or not hmac.compare_digest(form_csrf.encode(), csrf.encode()):
         return "refused: the form did not come from this UI (reload the page and try again)"
     return None

@@ -61,7 +61,6 @@ class Ui:
     def __init__(self, world: World, *, read_only: bool) -> None:
         self.world = world
         self.read_only = read_only
-        self.csrf = guard.new_csrf()
         self.changes = Changes(world)
 
     # -- rendering --------------------------------------------------------------
@@ -70,16 +69,22 @@ class Ui:
         self, request: Request, template: str, status: int = 200, **context: Any
     ) -> HTMLResponse:
         base = request.scope.get("root_path", "").rstrip("/")
+        csrf = request.cookies.get(guard.CSRF_COOKIE) or guard.new_csrf()
         html = _templates.get_template(template).render(
             base=base,
-            csrf=self.csrf,
+            csrf=csrf,
             read_only=self.read_only,
             done=request.query_params.get("done", ""),
             failed=request.query_params.get("failed", ""),
             world_url=redact(self.world.url),
             **context,
         )
-        return HTMLResponse(html, status_code=status)
+        response = HTMLResponse(html, status_code=status)
+        if request.cookies.get(guard.CSRF_COOKIE) != csrf:
+            response.set_cookie(
+                guard.CSRF_COOKIE, csrf, path=base or "/", httponly=True, samesite="strict"
+            )
+        return response
 
     async def guarded(
         self, request: Request, handler: Callable[[], Awaitable[Response]]
@@ -295,7 +300,7 @@ class Ui:
             )
         form = await request.form()
         csrf = form.get("csrf")
-        why = guard.cross_site(request, self.csrf, csrf if isinstance(csrf, str) else None)
+        why = guard.cross_site(request, csrf if isinstance(csrf, str) else None)
         if why is not None:
             return self._answer(request, False, why, status=403)
         return form
