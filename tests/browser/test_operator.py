@@ -205,3 +205,30 @@ def test_a_failed_run_forked_from_its_failing_step_picked_on_the_timeline(
         assert fork.result(timeout=30)[-1] == "v2"
     finally:
         v2.stop()
+
+
+def test_many_tabs_share_one_live_stream_and_all_stay_live(
+    world_url: str, tmp_path: Path, web: WebServer, page: Page
+) -> None:
+    # A browser keeps 6 connections to a host: one stream per tab would starve the 7th.
+    tabs = [page] + [page.context.new_page() for _ in range(7)]
+    for tab in tabs:
+        tab.goto(web.url + "/")
+        expect(tab.locator("tr[data-run]")).to_have_count(0)
+    v2 = worker_of("v2", world_url, tmp_path)
+    try:
+        run = tether.start(
+            "workflow//orders//dispatch", [str(tmp_path / "marks"), "t-1"], deployment_id="v2"
+        )
+        for tab in tabs:
+            expect(tab.locator(f"tr[data-run='{run.run_id}']")).to_have_count(1)
+        ninth = page.context.new_page()
+        ninth.goto(web.url + f"/runs/{run.run_id}", timeout=10_000)
+        expect(ninth.locator("#run-head")).to_contain_text(run.run_id)
+        run.cancel()
+        for tab in tabs:
+            expect(tab.locator(f"tr[data-run='{run.run_id}']")).to_have_attribute(
+                "data-status", "cancelled"
+            )
+    finally:
+        v2.stop()

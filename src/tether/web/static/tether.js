@@ -59,11 +59,30 @@
     }
   }
 
+  // One /live stream per browser, not per tab: a browser keeps at most 6 HTTP/1.1
+  // connections to a host, and each stream holds one for as long as its tab is open. The
+  // tab holding a Web Lock listens and passes each push on to the others.
   function listen() {
-    const source = new EventSource(base + "/live");
-    source.onopen = () => { dot.classList.add("on"); dot.title = "live: this page updates itself"; };
-    source.onerror = () => { dot.classList.remove("on"); dot.title = "live updates interrupted: retrying"; };
-    source.onmessage = () => refresh();  // the first message too: nothing since the render is missed
+    const name = `tether-live:${location.host}${base}`;
+    const channel = window.BroadcastChannel ? new BroadcastChannel(name) : null;
+    if (channel) channel.onmessage = () => refresh();
+    const stream = () => new Promise(() => {  // never settles: the lock is held while the tab lives
+      const source = new EventSource(base + "/live");
+      source.onopen = () => { dot.classList.add("on"); dot.title = "live: this page updates itself"; };
+      source.onerror = () => { dot.classList.remove("on"); dot.title = "live updates interrupted: retrying"; };
+      source.onmessage = () => {  // the first message too: nothing since the render is missed
+        refresh();
+        if (channel) channel.postMessage("changed");
+      };
+    });
+    if (channel && navigator.locks) {
+      dot.classList.add("on");
+      dot.title = "live: another tab of this UI listens for this one";
+      navigator.locks.request(name, stream);
+      refresh();
+    } else {
+      stream();
+    }
   }
 
   async function post(url, data) {
