@@ -127,6 +127,7 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=10.0, help="seconds per idle window")
     args = parser.parse_args()
     started = time.perf_counter()
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="tether-web-") as tmp:
         schema = f"web_bench_{uuid.uuid4().hex[:8]}"
         url = (
@@ -141,7 +142,7 @@ def main() -> None:
             if args.backend == "postgres":
                 with psycopg.connect(POSTGRES, autocommit=True) as conn:
                     conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    report(args, built, *results, time.perf_counter() - started)
+    report(args, built, *results, time.perf_counter() - started, load)
 
 
 # -- the World --------------------------------------------------------------------------
@@ -433,6 +434,7 @@ def report(
     limit: tuple[int, bool],
     counted: list[Idle],
     elapsed: float,
+    load: float,
 ) -> None:
     runs = f"{args.runs:,}"
     sqlite = args.backend == "sqlite"
@@ -463,8 +465,9 @@ def report(
     ]
     loaded, answered = limit
     lines += [
-        f"- `bench/web.py --backend {args.backend} --runs {args.runs}`: {os.cpu_count()} cores,"
-        f" {elapsed:.0f} s in all. World: `open_world` (migrations), a `tether.Worker` of"
+        f"- `bench/web.py --backend {args.backend} --runs {args.runs}`: {os.cpu_count()} cores"
+        f" (1-minute load average {load:.1f} at the start), {elapsed:.0f} s in all. World:"
+        " `open_world` (migrations), a `tether.Worker` of"
         f" `{NEW}` started and stopped, then {runs} runs inserted by one SQL statement in"
         f" {built:.1f} s"
         f" ({'recursive CTE' if sqlite else 'generate_series, then VACUUM ANALYZE'}; 85%"
