@@ -113,16 +113,22 @@ def step_time_metrics(stamps: Sequence[float], window: int) -> Metrics:
     }
 
 
-#: Where RESULTS.md's section of ``check.py``'s figures begins; ``run.py`` keeps it.
-CHECK_MARK = "<!-- from bench/check.py (CHECK-RESULTS-<backend>.md): run.py keeps this part -->"
+#: Where RESULTS.md's part of ``check.py``'s and ``web.py``'s figures begins; ``run.py``
+#: keeps it when it rewrites the rest.
+CHECK_MARK = (
+    "<!-- from bench/check.py and bench/web.py (CHECK-, WEB-RESULTS-<backend>.md):"
+    " run.py keeps this part -->"
+)
 
 
 def check_section(folder: Path) -> str:
-    """RESULTS.md's closing part: CHECK_MARK, then each CHECK-RESULTS-<backend>.md in it."""
+    """RESULTS.md's closing part: CHECK_MARK, then each CHECK- and WEB-RESULTS file in it."""
     parts = [CHECK_MARK, ""]
-    for backend in ("sqlite", "postgres"):
-        found = folder / f"CHECK-RESULTS-{backend}.md"
-        if found.exists():
+    for name in ("CHECK", "WEB"):
+        for backend in ("sqlite", "postgres"):
+            found = folder / f"{name}-RESULTS-{backend}.md"
+            if not found.exists():
+                continue
             # One level down: RESULTS.md has one title of its own.
             parts += [
                 "#" + line if line.startswith("#") else line
@@ -134,4 +140,5 @@ def check_section(folder: Path) -> str:
 
 def with_check_section(report: str, folder: Path) -> str:
     """``report`` (RESULTS.md, or what it held before CHECK_MARK) with the check figures after."""
-    return report.split(CHECK_MARK)[0].rstrip("\n") + "\n\n" + check_section(folder)
+    before = report.split("<!-- from bench/check.py")[0]  # an older mark's text too
+    return before.rstrip("\n") + "\n\n" + check_section(folder)

@@ -90,7 +90,7 @@ def test_the_guides_recovery_in_the_browser(
         # Select them again, rerun on latest: three new rows, which complete on v2.
         page.check("[data-select-page]")
         page.click("form#bulk button[value=rerun-latest]")
-        expect(page.locator("#flash")).to_contain_text("Rerun on latest: 3 runs done")
+        expect(page.locator("#flash")).to_have_text("Rerun on latest: 3 of 3 runs done")
         expect(page.locator("tr[data-run]")).to_have_count(6)
         expect(page.locator("tr[data-status=completed]")).to_have_count(3, timeout=30_000)
         for row in page.locator("tr[data-status=completed]").all():
@@ -155,6 +155,7 @@ def test_a_sleeping_run_moved_onto_latest_from_the_deployments_page(
     try:
         page.goto(web.url + "/deployments")
         page.click("tr[data-deployment=v1] >> text=check against latest")
+        page.click("form[data-navigate] button")  # the check is an action: a POST
         expect(page.locator(f"tr[data-run='{run.run_id}']")).to_contain_text("replays")
         screenshot(page, "check", world_kind)
         page.click("text=Move 1 of 1 runs onto latest")
@@ -192,6 +193,7 @@ def test_a_failed_run_forked_from_its_failing_step_picked_on_the_timeline(
         screenshot(page, "run-failed", world_kind)
         # Pick the failing step: the check's verdict comes first, nothing is written yet.
         ship.locator("a.fork").click()
+        page.click("form[data-navigate] button")
         expect(page.locator(".verdict")).to_contain_text("replays, keeping 3 requests")
         assert len(tether.list_runs(limit=None)) == 1
         screenshot(page, "fork", world_kind)

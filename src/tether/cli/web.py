@@ -57,4 +57,12 @@ def web(host: str, port: int, open_browser: bool, read_only: bool, token: str | 
         target = url + (f"?token={token}" if token else "")
         threading.Timer(0.5, webbrowser.open, (target,)).start()
     app = tether_web.app(world, read_only=read_only, token=token)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    # Open pages hold their /live streams: on Ctrl-C, wait 2 s for them, then close them.
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=2,
+    )

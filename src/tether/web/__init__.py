@@ -18,7 +18,7 @@ still reads correctly (reload to refresh) and every action still works.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route
@@ -36,12 +36,15 @@ def app(
     *,
     read_only: bool = False,
     token: str | None = None,
+    allowed_hosts: Sequence[str] = (),
 ) -> ASGIApp:
     """The UI as an ASGI app on ``world`` (default: the configured one).
 
     ``read_only`` offers no actions and refuses every POST; ``token``, when
     given, is required of every request (``?token=`` once, then a cookie;
-    or ``Authorization: Bearer``).
+    or ``Authorization: Bearer``). Without a token it answers only requests
+    for a loopback host or one of ``allowed_hosts`` (behind your own app's
+    authentication, name the host it is served as).
     """
     ui = Ui(resolve_world(world), read_only=read_only)
 
@@ -52,19 +55,19 @@ def app(
 
     routes = [
         Route("/", ui.runs),
-        Route("/runs/ids", ui.matching),
-        Route("/runs/actions", ui.act_on_runs, methods=["POST"]),
-        Route("/runs/{run_id:path}/fork", ui.fork_form),
+        Route("/actions/matching", ui.matching),
+        Route("/actions/runs", ui.act_on_runs, methods=["POST"]),
+        Route("/runs/{run_id:path}/fork", ui.fork_form, methods=["GET", "POST"]),
         Route("/runs/{run_id:path}/actions", ui.act_on_run, methods=["POST"]),
         Route("/runs/{run_id:path}", ui.run),
         Route("/deployments", ui.deployments),
         Route("/deployments/diff", ui.diff),
-        Route("/deployments/{deployment_id:path}/check", ui.check),
+        Route("/deployments/{deployment_id:path}/check", ui.check, methods=["GET", "POST"]),
         Route("/deployments/{deployment_id:path}/upgrade", ui.upgrade, methods=["POST"]),
         Route("/live", ui.live),
         Mount("/static", StaticFiles(packages=[("tether.web", "static")]), name="static"),
     ]
-    return TokenGuard(Starlette(routes=routes, lifespan=lifespan), token)
+    return TokenGuard(Starlette(routes=routes, lifespan=lifespan), token, allowed_hosts)
 
 
 __all__ = ["app"]

@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from tether.worlds.base import World
 
-#: Pushes to the pages come at most this often, however fast the World commits.
-MIN_GAP_SECONDS = 0.25
+#: Pushes to the pages come at most this often, however fast the World commits: each
+#: makes every open page render again.
+MIN_GAP_SECONDS = 1.0
 #: A comment line this often keeps proxies from closing a quiet stream.
 KEEPALIVE_SECONDS = 15.0
 
@@ -43,6 +44,7 @@ class Changes:
         if self._remove is not None:
             self._remove()
             self._remove = None
+        self._loop, self._scheduled = None, False
 
     @property
     def pages(self) -> int:
@@ -52,7 +54,10 @@ class Changes:
     def _heard(self) -> None:
         # From any thread, on every commit: schedule one push, at most one pending.
         loop = self._loop
-        if loop is None or self._scheduled or loop.is_closed():
+        if loop is None or self._scheduled:
+            return
+        if loop.is_closed():  # the server stopped: a later page listens anew
+            self.close()
             return
         self._scheduled = True
         loop.call_soon_threadsafe(loop.call_later, MIN_GAP_SECONDS, self._push)

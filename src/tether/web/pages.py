@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
@@ -25,6 +25,7 @@ from starlette.responses import (
 from tether import api, deployments
 from tether.errors import (
     DeploymentNotFoundError,
+    InvalidValueError,
     TetherError,
     WorldUnavailableError,
 )
@@ -35,6 +36,8 @@ from tether.web.live import Changes
 from tether.worlds.base import World
 from tether.worlds.records import TERMINAL_STATUSES, RunRecord
 
+#: The runs page's filters, as the bulk form posts them for "all matching".
+FILTERS = ("status", "workflow", "deployment", "q", "range")
 #: The bulk actions of the runs page, and what each says it did.
 RUN_ACTIONS = {
     "cancel": "cancelled",
@@ -81,8 +84,10 @@ class Ui:
         )
         response = HTMLResponse(html, status_code=status)
         if request.cookies.get(guard.CSRF_COOKIE) != csrf:
+            # Lax: sent when a link elsewhere opens the UI (so it is not minted anew under
+            # the other tabs), never with another site's POST.
             response.set_cookie(
-                guard.CSRF_COOKIE, csrf, path=base or "/", httponly=True, samesite="strict"
+                guard.CSRF_COOKIE, csrf, path=base or "/", httponly=True, samesite="lax"
             )
         return response
 
@@ -94,6 +99,8 @@ class Ui:
             return await handler()
         except NotFound as exc:
             return self.page(request, "error.html", 404, title="Not found", message=str(exc))
+        except (InvalidValueError, ValueError) as exc:  # a bad cursor, page number, filter
+            return self.page(request, "error.html", 400, title="Bad request", message=str(exc))
         except WorldUnavailableError as exc:
             message = f"cannot reach the World {redact(self.world.url)}: {redact(str(exc))}"
             return self.page(request, "error.html", 503, title="World unreachable", message=message)
@@ -118,19 +125,29 @@ class Ui:
         return await self.guarded(request, show)
 
     async def fork_form(self, request: Request) -> Response:
-        """The check's verdict for a fork from the step picked, before it is made."""
+        """GET: the fork's form. POST: the check's verdict for it, before anything is made."""
+        posted = request.method == "POST"
+        if posted:
+            form = await self._form(request)
+            if isinstance(form, Response):
+                return form
+            step, target = str(form.get("step", "auto")), str(form.get("to", "latest"))
+        else:
+            step = request.query_params.get("step", "auto")
+            target = request.query_params.get("to", "latest")
 
         async def show() -> Response:
             record = await self._run(request.path_params["run_id"])
-            step = request.query_params.get("step", "auto")
-            target = request.query_params.get("to", "latest")
-            verdict = await _off_loop(_fork_verdict, self.world, record, step, target)
+            verdict: dict[str, Any] = {"verdict": None, "problem": "", "deployment": target}
+            if posted:
+                verdict = await _off_loop(_fork_verdict, self.world, record, step, target)
             return self.page(
                 request,
                 "fork.html",
                 run=views.run_row(record, 0),
                 step=step,
                 target=target,
+                checked=posted,
                 **verdict,
             )
 
@@ -144,18 +161,39 @@ class Ui:
         return await self.guarded(request, show)
 
     async def check(self, request: Request) -> Response:
-        async def show() -> Response:
-            deployment = request.path_params["deployment_id"]
+        """GET: what a check does, and its button. POST: the check's verdicts.
+
+        A check asks a live worker to replay runs: an action, never a GET that
+        another site's page could make the browser send.
+        """
+        deployment = request.path_params["deployment_id"]
+        posted = request.method == "POST"
+        if posted:
+            form = await self._form(request)
+            if isinstance(form, Response):
+                return form
+            to = str(form.get("to", "latest"))
+        else:
             to = request.query_params.get("to", "latest")
-            try:
-                found = await _off_loop(deployments.check, deployment, to, world=self.world)
-                problem = ""
-            except DeploymentNotFoundError as exc:
-                raise NotFound(str(exc)) from exc
-            except TetherError as exc:
-                found, problem = [], str(exc)
+
+        async def show() -> Response:
+            if await _off_loop(self.world.get_deployment, deployment) is None:
+                raise NotFound(f"deployment {deployment!r} is not registered")
+            found: list[Any] = []
+            problem = ""
+            if posted:
+                try:
+                    found = await _off_loop(deployments.check, deployment, to, world=self.world)
+                except TetherError as exc:
+                    problem = str(exc)
             return self.page(
-                request, "check.html", deployment=deployment, to=to, checks=found, problem=problem
+                request,
+                "check.html",
+                deployment=deployment,
+                to=to,
+                checks=found,
+                problem=problem,
+                ran=posted,
             )
 
         return await self.guarded(request, show)
@@ -179,9 +217,13 @@ class Ui:
         )
 
     async def matching(self, request: Request) -> Response:
-        """The ids every run the filters match (the script's "all matching" selection)."""
-        filters = views.Filters.parse(dict(request.query_params))
-        return JSONResponse(await _off_loop(views.matching_ids, self.world, filters))
+        """The ids of the runs the filters match (the script's "all matching" selection)."""
+
+        async def ids() -> Response:
+            filters = views.Filters.parse(dict(request.query_params))
+            return JSONResponse(await _off_loop(views.matching_ids, self.world, filters))
+
+        return await self.guarded(request, ids)
 
     # -- actions ----------------------------------------------------------------
 
@@ -193,34 +235,45 @@ class Ui:
         ids = [str(v) for v in form.getlist("run_id")]
         if action not in RUN_ACTIONS:
             return self._answer(request, False, f"unknown action {action!r}")
+        if form.get("all") == "1":  # "all matching", posted without the script
+            filters = views.Filters.parse({k: str(v) for k, v in form.items() if k in FILTERS})
+            ids = await _off_loop(views.matching_ids, self.world, filters)
         if not ids:
             return self._answer(request, False, "no run selected")
         try:
-            lines = await _off_loop(self._do, action, ids)
+            results = await _off_loop(self._do, action, ids)
         except TetherError as exc:
             return self._answer(request, False, str(exc))
-        return self._answer(request, True, f"{len(ids)} {RUN_ACTIONS[action]}", lines)
+        done = sum(1 for ok, _ in results if ok)
+        message = f"{done} of {len(ids)} {RUN_ACTIONS[action]}"
+        if done < len(ids):
+            message += ": " + "; ".join(text for ok, text in results if not ok)[:2000]
+        return self._answer(request, done == len(ids), message, results)
 
-    def _do(self, action: str, ids: list[str]) -> list[str]:
-        """Apply one bulk action; a line per run saying what happened to it."""
+    def _do(self, action: str, ids: list[str]) -> list[tuple[bool, str]]:
+        """Apply one bulk action: per run, whether it was done, and what happened."""
         if action == "cancel":
             cancelled = set(self.world.cancel_runs(ids).cancelled)
-            return [f"{i}: {'cancelled' if i in cancelled else 'had ended'}" for i in ids]
+            return [
+                (i in cancelled, f"{i}: {'cancelled' if i in cancelled else 'had ended'}")
+                for i in ids
+            ]
         if action == "upgrade":
             return [
-                f"{u.run_id}: {u.outcome}"
-                + (f" → {u.moved_to}" if u.moved_to else f" ({u.reason})")
+                (True, f"{u.run_id}: moved to {u.moved_to}")
+                if u.moved_to
+                else (False, f"{u.run_id}: left ({u.reason})")
                 for u in deployments.upgrade_runs(ids, "latest", world=self.world)
             ]
         target = "latest" if action == "rerun-latest" else None
-        lines = []
+        results = []
         for run_id in ids:
             try:
                 made = api.rerun(run_id, target, world=self.world)
-                lines.append(f"{run_id}: rerun as {made.run_id} on {made.deployment_id}")
+                results.append((True, f"{run_id}: rerun as {made.run_id} on {made.deployment_id}"))
             except TetherError as exc:
-                lines.append(f"{run_id}: {exc}")
-        return lines
+                results.append((False, f"{run_id}: {exc}"))
+        return results
 
     async def act_on_run(self, request: Request) -> Response:
         form = await self._form(request)
@@ -281,8 +334,11 @@ class Ui:
         except TetherError as exc:
             return self._answer(request, False, str(exc))
         moved = sum(1 for u in done if u.outcome == "moved")
-        lines = [f"{u.run_id}: {u.outcome} {u.moved_to or u.reason}" for u in done]
-        return self._answer(request, True, f"{moved} moved, {len(done) - moved} left", lines)
+        results = [
+            (u.outcome == "moved", f"{u.run_id}: {u.outcome} {u.moved_to or u.reason}")
+            for u in done
+        ]
+        return self._answer(request, True, f"{moved} moved, {len(done) - moved} left", results)
 
     # -- helpers ----------------------------------------------------------------
 
@@ -310,20 +366,33 @@ class Ui:
         request: Request,
         ok: bool,
         message: str,
-        lines: list[str] | None = None,
+        results: list[tuple[bool, str]] | None = None,
         status: int | None = None,
     ) -> Response:
+        """JSON to the script (``results``: per run, whether it was done and what
+        happened); else a redirect back to the page, or an error page for a refusal."""
         if "application/json" in request.headers.get("accept", ""):
             code = status or (200 if ok else 400)
-            return JSONResponse(
-                {"ok": ok, "message": message, "lines": lines or []}, status_code=code
-            )
+            shown = [{"ok": done, "text": text} for done, text in results or []]
+            body = {"ok": ok, "message": message, "results": shown}
+            return JSONResponse(body, status_code=code)
         if status is not None and not ok:
             return self.page(request, "error.html", status, title="Refused", message=message)
-        back = request.headers.get("referer") or (request.scope.get("root_path", "") + "/")
-        back = back.split("?done=")[0].split("&done=")[0].split("?failed=")[0].split("&failed=")[0]
-        joiner = "&" if "?" in back else "?"
-        return RedirectResponse(f"{back}{joiner}{'done' if ok else 'failed'}={quote(message)}", 303)
+        return RedirectResponse(_back(request, ok, message), 303)
+
+
+def _back(request: Request, ok: bool, message: str) -> str:
+    """The page the action came from (a path of this UI, never another site), with the
+    outcome to show."""
+    root = request.scope.get("root_path", "").rstrip("/")
+    referer = urlsplit(request.headers.get("referer", ""))
+    same = referer.netloc == request.headers.get("host") and referer.path.startswith(root + "/")
+    path = referer.path if same else root + "/"
+    kept = [
+        (k, v) for k, v in parse_qsl(referer.query if same else "") if k not in ("done", "failed")
+    ]
+    kept.append(("done" if ok else "failed", message[:500]))
+    return f"{path}?{urlencode(kept)}"
 
 
 def _step(text: str) -> FromStep:

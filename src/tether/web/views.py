@@ -9,7 +9,7 @@ listings through the World's own filters, deployments through
 from __future__ import annotations
 
 import json
-import time
+import shlex
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -405,7 +405,7 @@ def _continued_as(record: RunRecord) -> str | None:
 
 def deployments_page(world: World) -> dict[str, Any]:
     """Each deployment: environment, first seen, latest, workers, runs in flight, stranded."""
-    now = time.time()
+    now = world.clock.time()
     listed = deployments.list_deployments(world=world)
     latest: dict[str, str] = {}
     for d in sorted(listed, key=lambda d: d.created_at):
@@ -433,7 +433,9 @@ def deployments_page(world: World) -> dict[str, Any]:
                 "in_flight": d.in_flight,
                 "pending": by_status.get("pending", 0),
                 "running": by_status.get("running", 0),
-                "oldest": took(first, None, world.clock.time()) if first else "",
+                "oldest": took(first, None, now) if first else "",
+                "start_worker": f"TETHER_DEPLOYMENT_ID={shlex.quote(d.deployment_id)}"
+                " tether worker MODULE",
                 "stranded": d.stranded,
             }
         )

@@ -5,7 +5,6 @@
   "use strict";
   const body = document.body;
   const base = body.dataset.base || "";
-  const csrf = body.dataset.csrf || "";
   const dot = document.getElementById("live-dot");
   const BATCH = 25;
   let refreshing = false;
@@ -46,6 +45,7 @@
         if (!old) continue;
         const typing = document.activeElement;
         if (old.contains(typing) && typing.matches("input:not([type=checkbox]), textarea, select")) continue;
+        if ([...old.querySelectorAll("textarea")].some((t) => t.value)) continue;  // keep what was typed
         old.replaceWith(region);
       }
       for (const box of document.querySelectorAll("input[name=run_id]")) box.checked = checked.has(box.value);
@@ -90,7 +90,7 @@
     try {
       return await response.json();
     } catch (err) {
-      return { ok: false, message: `the server answered ${response.status}`, lines: [] };
+      return { ok: false, message: `the server answered ${response.status}`, results: [] };
     }
   }
 
@@ -98,31 +98,40 @@
   async function bulk(form, submitter) {
     const all = form.querySelector("[data-select-all]");
     let ids;
+    let capped = "";
     if (all && all.checked) {
-      const response = await fetch(`${base}/runs/ids?${form.dataset.query || ""}`, { headers: { Accept: "application/json" } });
+      const response = await fetch(`${base}/actions/matching?${form.dataset.query || ""}`, { headers: { Accept: "application/json" } });
+      if (!response.ok) { flash(`could not list the matching runs: the server answered ${response.status}`, false); return; }
       ids = await response.json();
+      const matching = Number(all.dataset.matching || ids.length);
+      if (ids.length < matching) capped = ` (the newest ${ids.length} of ${matching} matching)`;
     } else {
       ids = [...checkedIds()];
     }
     const label = submitter ? submitter.textContent.trim() : "Act";
     if (!ids.length) { flash("no run selected", false); return; }
-    if (!window.confirm(`${label}: ${ids.length} run${ids.length === 1 ? "" : "s"}?`)) return;
+    if (!window.confirm(`${label}: ${ids.length} run${ids.length === 1 ? "" : "s"}${capped}?`)) return;
+    const csrf = form.querySelector("input[name=csrf]").value;  // as rendered with this form
     const bar = form.querySelector("[data-progress]");
     const text = form.querySelector("[data-progress-text]");
     bar.hidden = false; bar.max = ids.length; bar.value = 0;
-    let ok = true; let failures = [];
+    let done = 0; const failures = [];
     for (let i = 0; i < ids.length; i += BATCH) {
       const chunk = new FormData();
       chunk.append("csrf", csrf);
       chunk.append("action", submitter.value);
       for (const id of ids.slice(i, i + BATCH)) chunk.append("run_id", id);
       const answer = await post(form.getAttribute("action"), chunk);
-      if (!answer.ok) { ok = false; failures.push(answer.message); }
+      const results = answer.results || [];
+      done += results.filter((r) => r.ok).length;
+      failures.push(...results.filter((r) => !r.ok).map((r) => r.text));
+      if (!results.length && !answer.ok) failures.push(answer.message);
       bar.value = Math.min(ids.length, i + BATCH);
       text.textContent = `${bar.value} / ${ids.length}`;
     }
     bar.hidden = true; text.textContent = "";
-    flash(ok ? `${label}: ${ids.length} run${ids.length === 1 ? "" : "s"} done` : `${label}: ${failures.join("; ")}`, ok);
+    const ok = failures.length === 0;
+    flash(`${label}: ${done} of ${ids.length} run${ids.length === 1 ? "" : "s"} done` + (ok ? "" : `; ${failures.join("; ")}`), ok);
     for (const box of document.querySelectorAll("input[name=run_id], [data-select-all], [data-select-page]")) box.checked = false;
     countSelected();
     refresh();
@@ -131,6 +140,7 @@
   document.addEventListener("submit", async (event) => {
     const form = event.target;
     if ((form.getAttribute("method") || "").toLowerCase() !== "post") return;
+    if (form.hasAttribute("data-navigate")) return;  // it answers with a page: go there
     event.preventDefault();
     const submitter = event.submitter;
     if (form.matches("[data-bulk]")) { await bulk(form, submitter); return; }
@@ -149,7 +159,8 @@
     const question = (submitter && submitter.dataset.confirm) || form.dataset.confirm;
     if (question && !window.confirm(question)) return;
     const answer = await post(form.getAttribute("action"), data);
-    flash(answer.message + (answer.lines && answer.lines.length ? ` (${answer.lines.join("; ")})` : ""), answer.ok);
+    const failed = (answer.results || []).filter((r) => !r.ok).map((r) => r.text);
+    flash(answer.message + (failed.length ? ` (${failed.join("; ")})` : ""), answer.ok);
     if (answer.ok) for (const t of form.querySelectorAll("textarea")) t.value = "";
     refresh();
   });
