@@ -4,6 +4,7 @@ bad payloads, ended runs, an unreachable World. Against a real ``tether web`` se
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from tests.browser.server import WebServer
 from tests.integration.processes import REPO, wait_for
 from tests.integration.test_postgres_faults import PrivateServer
 from tether import create_hook, step, workflow
+from tether.worlds.records import NewRun
 
 SCRIPT = "<script>alert('from the World')</script>"
 
@@ -226,3 +228,83 @@ def test_the_ui_mounts_in_your_own_app_under_a_prefix(
         served.should_exit = True
         thread.join(timeout=10)
     assert run.status() == "cancelled"
+
+
+def test_a_page_addressed_to_another_host_is_refused_without_a_token(web: WebServer) -> None:
+    # DNS rebinding: a page of evil.example whose name now points at 127.0.0.1.
+    rebound = web.get("/", headers={"Host": f"evil.example:{web.port}"})
+    assert rebound.status_code == 403 and "serves this machine only" in rebound.text
+    assert web.get("/", headers={"Host": f"localhost:{web.port}"}).status_code == 200
+    assert web.get("/", headers={"Host": f"[::1]:{web.port}"}).status_code == 200
+
+
+def test_actions_redirect_only_within_the_ui(world_url: str, web: WebServer) -> None:
+    client, csrf = browse(web.url)
+    back = client.post(
+        "/actions/runs",
+        data={"action": "cancel", "run_id": "run_gone", "csrf": csrf},
+        headers={"Referer": "https://evil.example/phish"},
+        follow_redirects=False,
+    )
+    assert back.status_code == 303
+    assert back.headers["location"].startswith("/?failed=0+of+1+cancelled")
+
+
+def test_bulk_actions_say_what_each_run_did_and_all_matching_needs_no_script(
+    world_url: str, web: WebServer, worker: tether.Worker
+) -> None:
+    live = [tether.start(waiting, [f"bulk-{i}"]) for i in range(3)]
+    for run in live:
+        wait_for(lambda r=run: bool(r.hooks()), 20, "a hook")
+    ended = tether.start(waiting, ["bulk-x"])
+    wait_for(lambda: bool(ended.hooks()), 20, "a hook")
+    ended.cancel()
+    client, csrf = browse(web.url)
+    ids = [r.run_id for r in [*live[:1], ended]]
+    mixed = post(client, "/actions/runs", {"action": "cancel", "run_id": ids, "csrf": csrf})  # type: ignore[dict-item]
+    body = mixed.json()
+    assert body["ok"] is False and body["message"].startswith("1 of 2 cancelled")
+    assert [r["ok"] for r in body["results"]] == [True, False]
+    assert "had ended" in body["results"][1]["text"]
+    # Without the script, "all matching" posts the filters: the server lists the runs.
+    form = {"action": "cancel", "all": "1", "status": "running", "csrf": csrf}
+    everything = client.post("/actions/runs", data=form, follow_redirects=False)
+    assert (
+        everything.status_code == 303 and "done=2+of+2+cancelled" in everything.headers["location"]
+    )
+    assert all(r.status() == "cancelled" for r in live)
+
+
+def test_all_matching_pages_through_more_than_a_thousand_runs(
+    world_url: str, web: WebServer
+) -> None:
+    world = tether.config.resolve_world(world_url)
+    for i in range(1203):
+        world.create_run(NewRun(f"run_many_{i:05d}", waiting.name, "nowhere", "[[],{}]"))
+    ids = web.get("/actions/matching?deployment=nowhere").json()
+    assert len(ids) == 1203 and len(set(ids)) == 1203
+    assert web.get("/?cursor=not-a-cursor").status_code == 400
+
+
+def test_a_check_runs_only_when_asked_by_post(
+    world_url: str, web: WebServer, worker: tether.Worker
+) -> None:
+    run = tether.start(waiting, ["checked-1"])
+    wait_for(lambda: bool(run.hooks()), 20, "a hook")
+    page = web.get("/deployments/tests/check")  # what another site's <img> could fetch
+    assert page.status_code == 200 and "Check</button>" in page.text and "verdict" not in page.text
+    client, csrf = browse(web.url, "/deployments/tests/check")
+    done = client.post("/deployments/tests/check", data={"to": "tests", "csrf": csrf})
+    assert done.status_code == 200 and f'data-run="{run.run_id}"' in done.text
+    assert 'data-verdict="replays"' in done.text
+    run.cancel()
+
+
+def test_ctrl_c_stops_the_server_while_pages_listen(
+    world_url: str, web: WebServer, page: Page
+) -> None:
+    page.goto(web.url + "/")
+    expect(page.locator("#live-dot")).to_have_class(re.compile(r"\bon\b"))  # its stream is open
+    web.proc.send_signal(signal.SIGINT)
+    assert web.proc.wait(timeout=10) == 0  # the streams ended; no browser had to leave
+    assert "Traceback" not in web.log.read_text()

@@ -35,8 +35,6 @@ def web(host: str, port: int, open_browser: bool, read_only: bool, token: str | 
     every request: open the printed URL once, with its ?token=, and the
     browser keeps it in a cookie.
     """
-    import uvicorn
-
     from tether import web as tether_web
     from tether.web.guard import is_loopback
 
@@ -56,13 +54,8 @@ def web(host: str, port: int, open_browser: bool, read_only: bool, token: str | 
     if open_browser:
         target = url + (f"?token={token}" if token else "")
         threading.Timer(0.5, webbrowser.open, (target,)).start()
-    app = tether_web.app(world, read_only=read_only, token=token)
-    # Open pages hold their /live streams: on Ctrl-C, wait 2 s for them, then close them.
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=2,
-    )
+    try:
+        tether_web.serve(world, host=host, port=port, read_only=read_only, token=token)
+    except KeyboardInterrupt:  # uvicorn raises the signal it stopped on again, once stopped
+        pass
+    render.err().print("tether web stopped")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from types import FrameType
 
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route
@@ -46,8 +47,43 @@ def app(
     for a loopback host or one of ``allowed_hosts`` (behind your own app's
     authentication, name the host it is served as).
     """
+    return _asgi(Ui(resolve_world(world), read_only=read_only), token, allowed_hosts)
+
+
+def serve(
+    world: World | str | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8484,
+    read_only: bool = False,
+    token: str | None = None,
+) -> None:
+    """Serve the UI with uvicorn until SIGINT/SIGTERM (what ``tether web`` runs).
+
+    On a signal the open pages' live streams end at once, so the server stops
+    without waiting for the browsers to go away.
+    """
+    import uvicorn
+
     ui = Ui(resolve_world(world), read_only=read_only)
 
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            ui.changes.end()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        _asgi(ui, token, ()),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=2,
+    )
+    Server(config).run()
+
+
+def _asgi(ui: Ui, token: str | None, allowed_hosts: Sequence[str]) -> ASGIApp:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         yield
@@ -70,4 +106,4 @@ def app(
     return TokenGuard(Starlette(routes=routes, lifespan=lifespan), token, allowed_hosts)
 
 
-__all__ = ["app"]
+__all__ = ["app", "serve"]

@@ -30,6 +30,7 @@ class Changes:
         self._remove: Callable[[], None] | None = None
         self._pages: set[asyncio.Event] = set()
         self._scheduled = False
+        self._ending = False
         #: Goes up by one for each push.
         self.version = 0
 
@@ -45,6 +46,17 @@ class Changes:
             self._remove()
             self._remove = None
         self._loop, self._scheduled = None, False
+
+    def end(self) -> None:
+        """End every page's stream (the server is stopping); call it from any thread."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._end)
+
+    def _end(self) -> None:
+        self._ending = True
+        for page in self._pages:
+            page.set()
 
     @property
     def pages(self) -> int:
@@ -78,7 +90,7 @@ class Changes:
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), KEEPALIVE_SECONDS)
-                if await disconnected():
+                if self._ending or await disconnected():
                     return
                 if changed.is_set():
                     changed.clear()

@@ -8,6 +8,7 @@ listings through the World's own filters, deployments through
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 from dataclasses import dataclass, field
@@ -193,9 +194,7 @@ def matching_ids(world: World, filters: Filters, limit: int = 10_000) -> list[st
         if len(page) < chosen.limit:
             break
         last = page[-1]
-        chosen = RunFilter(
-            **{**chosen.__dict__, "cursor": encode_cursor(last.created_at, last.run_id)}
-        )
+        chosen = dataclasses.replace(chosen, cursor=encode_cursor(last.created_at, last.run_id))
     return ids[:limit]
 
 
