@@ -21,7 +21,7 @@ from tether.clock import ManualClock
 from tether.worlds import open_world
 from tether.worlds.base import World
 from tether.worlds.operations import CHECK_KEPT_SECONDS, CHECK_LEASE_SECONDS
-from tether.worlds.records import CheckRequest
+from tether.worlds.records import CheckRequest, RunFilter
 from tether.worlds.schema import migrations
 
 #: The last migration of each backend before ``check_requests``.
@@ -32,13 +32,13 @@ OLD_RUN = (
 )
 
 
-def _apply(conn: Any, backend: str, param: str) -> None:
-    """The migrations a tether of that time applied, recorded as it recorded them."""
+def _apply(conn: Any, backend: str, param: str, last: int) -> None:
+    """The migrations a tether of that time applied (up to ``last``), recorded as it did."""
     conn.execute(
         "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
     )
     for version, statements in migrations(backend):
-        if version <= BEFORE[backend]:
+        if version <= last:
             for statement in statements:
                 conn.execute(statement)
             conn.execute(f"INSERT INTO schema_migrations VALUES ({param}, 0)", (version,))
@@ -46,11 +46,14 @@ def _apply(conn: Any, backend: str, param: str) -> None:
 
 
 @contextmanager
-def older_world(backend: str, folder: Path, clock: ManualClock) -> Iterator[World]:
+def older_world(
+    backend: str, folder: Path, clock: ManualClock, last: int | None = None
+) -> Iterator[World]:
+    last = BEFORE[backend] if last is None else last
     if backend == "sqlite":
         path = folder / "old.db"
         conn = sqlite3.connect(path)
-        _apply(conn, "sqlite", "?")
+        _apply(conn, "sqlite", "?", last)
         conn.commit()
         conn.close()
         world = open_world(f"sqlite:///{path}", clock)
@@ -62,12 +65,25 @@ def older_world(backend: str, folder: Path, clock: ManualClock) -> Iterator[Worl
     with fresh_schema() as url:
         with admin() as pg:
             pg.execute(f"SET search_path TO {url.rsplit('schema=', 1)[1]}")
-            _apply(pg, "postgres", "%s")
+            _apply(pg, "postgres", "%s", last)
         world = open_world(url, clock)
         try:
             yield world
         finally:
             world.close()
+
+
+def test_sqlite_migration_0006_indexes_a_deployments_runs(tmp_path: Path) -> None:
+    """From the schema of the tether before it: the old run reads, the index serves."""
+    with older_world("sqlite", tmp_path, ManualClock(), last=5) as world:
+        assert world.count_runs(RunFilter(deployment_id="dep")) == {"pending": 1}
+        path = world.url.split("sqlite:///", 1)[1]
+    with sqlite3.connect(path) as conn:
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN SELECT status, COUNT(*) FROM runs WHERE deployment_id = 'dep'"
+            " GROUP BY status"
+        ).fetchall()
+    assert any("runs_by_deployment" in str(row) for row in plan), plan
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
