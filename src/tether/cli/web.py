@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import webbrowser
 
@@ -54,8 +55,7 @@ def web(host: str, port: int, open_browser: bool, read_only: bool, token: str | 
     if open_browser:
         target = url + (f"?token={token}" if token else "")
         threading.Timer(0.5, webbrowser.open, (target,)).start()
-    try:
+    # uvicorn raises the signal it stopped on again, once stopped: Ctrl-C ends it cleanly.
+    with contextlib.suppress(KeyboardInterrupt):
         tether_web.serve(world, host=host, port=port, read_only=read_only, token=token)
-    except KeyboardInterrupt:  # uvicorn raises the signal it stopped on again, once stopped
-        pass
     render.err().print("tether web stopped")

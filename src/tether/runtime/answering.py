@@ -103,53 +103,81 @@ def answer(world: World, request: CheckRequest) -> str:
     return json.dumps(found)
 
 
-async def serve_checks(
-    world: World,
-    deployment_id: str,
-    worker_id: str,
-    io: Callable[..., Awaitable[Any]],
-) -> None:
-    """Answer the deployment's requests until cancelled (a task of the worker).
+class CheckAnswerer:
+    """Answers the deployment's requests, beside the worker's claim loop, until stopped.
 
     ``io`` runs a blocking call off the event loop. A request's replays run
     there too: workflow code is replayed, never a step.
     """
-    loop = asyncio.get_running_loop()
-    wake = asyncio.Event()
 
-    def notify() -> None:
-        if not wake.is_set():  # already woken: no need to poke the loop again
-            loop.call_soon_threadsafe(wake.set)
+    def __init__(
+        self,
+        world: World,
+        deployment_id: str,
+        worker_id: str,
+        io: Callable[..., Awaitable[Any]],
+    ) -> None:
+        self.world = world
+        self.deployment_id = deployment_id
+        self.worker_id = worker_id
+        self._io = io
+        self._stopping = False
+        self._wake: asyncio.Event | None = None
 
-    # The worker's own commits never ask for a check: they do not wake it.
-    remove = world.add_listener(
-        notify, skip_own_loop=True, work_only=True, deployment_id=deployment_id
-    )
-    try:
-        while True:
-            looked = loop.time()
-            try:
-                request = await io(world.take_check, deployment_id, worker_id)
-                if request is not None:
-                    try:
-                        text = await io(answer, world, request)
-                    except Exception as exc:  # say so, rather than leave the asker waiting
-                        log.exception("replaying a check of deployment %s failed", deployment_id)
-                        text = json.dumps(
-                            {
-                                "error": f"worker {worker_id} could not replay the runs:"
-                                f" {type(exc).__name__}: {exc}"
-                            }
-                        )
-                    await io(world.answer_check, request.request_id, text)
+    def stop(self) -> None:
+        """Stop after the request under way, if any (call it on the worker's loop)."""
+        self._stopping = True
+        if self._wake is not None:
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Look for requests and answer them until ``stop``."""
+        loop = asyncio.get_running_loop()
+        wake = self._wake = asyncio.Event()
+
+        def notify() -> None:
+            if not wake.is_set():  # already woken: no need to poke the loop again
+                loop.call_soon_threadsafe(wake.set)
+
+        # The worker's own commits never ask for a check: they do not wake it.
+        remove = self.world.add_listener(
+            notify, skip_own_loop=True, work_only=True, deployment_id=self.deployment_id
+        )
+        try:
+            while not self._stopping:
+                looked = loop.time()
+                if await self._answer_one():
                     continue  # there may be more
-            except Exception:
-                log.exception("answering a check for deployment %s failed", deployment_id)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), POLL_SECONDS)
-            wake.clear()
-            gap = looked + MIN_GAP_SECONDS - loop.time()
-            if gap > 0:
-                await asyncio.sleep(gap)
-    finally:
-        remove()
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(POLL_SECONDS):
+                        await wake.wait()
+                wake.clear()
+                gap = looked + MIN_GAP_SECONDS - loop.time()
+                if gap > 0 and not self._stopping:
+                    await asyncio.sleep(gap)
+        finally:
+            remove()
+
+    async def _answer_one(self) -> bool:
+        """Take one request and answer it; whether there was one."""
+        try:
+            request = await self._io(self.world.take_check, self.deployment_id, self.worker_id)
+            if request is None:
+                return False
+            try:
+                text = await self._io(answer, self.world, request)
+            except Exception as exc:  # say so, rather than leave the asker waiting
+                log.exception("replaying a check of deployment %s failed", self.deployment_id)
+                text = json.dumps(
+                    {
+                        "error": f"worker {self.worker_id} could not replay the runs:"
+                        f" {type(exc).__name__}: {exc}"
+                    }
+                )
+            await self._io(self.world.answer_check, request.request_id, text)
+            return True
+        except Exception:
+            if not self._stopping:
+                log.exception("answering a check for deployment %s failed", self.deployment_id)
+            return False

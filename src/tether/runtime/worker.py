@@ -39,7 +39,7 @@ from tether.clock import Clock, SystemClock
 from tether.errors import ContextError
 from tether.runtime import shutdown
 from tether.runtime.activation import Activations
-from tether.runtime.answering import serve_checks
+from tether.runtime.answering import CheckAnswerer
 from tether.runtime.pacing import ClaimPacer
 from tether.runtime.retry import DEFAULT_POLICY, RetryPolicy
 from tether.runtime.steps import StepJob, StepRunner
@@ -244,18 +244,21 @@ class Worker:
         if on_ready is not None:
             on_ready()
         heartbeat = asyncio.create_task(self._heartbeat())
-        checks = asyncio.create_task(
-            serve_checks(self.world, self.deployment_id, self.worker_id, self._io)
-        )
+        answerer = CheckAnswerer(self.world, self.deployment_id, self.worker_id, self._io)
+        checks = asyncio.create_task(answerer.run())
         try:
             await self._claim_loop()
         finally:
-            checks.cancel()
+            answerer.stop()
             config.withdraw_worker(self.world.url, self.deployment_id, self)
             remove_listener()
             await self._drain()
             log.info("worker %s drained; stopping", self.worker_id)
             heartbeat.cancel()
+            # It ends once the request under way is answered, before the pools go.
+            _, late = await asyncio.wait({checks}, timeout=self.drain_timeout)
+            for task in late:
+                task.cancel()
             await self._io(self.world.unregister_worker, self.worker_id)
             self._runs.close()
             self._steps.close()
