@@ -308,3 +308,26 @@ def test_ctrl_c_stops_the_server_while_pages_listen(
     web.proc.send_signal(signal.SIGINT)
     assert web.proc.wait(timeout=10) == 0  # the streams ended; no browser had to leave
     assert "Traceback" not in web.log.read_text()
+
+
+@workflow
+async def napping(seconds: float) -> str:
+    await tether.sleep(seconds)
+    return "woke"
+
+
+def test_a_sleep_woken_and_two_deployments_compared_from_the_ui(
+    world_url: str, web: WebServer, worker: tether.Worker
+) -> None:
+    run = tether.start(napping, [3600])
+    wait_for(lambda: bool(run._world.list_waits(run.run_id)), 20, "the sleep")
+    page = web.get(f"/runs/{run.run_id}").text
+    assert "Wake its sleep" in page and "left" in page  # its deadline and the time left
+    client, csrf = browse(web.url, f"/runs/{run.run_id}")
+    woken = post(client, f"/runs/{run.run_id}/actions", {"action": "wake", "csrf": csrf})
+    assert woken.json()["message"] == f"woke 1 sleep of {run.run_id}"
+    assert run.result(timeout=20) == "woke"
+    with tether.Worker(deployment_id="tests-next"):
+        pass
+    diff = web.get("/deployments/diff?old=tests&new=tests-next")
+    assert diff.status_code == 200 and "napping" in diff.text and "unchanged" in diff.text
