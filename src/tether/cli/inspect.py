@@ -10,6 +10,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from tether import testing
 from tether.api import iter_runs
 from tether.cli import backend, deploy, params, render, views
 from tether.cli.backend import backend_option
@@ -245,22 +246,41 @@ def steps(
 @inspect.command()
 @_run_scoped
 @click.option("--type", "event_type", metavar="TYPE", help="Only events of this type.")
+@click.option(
+    "--export",
+    "export_to",
+    metavar="FILE",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write the run's whole history to FILE (a versioned JSON file for tether.testing.replay).",
+)
 @params.listing_options(sort_default="asc")
 @backend_option
 def events(
     run_id: str | None,
     run_id_option: str | None,
     event_type: str | None,
+    export_to: str | None,
     as_json: bool,
     limit: int,
     cursor: str | None,
     sort: str,
     with_data: bool,
 ) -> None:
-    """List a run's event log, the truth every view is derived from."""
+    """List a run's event log, the truth every view is derived from.
+
+    With --export FILE, write its whole history to FILE instead: keep it as a
+    fixture and replay it against new code in a test (tether.testing.replay).
+    """
     chosen = _which_run("events", run_id, run_id_option, cursor)
     world = backend.world()
     chosen = backend.require_run(world, chosen).run_id
+    if export_to is not None:
+        document = testing.export_history(chosen, export_to, world=world)
+        render.err().print(
+            f"exported the {len(document['events'])} events of {chosen} to {export_to}",
+            soft_wrap=True,
+        )
+        return
     found = [e for e in world.list_events(chosen) if event_type in (None, e.type)]
     page, next_cursor = _page(found, cursor, limit, sort)
     render.listing(
