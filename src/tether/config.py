@@ -59,6 +59,13 @@ def resolve_world(world: World | str | None = None) -> World:
         return found
 
 
+def adopt(world: World) -> None:
+    """Serve ``world`` for its URL in this process (``tether.testing``'s World, whose clock
+    is virtual): ``resolve_world`` then answers it instead of opening another."""
+    with _worlds_lock:
+        _worlds[world.url] = world
+
+
 def is_open(url: str) -> bool:
     """Whether this process holds an open World for ``url`` (``resolve_world`` opened it)."""
     with _worlds_lock:

@@ -49,7 +49,9 @@ class Workflow(Generic[P, R]):
             raise ContextError(
                 f"{short}() is a @workflow: calling it outside a run would run nothing durably."
                 f" Start a run with tether.start({short}, [args]) (it returns a Run; "
-                f"run.result() waits for it), or call {short}.fn(...) for the plain coroutine"
+                f"run.result() waits for it) where a worker serves it; in a test, use the"
+                f" tether_env fixture (tether_env.start({short}, [args])); or call"
+                f" {short}.fn(...) for the plain coroutine"
             )
         return self.fn(*args, **kwargs)
 
