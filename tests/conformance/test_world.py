@@ -694,20 +694,40 @@ def test_list_deployments_counts_in_flight_runs_and_live_workers(world: World) -
 # -- wake-ups -------------------------------------------------------------------------
 
 
-def seconds_to_wake(world: World, change: Callable[[], object]) -> float:
-    """How long ``world.watch()``'s wait blocked while another thread made ``change``."""
+def seconds_to_wake(world: World, other: World, change: Callable[[], object]) -> float:
+    """How long ``world.watch()``'s wait blocked while ``other`` made ``change``.
+
+    The watch listens first: ``other`` commits until the watch has heard one
+    (PostgreSQL's LISTEN and SQLite's first look at the file take a moment,
+    longer under load); once the watch has been quiet for 0.3 s, the change.
+    """
     woke: list[float] = []
+    heard, ready = threading.Event(), threading.Event()
 
     def wait() -> None:
         with world.watch() as changed:
-            changed(0.2)  # let the listener connect, and forget what that saw
+            while not heard.is_set():
+                began = time.monotonic()
+                changed(0.1)
+                if time.monotonic() - began < 0.09:  # woken by a warm-up commit
+                    heard.set()
+            while True:  # until no warm-up commit is left to hear
+                began = time.monotonic()
+                changed(0.3)
+                if time.monotonic() - began >= 0.29:
+                    break
+            ready.set()
             start = time.monotonic()
             changed(10.0)
             woke.append(time.monotonic() - start)
 
-    waiter = threading.Thread(target=wait)
+    waiter = threading.Thread(target=wait, daemon=True)
     waiter.start()
-    time.sleep(0.4)
+    for i in range(300):
+        if heard.wait(0.05):
+            break
+        other.create_run(new_run(f"warm-up-{i}"))
+    assert ready.wait(30), "the watch never heard the other instance"
     change()
     waiter.join(timeout=15)
     assert woke, "the watch did not return"
@@ -715,7 +735,7 @@ def seconds_to_wake(world: World, change: Callable[[], object]) -> float:
 
 
 def test_watch_wakes_on_another_instances_commit(world: World, other_world: World) -> None:
-    assert seconds_to_wake(world, lambda: other_world.create_run(new_run("r1"))) < 2.0
+    assert seconds_to_wake(world, other_world, lambda: other_world.create_run(new_run("r1"))) < 2.0
 
 
 def test_watch_does_not_miss_a_change_made_between_two_waits(
@@ -989,7 +1009,7 @@ def test_a_chunk_from_another_instance_wakes_readers(world: World, other_world: 
     def write() -> None:
         other_world.append_chunks("s1", "r1", "default", ["hello"], False)
 
-    assert seconds_to_wake(world, write) < 2.0
+    assert seconds_to_wake(world, other_world, write) < 2.0
 
 
 def test_a_fork_starts_with_its_history_and_derives_its_views_from_it(world: World) -> None:
