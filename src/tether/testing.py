@@ -48,7 +48,7 @@ from tether.runtime.check import RunCheck, check_run
 from tether.runtime.worker import Worker
 from tether.worlds import open_world
 from tether.worlds.base import World
-from tether.worlds.records import EventRecord, RunFilter, RunRecord
+from tether.worlds.records import EventRecord, RunFilter, RunRecord, StepRecord
 
 #: Where a test environment's virtual clock starts: 2027-01-15 08:00 UTC.
 VIRTUAL_START = 1_800_000_000.0
@@ -241,6 +241,10 @@ class TetherEnv:
     def events(self, run: Run) -> list[EventRecord]:
         """The run's event log."""
         return self.world.list_events(run.run_id)
+
+    def steps(self, run: Run) -> list[StepRecord]:
+        """The run's steps, in the order it asked for them."""
+        return self.world.list_steps(run.run_id)
 
     def attempts(self, run: Run, step: Step[..., Any]) -> int:
         """How many times ``step`` was attempted in the run, all its calls together."""

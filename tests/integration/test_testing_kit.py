@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -160,3 +161,16 @@ def wait_for_hook(env: TetherEnv, run: tether.Run, token: str) -> None:
                 return
             changed(0.05)
     raise AssertionError(f"run {run.run_id} never waited on hook {token!r}")
+
+
+def test_the_clock_moves_by_hand_when_told_to(tmp_path: Path) -> None:
+    with TetherEnv(f"sqlite:///{tmp_path / 'manual.db'}", auto_advance=False) as env:
+        run = env.start(fulfill_order, ["o-3", 7])
+        with env.world.watch() as changed:
+            while not env.world.list_waits(run.run_id):
+                changed(0.05)
+        assert env.next_deadline() == VIRTUAL_START + 2 * 86400
+        assert run.status() == "running"  # no real time passes it; nobody moved the clock
+        env.advance("2d")
+        assert env.result(run, timeout=10)["charged"] == 7
+        assert [s.status for s in env.steps(run)] == ["completed", "completed"]
