@@ -38,6 +38,11 @@ def configure(world: str | None = None) -> None:
     _configured_url = world
 
 
+def configured_url() -> str | None:
+    """What ``configure`` was last given (``None``: not called, or called with ``None``)."""
+    return _configured_url
+
+
 def world_url() -> str:
     """The URL of the configured World (``configure``, ``$TETHER_WORLD``, or the default)."""
     return _configured_url or os.environ.get("TETHER_WORLD") or DEFAULT_WORLD_URL

@@ -153,7 +153,7 @@ class TetherEnv:
         self._previous_url: str | None = None
 
     def __enter__(self) -> TetherEnv:
-        self._previous_url = config._configured_url
+        self._previous_url = config.configured_url()
         config.adopt(self.world)
         config.configure(self.world.url)
         self._worker.start()
