@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import inspect
+import itertools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -42,29 +43,52 @@ def _interrupt_after(seconds: float) -> Callable[[], None]:
     """Raise ``OverBudget`` in this thread after ``seconds``, unless the returned
     function is called first. Pure-Python code cannot otherwise be stopped from
     outside; CPython's ``PyThreadState_SetAsyncExc`` delivers the exception at the
-    thread's next bytecode boundary."""
-    target = threading.get_ident()
-    lock = threading.Lock()
-    finished = False
+    thread's next bytecode boundary. One watchdog thread serves every replay."""
+    return _WATCHDOG.arm(threading.get_ident(), time.monotonic() + seconds)
 
-    def fire() -> None:
-        with lock:
-            if not finished:
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                    ctypes.c_ulong(target), ctypes.py_object(OverBudget)
+
+class _Watchdog:
+    """One thread that interrupts the replays whose deadline passed (a timer each costs a
+    thread start per run)."""
+
+    def __init__(self) -> None:
+        self._armed: dict[int, tuple[float, int]] = {}  # token: (deadline, thread)
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._tokens = itertools.count()
+
+    def arm(self, thread: int, deadline: float) -> Callable[[], None]:
+        token = next(self._tokens)
+        with self._changed:
+            self._armed[token] = (deadline, thread)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._watch, name="tether-replay-watchdog", daemon=True
                 )
+                self._thread.start()
+            self._changed.notify()
 
-    timer = threading.Timer(seconds, fire)
-    timer.daemon = True
-    timer.start()
+        def disarm() -> None:
+            with self._changed:
+                self._armed.pop(token, None)
 
-    def stop() -> None:
-        nonlocal finished
-        with lock:
-            finished = True
-        timer.cancel()
+        return disarm
 
-    return stop
+    def _watch(self) -> None:
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                for token, (deadline, thread) in list(self._armed.items()):
+                    if deadline <= now:
+                        del self._armed[token]
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                            ctypes.c_ulong(thread), ctypes.py_object(OverBudget)
+                        )
+                upcoming = min((d for d, _ in self._armed.values()), default=None)
+                self._changed.wait(None if upcoming is None else max(upcoming - now, 0.01))
+
+
+_WATCHDOG = _Watchdog()
 
 
 @dataclass(frozen=True, slots=True)
