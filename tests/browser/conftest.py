@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
 import tether
 from tests.browser.server import WebServer
@@ -28,6 +28,11 @@ ARGS = [
     "--no-first-run",
 ]
 SCREENSHOTS = REPO / "docs" / "screenshots" / "latest"
+
+# What a page shows live may take a few seconds to arrive on a loaded machine (pushes come
+# at most once a second, and the suite runs four workers and their browsers on two cores):
+# an expectation waits up to this long, returning as soon as it holds.
+expect.set_options(timeout=20_000)
 
 
 # Per test, not per session: Playwright's sync API keeps an event loop running in the
