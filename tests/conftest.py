@@ -19,6 +19,7 @@ import pytest
 import tether
 from tests.conformance import backends
 from tests.conformance.backends import WORLDS, configured, new_world_url
+from tests.integration.processes import stop_leftovers
 
 #: Tests that cut every connection named ``tether`` (tether's default application_name)
 #: on the shared PostgreSQL server, meaning their own: only theirs get that name
@@ -97,6 +98,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         "both_worlds"
     ):
         metafunc.parametrize("world_kind", WORLDS, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_workers() -> Iterator[None]:
+    """Worker processes a failing test left running are stopped when it ends."""
+    yield
+    stop_leftovers()
 
 
 @pytest.fixture(autouse=True)

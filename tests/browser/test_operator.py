@@ -199,10 +199,7 @@ def test_a_failed_run_forked_from_its_failing_step_picked_on_the_timeline(
         screenshot(page, "fork", world_kind)
         page.click("text=Fork onto v2")
         expect(page.locator("#flash")).to_contain_text("forked")
-    finally:
-        pass
-    [fork] = tether.list_runs(deployment_id="v2", limit=None)
-    try:
+        [fork] = tether.list_runs(deployment_id="v2", limit=None)
         assert (fork.forked_from, fork.fork_point) == (failed.run_id, 3)
         assert fork.result(timeout=30)[-1] == "v2"
     finally:

@@ -15,7 +15,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class WorkerProcess:
-    """A ``tether worker`` subprocess whose output goes to a log file."""
+    """A ``tether worker`` subprocess whose output goes to a log file.
+
+    Every one still running when its test ends is stopped then (``stop_leftovers``,
+    from tests/conftest.py): a test that fails before its own ``stop`` leaks none.
+    """
+
+    running: set[WorkerProcess] = set()
 
     def __init__(
         self,
@@ -60,6 +66,7 @@ class WorkerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
+        WorkerProcess.running.add(self)
         if wait_ready:
             self._wait_ready()
 
@@ -83,6 +90,7 @@ class WorkerProcess:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=10)
         self._log.close()
+        WorkerProcess.running.discard(self)
 
     def stop(self, timeout: float = 30) -> int:
         """SIGTERM, which drains in-flight work; returns the exit code."""
@@ -94,6 +102,7 @@ class WorkerProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+        WorkerProcess.running.discard(self)
         return self.proc.returncode
 
     def _wait_ready(self, timeout: float = 20) -> None:
@@ -105,6 +114,12 @@ class WorkerProcess:
                 raise RuntimeError(f"worker exited early:\n{self.output()}")
             time.sleep(0.02)
         raise RuntimeError(f"worker not ready after {timeout}s:\n{self.output()}")
+
+
+def stop_leftovers() -> None:
+    """Stop every worker process a test started and did not stop itself."""
+    for leftover in list(WorkerProcess.running):
+        leftover.stop(timeout=10)
 
 
 @contextmanager
