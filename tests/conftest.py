@@ -19,7 +19,7 @@ import pytest
 import tether
 from tests.conformance import backends
 from tests.conformance.backends import WORLDS, configured, new_world_url
-from tests.integration.processes import stop_leftovers
+from tests.integration.processes import WorkerProcess, stop_leftovers
 
 #: Tests that cut every connection named ``tether`` (tether's default application_name)
 #: on the shared PostgreSQL server, meaning their own: only theirs get that name
@@ -102,9 +102,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture(autouse=True)
 def _no_leftover_workers() -> Iterator[None]:
-    """Worker processes a failing test left running are stopped when it ends."""
+    """Worker processes a failing test left running are stopped when it ends (not those of
+    wider fixtures, made before it began)."""
+    before = set(WorkerProcess.running)
     yield
-    stop_leftovers()
+    stop_leftovers(keep=before)
 
 
 @pytest.fixture(autouse=True)

@@ -116,9 +116,9 @@ class WorkerProcess:
         raise RuntimeError(f"worker not ready after {timeout}s:\n{self.output()}")
 
 
-def stop_leftovers() -> None:
-    """Stop every worker process a test started and did not stop itself."""
-    for leftover in list(WorkerProcess.running):
+def stop_leftovers(keep: set[WorkerProcess]) -> None:
+    """Stop every worker process still running but those of ``keep`` (a wider fixture's)."""
+    for leftover in list(WorkerProcess.running - keep):
         leftover.stop(timeout=10)
 
 
