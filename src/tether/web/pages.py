@@ -7,6 +7,8 @@ works with JavaScript off.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,6 +25,7 @@ from starlette.responses import (
 )
 
 from tether import api, deployments
+from tether.checking import Checker
 from tether.errors import (
     DeploymentNotFoundError,
     InvalidValueError,
@@ -30,6 +33,7 @@ from tether.errors import (
     WorldUnavailableError,
 )
 from tether.forking import FromStep
+from tether.pinning import resolve_target
 from tether.redaction import redact
 from tether.web import guard, views
 from tether.web.live import Changes
@@ -405,9 +409,6 @@ def _step(text: str) -> FromStep:
 
 def _fork_verdict(world: World, record: RunRecord, step: str, target: str) -> dict[str, Any]:
     """What a fork from ``step`` onto ``target`` would keep, from the check (nothing written)."""
-    from tether.checking import Checker
-    from tether.pinning import resolve_target
-
     try:
         deployment = resolve_target(world, record.workflow_name, target)[0]
         point = _step(step)
@@ -419,9 +420,6 @@ def _fork_verdict(world: World, record: RunRecord, step: str, target: str) -> di
 
 async def _off_loop(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Blocking World calls run on a thread: the server's loop keeps serving pages."""
-    import asyncio
-    import functools
-
     return await asyncio.get_running_loop().run_in_executor(
         None, functools.partial(fn, *args, **kwargs)
     )
