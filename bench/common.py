@@ -116,15 +116,16 @@ def step_time_metrics(stamps: Sequence[float], window: int) -> Metrics:
 #: Where RESULTS.md's part of ``check.py``'s and ``web.py``'s figures begins; ``run.py``
 #: keeps it when it rewrites the rest.
 CHECK_MARK = (
-    "<!-- from bench/check.py and bench/web.py (CHECK-, WEB-RESULTS-<backend>.md):"
+    "<!-- from bench/check.py, bench/web.py and bench/scaleout.py"
+    " (CHECK-, WEB-, SCALEOUT-RESULTS-<backend>.md):"
     " run.py keeps this part -->"
 )
 
 
 def check_section(folder: Path) -> str:
-    """RESULTS.md's closing part: CHECK_MARK, then each CHECK- and WEB-RESULTS file in it."""
+    """RESULTS.md's closing part: CHECK_MARK, then each CHECK-, WEB- and SCALEOUT-RESULTS file."""
     parts = [CHECK_MARK, ""]
-    for name in ("CHECK", "WEB"):
+    for name in ("CHECK", "WEB", "SCALEOUT"):
         for backend in ("sqlite", "postgres"):
             found = folder / f"{name}-RESULTS-{backend}.md"
             if not found.exists():

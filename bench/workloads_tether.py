@@ -155,7 +155,7 @@ def w2_throughput(counts: Counts, deadline: Deadline) -> Metrics:
 
 
 @contextmanager
-def worker_processes(count: int, log_dir: Path) -> Iterator[None]:
+def worker_processes(count: int, log_dir: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
     """`count` `tether worker workloads_tether` processes, each with its own asyncio loop."""
     procs: list[subprocess.Popen[bytes]] = []
     logs = [open(log_dir / f"worker-{i}.log", "wb") for i in range(count)]  # noqa: SIM115
@@ -167,7 +167,9 @@ def worker_processes(count: int, log_dir: Path) -> Iterator[None]:
                     cwd=HERE,
                     env={
                         **os.environ,
-                        "PYTHONPATH": str(HERE),
+                        "PYTHONPATH": str(HERE)
+                        + os.pathsep
+                        + os.environ.get("TETHER_EXTRA_PATH", ""),
                         "TETHER_WORLD": tether.config.world_url(),
                     },
                     stdout=log,
@@ -179,7 +181,7 @@ def worker_processes(count: int, log_dir: Path) -> Iterator[None]:
                 if proc.poll() is not None:
                     raise RuntimeError(f"worker process {i} exited early")
                 time.sleep(0.05)
-        yield
+        yield procs
     finally:
         for proc in procs:
             proc.terminate()

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 
 from tether import registry
@@ -107,10 +107,18 @@ class Activations:
                 raise
             return []
 
-    async def activate(self, run_id: str, due_at: float = 0.0) -> list[StepJob]:
+    async def activate(
+        self,
+        run_id: str,
+        due_at: float = 0.0,
+        run: RunRecord | None = None,
+        log: Sequence[EventRecord] | None = None,
+    ) -> list[StepJob]:
         """Replay or continue a run, apply its due sleeps, commit what it asks for.
 
-        Returns the steps the commit leased to this worker.
+        Returns the steps the commit leased to this worker. ``run`` and
+        ``log``, if the claim read them (``Task.run``), are the run and its
+        whole log: then nothing is read here.
 
         A task claimed ahead of its time (``due_at`` still to come) is a timer:
         it waits for its time here. A cached run with nothing but sleeps out
@@ -124,20 +132,23 @@ class Activations:
         async with self._lock(run_id):
             instance = self._cache.pop(run_id, None)
             events: list[EventRecord] = []
-            if not (timer and instance is not None and instance.only_sleeping):
-                events = await self.world.list_events_async(
-                    run_id, instance.last_seq if instance else 0
-                )
+            known = instance.last_seq if instance else 0
+            if log is not None:
+                events = [e for e in log if e.seq > known]
+            elif not (timer and instance is not None and instance.only_sleeping):
+                events = await self.world.list_events_async(run_id, known)
             if instance is not None and any(e.type in ACTIVATION_EVENTS for e in events):
                 instance.close()  # another worker advanced the run: replay it from the log
                 instance = None
-                events = await self.world.list_events_async(run_id, 0)
+                events = (
+                    list(log) if log is not None else await self.world.list_events_async(run_id, 0)
+                )
             if any(e.type in TERMINAL_EVENTS for e in events):
                 if instance is not None:
                     instance.close()
                 return []
             if instance is None:
-                instance = await self._new_instance(run_id)
+                instance = await self._new_instance(run_id, run)
                 if instance is None:
                     return []
             instance.replay(events)
@@ -160,8 +171,9 @@ class Activations:
                 self._wake_up()  # the world re-queued the run
             return self._after_commit(instance, new_events, committed)
 
-    async def _new_instance(self, run_id: str) -> RunInstance | None:
-        run = await self.world.get_run_async(run_id)
+    async def _new_instance(self, run_id: str, run: RunRecord | None) -> RunInstance | None:
+        if run is None:
+            run = await self.world.get_run_async(run_id)
         if run is None:
             return None
         definition = registry.WORKFLOWS.get(run.workflow_name)

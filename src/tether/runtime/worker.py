@@ -48,6 +48,7 @@ from tether.worlds.records import (
     NewRun,
     RunRecord,
     StepOutcome,
+    Task,
     WorkerInfo,
 )
 
@@ -62,6 +63,14 @@ RETRY_RUN_AFTER = 1.0
 #: held here until their time, so that timers falling due close together cost one claim.
 #: A hook payload for a run whose timer is held waits for it at most this long.
 CLAIM_AHEAD = 0.05
+#: The longest a worker waits between claims with nothing due: a safety net only, since
+#: commits that make work due wake a worker of its deployment. A busy worker also covers
+#: for peers that died while woken by name (until their heartbeats go stale); an idle one
+#: looks rarely, so that an idle fleet costs next to nothing.
+SAFETY_NET_BUSY = 1.0
+SAFETY_NET_IDLE = 5.0
+#: A worker is idle once this long has passed since its last claim that found work.
+IDLE_AFTER = 10.0
 
 
 class Worker:
@@ -133,6 +142,8 @@ class Worker:
         #: Activations under way, and steps being handed back (what a drain waits for).
         self._activating = 0
         self._handing_back: set[StepJob] = set()
+        #: When (monotonic) a claim last found work.
+        self._found_at = 0.0
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -363,13 +374,17 @@ class Worker:
                 # Claimed as the stop came (perhaps ahead of its time): back, due when it was.
                 self._spawn(self._give_back(task.run_id, "", max(task.due_at - now, 0.0)))
             elif task.kind == "workflow":
-                self._spawn(self._activate(task.run_id, task.due_at), task.run_id)
+                self._spawn(self._activate(task), task.run_id)
             else:
                 # Draining, it is not begun: _run_step hands it back.
                 job = StepJob(task.run_id, task.step_id, task.step_name, task.input, task.attempt)
                 self._spawn(self._run_step(job))
-        # A slow safety net of a second: commits and timers wake us sooner.
-        return bool(tasks), min(due if due is not None else now + 1.0, now + 1.0)
+        # A slow safety net: commits and timers wake us sooner.
+        if tasks:
+            self._found_at = time.monotonic()
+        busy = self._inflight or time.monotonic() - self._found_at < IDLE_AFTER
+        latest = now + (SAFETY_NET_BUSY if busy else SAFETY_NET_IDLE)
+        return bool(tasks), min(due if due is not None else latest, latest)
 
     def _spawn(self, coro: Any, run_id: str | None = None) -> None:
         task = asyncio.ensure_future(coro if run_id is None else self._guarded(coro, run_id))
@@ -389,10 +404,10 @@ class Worker:
 
     # -- workflow activations --------------------------------------------------
 
-    async def _activate(self, run_id: str, due_at: float = 0.0) -> None:
+    async def _activate(self, task: Task) -> None:
         self._activating += 1
         try:
-            jobs = await self._runs.activate(run_id, due_at)
+            jobs = await self._runs.activate(task.run_id, task.due_at, task.run, task.events)
         finally:
             self._activating -= 1
         self._run_steps(jobs)
@@ -452,6 +467,13 @@ class Worker:
                 "worker took it)",
                 job.describe(),
             )
+
+    async def _mark_draining(self) -> None:
+        """Tell the World this worker takes nothing new, so that no commit wakes it for work."""
+        try:
+            await self._io(self.world.worker_draining, self.worker_id)
+        except Exception:
+            log.exception("could not mark worker %s as draining", self.worker_id)
 
     def _draining(self) -> bool:
         return self._stopping is not None and self._stopping.is_set()
@@ -567,6 +589,7 @@ class Worker:
         if self._stopping is None or self._stopping.is_set():
             return
         self._stopping.set()
+        self._spawn(self._mark_draining())
         running = self._steps.stop_starting()
         message = shutdown.draining(
             why, running, self._activating, self.drain_timeout, self._foreground

@@ -245,6 +245,10 @@ class RunStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    def worker_draining(self, worker_id: str) -> None:
+        """Mark the worker stopped as its drain begins: no new work is meant for it."""
+
+    @abc.abstractmethod
     def unregister_worker(self, worker_id: str) -> None:
         """Mark the worker stopped and give back its leases, due now (unknown: no-op)."""
 

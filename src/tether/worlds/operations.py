@@ -594,6 +594,11 @@ def _conflict_message(deployment_id: str, differ: list[str]) -> str:
     )
 
 
+def worker_draining(tx: Tx, worker_id: str) -> None:
+    """Mark the worker stopped while it drains: it takes no new work, so none is sent it."""
+    tx.execute(tx.sql.worker_stopped, (tx.clock.time(), worker_id))
+
+
 def unregister_worker(tx: Tx, worker_id: str) -> None:
     """Mark the worker stopped and give back its leases."""
     tx.execute(tx.sql.worker_stopped, (tx.clock.time(), worker_id))

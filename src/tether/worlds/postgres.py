@@ -33,7 +33,14 @@ from tether.worlds import schema
 from tether.worlds.base import CLOSED_HINT
 from tether.worlds.operations import Reader, Tx
 from tether.worlds.postgres_claim import claim_due
-from tether.worlds.postgres_listener import BACKOFF_MAX, BACKOFF_MIN, Listener
+from tether.worlds.postgres_listener import (
+    BACKOFF_MAX,
+    BACKOFF_MIN,
+    CHANNEL,
+    WORK_CHANNEL,
+    Listener,
+    worker_channel,
+)
 from tether.worlds.postgres_url import WorldUnavailableError, parse_url, redact
 from tether.worlds.postgres_writer import Connection, PgTx, Writer, lost
 from tether.worlds.records import Task
@@ -87,9 +94,18 @@ class PostgresWorld(SqlWorld):
             shown_url=self.shown_url,
             reconnect_timeout=self._reconnect_timeout,
             on_commit=self._notify,
+            own_workers=lambda: list(self._deployments),
         )
+        #: CHANNEL and WORK_CHANNEL once a listener wanted them: kept, so that waiters
+        #: coming and going do not make the listener listen again each time.
+        self._wanted: set[str] = set()
         self._listener = Listener(
-            self._conninfo, self._schema, token, self.shown_url, lambda s: self._notify({None}, s)
+            self._conninfo,
+            self._schema,
+            token,
+            self.shown_url,
+            self._channels,
+            lambda _, signal: self._notify({None}, signal),
         )
 
     # -- the claim ------------------------------------------------------------------
@@ -100,6 +116,17 @@ class PostgresWorld(SqlWorld):
 
     def _start_watching(self) -> None:
         self._listener.start()
+
+    def _channels(self) -> set[str]:
+        """What the listener listens on: readers', workers', and each own worker's channel."""
+        return self._wanted | {worker_channel(worker_id) for worker_id in self._deployments}
+
+    def _listeners_changed(self) -> None:
+        wanted = set(self._wanted)
+        for _, _, work_only, _ in list(self._listeners):
+            wanted.add(WORK_CHANNEL if work_only else CHANNEL)
+        self._wanted = wanted
+        self._listener.changed()  # the thread listens again only if the set differs
 
     def _stop(self) -> None:
         self._writer.stop()

@@ -1,16 +1,24 @@
 """How PostgreSQL Worlds hear each other: the thread that LISTENs for their NOTIFYs.
 
-A commit announces its signal (``signals``) on ``CHANNEL``. Payloads are
+A commit announces its signal (``signals``) on ``CHANNEL``, which Worlds
+with readers listen on (a run's result, a stream, the web UI). Work that
+became due for one deployment also wakes one live worker of it, on that
+worker's own channel (``worker_channel``); other work (no live worker to
+pick, several deployments) goes to ``WORK_CHANNEL``, which Worlds with
+workers listen on. So an added worker costs no wake-up per commit of its
+peers, and readers hear nothing meant for workers alone. Payloads are
 ``schema|sender|signal``, so that a World ignores other schemas and its own
 commits.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import psycopg
 
@@ -18,29 +26,50 @@ from tether.worlds.signals import merge_signals
 
 log = logging.getLogger("tether.postgres")
 
-#: The channel every World of a database listens on; payloads name schema and sender.
+#: Every commit's signal, for readers; payloads name schema and sender.
 CHANNEL = "tether_changes"
+#: Work for deployments none of whose live workers was woken by name.
+WORK_CHANNEL = "tether_work"
+#: The prefix of a worker's own channel: ``WORKER_PREFIX`` + md5 of its id.
+WORKER_PREFIX = "tether_w_"
 #: How often the listener looks up from its connection to see whether the World closed.
 LISTEN_TICK = 0.25
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 1.0
 
 
+def worker_channel(worker_id: str) -> str:
+    """The channel a worker is woken on by name (``md5(worker_id)`` in SQL spells the same)."""
+    return WORKER_PREFIX + hashlib.md5(worker_id.encode()).hexdigest()
+
+
 class Listener:
     """A thread that hears other Worlds' commits on ``schema`` and passes their signals on.
 
-    It reconnects with backoff when the link drops, and after (re)connecting
-    reports ``"w"``: commits may have been missed while it was not listening.
+    ``heard(channel, signal)`` is called from the thread. The channels are
+    those ``channels()`` returns; when that changes (``changed``), the thread
+    listens again. It reconnects with backoff when the link drops, and after
+    (re)connecting or listening on a new channel reports ``"w"``: commits may
+    have been missed while it was not listening.
     """
 
     def __init__(
-        self, conninfo: str, schema: str, token: str, shown_url: str, heard: Callable[[str], None]
+        self,
+        conninfo: str,
+        schema: str,
+        token: str,
+        shown_url: str,
+        channels: Callable[[], Iterable[str]],
+        heard: Callable[[str, str], None],
     ) -> None:
         self._conninfo = conninfo
         self._schema = schema
         self._token = token
         self._shown_url = shown_url
+        self._channels = channels
         self._heard = heard
+        self._listening: set[str] = set()
+        self._stale = threading.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -53,6 +82,10 @@ class Listener:
                     target=self._listen, name="tether-postgres-listen", daemon=True
                 )
                 self._thread.start()
+
+    def changed(self) -> None:
+        """``channels()`` may say otherwise now: listen again within a tick."""
+        self._stale.set()
 
     def stop(self) -> None:
         """Stop listening and wait for the thread to end."""
@@ -70,22 +103,42 @@ class Listener:
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
             delay = BACKOFF_MIN
+            self._listening = set()
             try:
                 with conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    self._heard("w")  # we may have missed commits while not listening
+                    self._listen_again(conn)
                     while not self._closed:
-                        heard = ""
+                        if self._stale.is_set():
+                            self._listen_again(conn)
+                        heard: dict[str, str] = {}
                         for note in conn.notifies(timeout=LISTEN_TICK, stop_after=1):
-                            heard = self._signal(note.payload)
+                            heard[note.channel] = self._signal(note.payload)
                         if heard:
                             # Take everything already delivered, then wake everyone once.
                             for note in conn.notifies(timeout=0):
-                                heard = merge_signals(heard, self._signal(note.payload))
-                            self._heard(heard)
+                                signal = self._signal(note.payload)
+                                heard[note.channel] = merge_signals(
+                                    heard.get(note.channel, ""), signal
+                                )
+                            for channel, signal in heard.items():
+                                if signal:
+                                    self._heard(channel, signal)
             except psycopg.Error:
                 if not self._closed:
                     log.warning("listener lost its connection to %s; reconnecting", self._shown_url)
+
+    def _listen_again(self, conn: psycopg.Connection[Any]) -> None:
+        """LISTEN on the channels wanted now (UNLISTEN the rest); report ``"w"`` if any is new."""
+        self._stale.clear()
+        wanted = set(self._channels())
+        for channel in sorted(self._listening - wanted):
+            conn.execute(f"UNLISTEN {channel}")
+        new = wanted - self._listening
+        for channel in sorted(new):
+            conn.execute(f"LISTEN {channel}")
+        self._listening = wanted
+        if new:
+            self._heard(WORK_CHANNEL, "w")  # commits before we listened went unheard
 
     def _signal(self, payload: str) -> str:
         """The signal of another World's commit on our schema, else ``""``."""

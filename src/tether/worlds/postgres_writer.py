@@ -25,7 +25,13 @@ import psycopg.errors
 from tether.clock import Clock
 from tether.worlds.batches import Outcome, batches, resolve
 from tether.worlds.operations import RunState, Tx
-from tether.worlds.postgres_listener import BACKOFF_MAX, BACKOFF_MIN, CHANNEL
+from tether.worlds.postgres_listener import (
+    BACKOFF_MAX,
+    BACKOFF_MIN,
+    CHANNEL,
+    WORK_CHANNEL,
+    WORKER_PREFIX,
+)
 from tether.worlds.postgres_url import WorldUnavailableError
 from tether.worlds.records import Activation, EventRecord
 from tether.worlds.signals import merge_signals, work_signal
@@ -45,24 +51,38 @@ _STALE = "TT001"
 #: Event types whose commit someone may wait for: a run's result, a retry due for any worker.
 _ENDING = frozenset({"run_completed", "run_failed", "run_cancelled"})
 _WORKING = frozenset({"step_retrying"})
+#: A worker is woken by name only if it beat this recently (a default worker beats every
+#: 2.5 s); others, and deployments without such a worker, are woken on WORK_CHANNEL.
+LIVE_SECONDS = 5.0
+#: A commit's announcement: every signal for readers, and work for one deployment to one
+#: live worker of it picked at random (not one of this World's own: they know).
+_ANNOUNCE_TO_ONE = (
+    "SELECT pg_notify(%s, %s), pg_notify(COALESCE((SELECT"
+    f" '{WORKER_PREFIX}' || md5(worker_id) FROM workers WHERE deployment_id = %s"
+    " AND stopped_at IS NULL AND heartbeat_at >= %s AND worker_id <> ALL(%s::text[])"
+    " ORDER BY random() LIMIT 1), %s), %s)"
+)
 
 
 class PgTx:
     """The transaction adapter (``operations.Tx``) on the writer's connection.
 
-    It also gathers what the commit must NOTIFY (``signal``). ``cur`` and
-    ``aux`` are two cursors of the batch: statements on both travel in one
-    round trip (the connection is in pipeline mode).
+    It also gathers what the commit must NOTIFY (``signal``). Statements are
+    bound here (client-side) and held until something needs an answer: then
+    every held statement and the read travel as one message, which the
+    server runs in order. Held writes cost no round trip, and a whole batch
+    of them one send: the server parses them as one string, and the client
+    spends a fraction of what a statement each costs it (``send``).
     """
 
-    __slots__ = ("aux", "careful", "clock", "cur", "notify", "work")
+    __slots__ = ("_binder", "_held", "careful", "clock", "notify", "work")
 
     sql = POSTGRES
 
     def __init__(self, conn: Connection, careful: bool, clock: Clock) -> None:
-        self.cur: Cursor = conn.cursor()
-        #: A second cursor, for a read sent in the same round trip as one on ``cur``.
-        self.aux: Cursor = conn.cursor()
+        self._binder = psycopg.ClientCursor(conn)
+        #: Bound statements not sent yet; the transaction's BEGIN first.
+        self._held: list[str] = ["BEGIN"]
         #: Read the state an operation depends on before writing (no fast path).
         self.careful = careful
         self.clock = clock
@@ -81,26 +101,45 @@ class PgTx:
         """What the commit announces (``signals``): work due, ``"r"`` or ``""``."""
         return work_signal(self.work) if self.work else "r" if self.notify else ""
 
+    def _bind(self, sql: str, params: Sequence[Any]) -> str:
+        return self._binder.mogrify(sql, params) if params else sql  # type: ignore[arg-type]
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self.cur.execute(sql, params)  # type: ignore[arg-type]
+        self._held.append(self._bind(sql, params))
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        self.cur.executemany(sql, rows)  # type: ignore[arg-type]
+        self._held.extend(self._bind(sql, row) for row in rows)
+
+    def send(self, *queries: tuple[str, Sequence[Any]]) -> list[list[Row]]:
+        """Send the held statements and ``queries`` in one message; the queries' rows."""
+        held, self._held = self._held, []
+        statements = held + [self._bind(sql, params) for sql, params in queries]
+        cur = self._binder
+        cur.execute(";\n".join(statements))
+        # One result per statement, in order: skip the held ones' to the queries'.
+        for _ in held:
+            cur.nextset()
+        answers: list[list[Row]] = []
+        for i in range(len(queries)):
+            if i:
+                cur.nextset()
+            answers.append(cur.fetchall() if cur.description else [])
+        return answers
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        self.cur.execute(sql, params)  # type: ignore[arg-type]
-        return self.cur.fetchall()
+        return self.send((sql, params))[0]
 
     def query_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        self.cur.execute(sql, params)  # type: ignore[arg-type]
-        return self.cur.fetchone()
+        rows = self.query(sql, params)
+        return rows[0] if rows else None
 
     def query_together(self, *queries: tuple[str, Sequence[Any]]) -> list[list[Row]]:
-        cursors = [self.cur, self.aux]
-        cursors += [self.cur.connection.cursor() for _ in queries[2:]]
-        for cursor, (sql, params) in zip(cursors, queries, strict=False):
-            cursor.execute(sql, params)  # type: ignore[arg-type]
-        return [cursor.fetchall() for cursor in cursors[: len(queries)]]
+        return self.send(*queries)
+
+    def xid(self) -> str | None:
+        """Send what is held; the transaction's id, if it wrote anything (else ``None``)."""
+        (rows,) = self.send(("SELECT pg_current_xact_id_if_assigned()::text", ()))
+        return str(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def lock_run_and_step(self, run_id: str, step_id: str) -> tuple[RunState, str] | None:
         # The step in a statement of its own, sent with the lock in one round trip: it
@@ -114,16 +153,12 @@ class PgTx:
 
     def lock_runs(self, run_ids: Sequence[str]) -> dict[str, RunState]:
         # In run_id order, as every transaction that locks several runs does: no deadlock.
-        # Statements that take an array are planned for each execution (prepare=False):
-        # a prepared statement's generic plan, made while the table was small, would
-        # scan the whole table for ever after.
-        self.cur.execute(
+        rows = self.query(
             "SELECT run_id, status, last_seq, deployment_id FROM runs WHERE run_id = ANY(%s)"
             " ORDER BY run_id FOR UPDATE",
             (sorted(set(run_ids)),),
-            prepare=False,
         )
-        return {row[0]: (row[1], row[2], row[3]) for row in self.cur.fetchall()}
+        return {row[0]: (row[1], row[2], row[3]) for row in rows}
 
     def append(
         self,
@@ -146,7 +181,7 @@ class PgTx:
         elif any(e.type in _ENDING for e in events):
             self.notify = True
         encoded = json.dumps([_event_row(e) for e in events])
-        self.cur.execute(
+        self.execute(
             "SELECT tether_append(%s, %s, %s, %s, %s, %s, %s, %s)",
             (
                 run_id,
@@ -215,8 +250,10 @@ class Writer:
         shown_url: str,
         reconnect_timeout: float,
         on_commit: Callable[[set[asyncio.AbstractEventLoop | None], str], None],
+        own_workers: Callable[[], list[str]],
     ) -> None:
         self._connect = connect
+        self._own_workers = own_workers
         self._clock = clock
         self._payload = payload
         self._shown_url = shown_url
@@ -306,20 +343,13 @@ class Writer:
             commit_sent = False
             results: list[Any] = []
             try:
-                with conn.pipeline():
-                    conn.cursor().execute("BEGIN")
-                    tx = PgTx(conn, careful, self._clock)
-                    results = [op(tx) for op in ops]
-                    if tx.signal:
-                        tx.cur.execute(
-                            "SELECT pg_notify(%s, %s)", (CHANNEL, f"{self._payload}|{tx.signal}")
-                        )
-                    xact = conn.cursor()
-                    xact.execute("SELECT pg_current_xact_id_if_assigned()::text")
-                    row = xact.fetchone()
-                    xid = row[0] if row else None
-                    commit_sent = True
-                    xact.execute("COMMIT")
+                tx = PgTx(conn, careful, self._clock)
+                results = [op(tx) for op in ops]
+                if tx.signal:
+                    self._announce(tx)
+                xid = tx.xid()
+                commit_sent = True
+                conn.execute("COMMIT", prepare=False)
                 return results, tx.signal
             except psycopg.Error as exc:
                 if not lost(conn, exc):
@@ -353,6 +383,25 @@ class Writer:
                 if not (conn.broken or conn.closed):
                     _rollback(conn)
                 raise
+
+    def _announce(self, tx: PgTx) -> None:
+        """NOTIFY what the commit announces: readers on CHANNEL, workers as it says."""
+        said = f"{self._payload}|{tx.signal}"
+        if not tx.work:
+            tx.execute("SELECT pg_notify(%s, %s)", (CHANNEL, said))
+            return
+        work = f"{self._payload}|{work_signal(tx.work)}"
+        if len(tx.work) > 1 or "*" in tx.work:
+            tx.execute(
+                "SELECT pg_notify(%s, %s), pg_notify(%s, %s)", (CHANNEL, said, WORK_CHANNEL, work)
+            )
+            return
+        (deployment_id,) = tx.work
+        live_since = self._clock.time() - LIVE_SECONDS
+        tx.execute(
+            _ANNOUNCE_TO_ONE,
+            (CHANNEL, said, deployment_id, live_since, self._own_workers(), WORK_CHANNEL, work),
+        )
 
     def _connection(self, lost_since: float | None) -> Connection:
         """The writer's connection, reconnecting with backoff for up to the reconnect timeout."""

@@ -124,6 +124,11 @@ class Task:
     #: When the task fell or falls due (epoch seconds): later than now for a workflow
     #: task claimed ahead of its time (``claim_due_async``'s ``ahead``).
     due_at: float = 0.0
+    #: A workflow task's run and its whole log, read by the claim when the log is
+    #: short (a run just started): its activation then reads neither.
+    #: (A convenience of one World, so not part of a task's value: not compared or shown.)
+    run: RunRecord | None = field(default=None, compare=False, repr=False)
+    events: tuple[EventRecord, ...] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -119,6 +119,9 @@ class SqlWorld(World):
     def _stop(self) -> None:
         """Stop the writer and the watching; release connections (``close``)."""
 
+    def _listeners_changed(self) -> None:
+        """Listeners or this World's workers came or went (a backend may listen otherwise)."""
+
     def _query(self, statement: str, params: Sequence[Any] = ()) -> list[Row]:
         return self._read(lambda reader: reader.query(statement, params))
 
@@ -147,6 +150,7 @@ class SqlWorld(World):
         loop = asyncio.get_running_loop() if skip_own_loop else None
         entry = (callback, loop, work_only, deployment_id)
         self._listeners.append(entry)
+        self._listeners_changed()
         self._start_watching()
 
         def remove() -> None:
@@ -388,10 +392,16 @@ class SqlWorld(World):
             lambda tx: operations.register_worker(tx, worker, manifest, replace=replace)
         )
         self._deployments[worker.worker_id] = worker.deployment_id
+        self._listeners_changed()
         return replaced
+
+    def worker_draining(self, worker_id: str) -> None:
+        self._write(lambda tx: operations.worker_draining(tx, worker_id))
 
     def unregister_worker(self, worker_id: str) -> None:
         self._write(lambda tx: operations.unregister_worker(tx, worker_id))
+        if self._deployments.pop(worker_id, None) is not None:
+            self._listeners_changed()
 
     # -- replays asked of live workers -----------------------------------------------
 
