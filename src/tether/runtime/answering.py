@@ -30,7 +30,7 @@ from tether.worlds.records import COMMAND_EVENTS, CheckRequest, RunRecord
 log = logging.getLogger("tether.worker")
 
 #: Seconds between looks for requests when nothing woke the worker.
-POLL_SECONDS = 2.0
+POLL_SECONDS = 5.0
 #: The shortest time between two looks: commits of busy neighbours wake it often.
 MIN_GAP_SECONDS = 0.2
 

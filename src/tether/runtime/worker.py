@@ -70,7 +70,7 @@ CLAIM_AHEAD = 0.05
 SAFETY_NET_BUSY = 1.0
 SAFETY_NET_IDLE = 5.0
 #: A worker is idle once this long has passed since its last claim that found work.
-IDLE_AFTER = 10.0
+IDLE_AFTER = 3.0
 
 
 class Worker:

@@ -2,13 +2,14 @@
 
 Writes go through one writer thread per World that groups whatever is queued
 into one transaction (group commit: the server flushes its log once per
-commit) and pipelines the statements, so a write costs no round trip of its
-own (``postgres_writer``). Every operation that appends events locks the
-run's row first (``SELECT ... FOR UPDATE``), which makes the expected-sequence
-checks race-free across processes; claims skip rows other workers hold
-(``postgres_claim``). Reads use a connection pool. Commits that make work due
-or end a run ``NOTIFY tether_changes``; a listener thread per World hears
-other processes' commits (``postgres_listener``).
+commit) and sends the statements bound client-side in one message, so a
+write costs no round trip of its own (``postgres_writer``). Every operation
+that appends events locks the run's row first (``SELECT ... FOR UPDATE``),
+which makes the expected-sequence checks race-free across processes; claims
+skip rows other workers hold (``postgres_claim``). Reads use a connection
+pool. Commits that make work due or end a run NOTIFY readers, and wake one
+live worker of the deployment their work is for; a listener thread per World
+hears other processes' commits (``postgres_listener``).
 
 A lost connection (a server restart) is survived: reads are retried, and a
 batch whose ``COMMIT`` may or may not have reached the server is settled

@@ -13,8 +13,11 @@ commits.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
+import select
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -32,8 +35,9 @@ CHANNEL = "tether_changes"
 WORK_CHANNEL = "tether_work"
 #: The prefix of a worker's own channel: ``WORKER_PREFIX`` + md5 of its id.
 WORKER_PREFIX = "tether_w_"
-#: How often the listener looks up from its connection to see whether the World closed.
-LISTEN_TICK = 0.25
+#: How often an idle listener looks up from its connection (closing or a new channel wake
+#: it at once, through a pipe): rare, so that an idle process costs next to nothing.
+LISTEN_TICK = 5.0
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 1.0
 
@@ -70,6 +74,8 @@ class Listener:
         self._heard = heard
         self._listening: set[str] = set()
         self._stale = threading.Event()
+        #: Written to wake the thread from its wait: the World closed, or channels changed.
+        self._nudge_read, self._nudge_write = os.pipe()
         self._closed = False
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -84,14 +90,23 @@ class Listener:
                 self._thread.start()
 
     def changed(self) -> None:
-        """``channels()`` may say otherwise now: listen again within a tick."""
+        """``channels()`` may say otherwise now: listen again."""
         self._stale.set()
+        self._nudge()
+
+    def _nudge(self) -> None:
+        with contextlib.suppress(OSError):  # closed: the thread has ended
+            os.write(self._nudge_write, b"x")
 
     def stop(self) -> None:
         """Stop listening and wait for the thread to end."""
         self._closed = True
+        self._nudge()
         if self._thread is not None:
-            self._thread.join(timeout=2 * LISTEN_TICK)
+            self._thread.join(timeout=2.0)
+        if self._thread is None or not self._thread.is_alive():
+            for fd in (self._nudge_read, self._nudge_write):
+                os.close(fd)
 
     def _listen(self) -> None:
         delay = BACKOFF_MIN
@@ -110,19 +125,24 @@ class Listener:
                     while not self._closed:
                         if self._stale.is_set():
                             self._listen_again(conn)
+                        # Wait for the server or a nudge, in one system call: no polling.
+                        ready, _, _ = select.select(
+                            [conn.fileno(), self._nudge_read], [], [], LISTEN_TICK
+                        )
+                        if self._nudge_read in ready:
+                            os.read(self._nudge_read, 4096)
                         heard: dict[str, str] = {}
-                        for note in conn.notifies(timeout=LISTEN_TICK, stop_after=1):
-                            heard[note.channel] = self._signal(note.payload)
-                        if heard:
-                            # Take everything already delivered, then wake everyone once.
+                        # After a nudge too: a LISTEN may have received notifications.
+                        if ready:
+                            # Take everything delivered, then wake everyone once.
                             for note in conn.notifies(timeout=0):
                                 signal = self._signal(note.payload)
                                 heard[note.channel] = merge_signals(
                                     heard.get(note.channel, ""), signal
                                 )
-                            for channel, signal in heard.items():
-                                if signal:
-                                    self._heard(channel, signal)
+                        for channel, signal in heard.items():
+                            if signal:
+                                self._heard(channel, signal)
             except psycopg.Error:
                 if not self._closed:
                     log.warning("listener lost its connection to %s; reconnecting", self._shown_url)

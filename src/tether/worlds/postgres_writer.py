@@ -1,4 +1,4 @@
-"""PostgreSQL's group commit: one writer connection, pipelined batches, crash-safe commits.
+"""PostgreSQL's group commit: one writer connection, batches sent whole, crash-safe commits.
 
 A batch that loses its connection is run again on a new one, unless its
 ``COMMIT`` was sent: then the server is asked for the transaction's status
