@@ -406,6 +406,19 @@ def test_an_expired_lease_is_taken_over(world: World, other_world: World) -> Non
     assert_dense(world, "r1")
 
 
+def test_a_workers_own_lapsed_step_is_renewed_not_started_again(world: World) -> None:
+    # Its heartbeat came late: the step runs in that worker still, or its outcome is
+    # on its way. Started again by the same worker, it would run twice.
+    started_with_step(world, "r1", worker="w1", lease=0.3)
+    CLOCK.advance(0.4)
+    assert claim(world, DEP, "w1", 10, 30.0) == []
+    assert types(world, "r1")[-1] == "step_started"
+    assert next_due(world, DEP) == CLOCK.time() + 30.0  # renewed: no claim loop spins on it
+    CLOCK.advance(31.0)  # the worker died after all: a peer takes the step over
+    (task,) = claim(world, DEP, "w2", 10, 30.0)
+    assert (task.step_id, task.attempt) == ("0", 2)
+
+
 def test_claims_drop_the_tasks_of_ended_runs(world: World) -> None:
     started_with_step(world, "r1", lease=0.2)
     world.create_run(new_run("r2"))

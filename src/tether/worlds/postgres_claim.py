@@ -54,13 +54,14 @@ def claim(tx: PgTx, request: ClaimRound) -> tuple[list[Task], bool, Row | None]:
     now = tx.clock.time()
     claimed, first = tx.send(
         (
-            "WITH due AS (SELECT task_id, available_at FROM tasks"
+            "WITH due AS (SELECT task_id, available_at, lease_owner FROM tasks"
             " WHERE deployment_id = %s AND available_at <= %s"
             " AND (available_at <= %s OR (kind = 'workflow' AND lease_owner IS NULL))"
             " ORDER BY available_at LIMIT %s FOR UPDATE SKIP LOCKED)"
             " UPDATE tasks t SET lease_owner = %s, available_at = %s FROM due"
             " WHERE t.task_id = due.task_id"
-            " RETURNING t.task_id, t.kind, t.run_id, t.step_id, due.available_at",
+            " RETURNING t.task_id, t.kind, t.run_id, t.step_id, due.available_at,"
+            " due.lease_owner",
             (
                 deployment_id,
                 now + request.ahead,
@@ -72,7 +73,10 @@ def claim(tx: PgTx, request: ClaimRound) -> tuple[list[Task], bool, Row | None]:
         ),
         (tx.sql.first_due, (deployment_id,)),  # sees the leases just taken
     )
-    rows = sorted(claimed)
+    # A step leased to this worker whose lease ran out (its heartbeat came late, on a
+    # busy machine) runs here still, or its outcome is on its way: the claim renewed
+    # its lease, and it must not start a second time.
+    rows = sorted(r[:5] for r in claimed if not (r[1] == "step" and r[5] == request.worker_id))
     first_due = first[0] if first else None
     if not rows:
         return [], False, first_due

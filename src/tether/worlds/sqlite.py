@@ -255,8 +255,8 @@ def _claim(tx: Tx, claim: ClaimRound) -> list[Task]:
     """Lease up to ``limit`` due tasks (see ``World.claim_due_async``), oldest first."""
     deployment_id, worker_id, lease = claim.deployment_id, claim.worker_id, claim.lease_seconds
     now = tx.clock.time()
-    rows = tx.query(
-        "SELECT task_id, kind, run_id, step_id, available_at FROM tasks"
+    due = tx.query(
+        "SELECT task_id, kind, run_id, step_id, available_at, lease_owner FROM tasks"
         " WHERE deployment_id = ? AND available_at <= ?"
         " AND (available_at <= ? OR (kind = 'workflow' AND lease_owner IS NULL))"
         " ORDER BY available_at LIMIT ?",
@@ -264,8 +264,12 @@ def _claim(tx: Tx, claim: ClaimRound) -> list[Task]:
     )
     tx.executemany(
         "UPDATE tasks SET lease_owner = ?, available_at = ? WHERE task_id = ?",
-        [(worker_id, now + lease, row[0]) for row in rows],
+        [(worker_id, now + lease, row[0]) for row in due],
     )
+    # A step leased to this worker whose lease ran out (its heartbeat came late, on a
+    # busy machine) runs here still, or its outcome is on its way: its lease is renewed
+    # above, and it must not start a second time.
+    rows = [row[:5] for row in due if not (row[1] == "step" and row[5] == worker_id)]
     tasks: list[Task] = []
     for task_id, kind, run_id, step_id, due_at in sorted(rows):
         state = tx.query_one(tx.sql.lock_run, (run_id,))
