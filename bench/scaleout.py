@@ -43,6 +43,9 @@ TICK = os.sysconf("SC_CLK_TCK")
 WARM_UP = 200
 #: Quiet time after the workers are ready, before a measurement begins.
 SETTLE_S = 2.0
+#: Quiet time after the last pass before idle is watched: long enough for the workers to
+#: count as idle and for the server's clean-up after the burst (autovacuum) to end.
+IDLE_SETTLE_S = 15.0
 
 
 def process_cpu(pid: int, *, children: bool = False) -> float:
@@ -174,7 +177,7 @@ def measure(workers: int, workflows: int, log_dir: Path, idle_s: float) -> tuple
         )
         idle = None
         if idle_s > 0:
-            time.sleep(SETTLE_S)
+            time.sleep(IDLE_SETTLE_S)
             before = Sample.take(procs)
             time.sleep(idle_s)  # the measurement itself: nothing happens, on purpose
             after = Sample.take(procs)
@@ -265,7 +268,8 @@ def main() -> None:
         " every process (client, workers, PostgreSQL server) from /proc; while the machine's"
         " cores are all busy, throughput cannot grow with workers, but CPU per workflow shows"
         " what each added process costs. Targets: 4 workers at most 1.25x the CPU per"
-        " workflow of 1, 8 at most 1.5x; 8 idle workers under 2% of one core, server included.",
+        " workflow of 1, 8 at most 1.5x; 8 idle workers under 2% of one core, server included"
+        f" (watched from {IDLE_SETTLE_S:g} s after the last pass).",
         "",
         f"After ({what}):",
         "",

@@ -72,12 +72,14 @@ def claim(tx: PgTx, request: ClaimRound) -> tuple[list[Task], bool, Row | None]:
             ),
         ),
         (tx.sql.first_due, (deployment_id,)),  # sees the leases just taken
+        writes=False,
     )
     # A step leased to this worker whose lease ran out (its heartbeat came late, on a
     # busy machine) runs here still, or its outcome is on its way: the claim renewed
     # its lease, and it must not start a second time.
     rows = sorted(r[:5] for r in claimed if not (r[1] == "step" and r[5] == request.worker_id))
     first_due = first[0] if first else None
+    tx.wrote = tx.wrote or bool(claimed)  # leases taken (own steps' renewed too)
     if not rows:
         return [], False, first_due
     due_at = {row[0]: row[4] for row in rows}

@@ -75,7 +75,7 @@ class PgTx:
     spends a fraction of what a statement each costs it (``send``).
     """
 
-    __slots__ = ("_binder", "_held", "careful", "clock", "notify", "work")
+    __slots__ = ("_binder", "_held", "careful", "clock", "notify", "work", "wrote")
 
     sql = POSTGRES
 
@@ -83,6 +83,8 @@ class PgTx:
         self._binder = psycopg.ClientCursor(conn)
         #: Bound statements not sent yet; the transaction's BEGIN first.
         self._held: list[str] = ["BEGIN"]
+        #: Whether anything sent may have written (else the commit needs no transaction id).
+        self.wrote = False
         #: Read the state an operation depends on before writing (no fast path).
         self.careful = careful
         self.clock = clock
@@ -110,8 +112,13 @@ class PgTx:
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self._held.extend(self._bind(sql, row) for row in rows)
 
-    def send(self, *queries: tuple[str, Sequence[Any]]) -> list[list[Row]]:
-        """Send the held statements and ``queries`` in one message; the queries' rows."""
+    def send(self, *queries: tuple[str, Sequence[Any]], writes: bool = True) -> list[list[Row]]:
+        """Send the held statements and ``queries`` in one message; the queries' rows.
+
+        ``writes=False``: the queries only read (or their caller says, from
+        their rows, whether they wrote: ``wrote``).
+        """
+        self.wrote = self.wrote or writes or self.holds_writes()
         held, self._held = self._held, []
         statements = held + [self._bind(sql, params) for sql, params in queries]
         cur = self._binder
@@ -135,6 +142,15 @@ class PgTx:
 
     def query_together(self, *queries: tuple[str, Sequence[Any]]) -> list[list[Row]]:
         return self.send(*queries)
+
+    def holds_writes(self) -> bool:
+        """Whether statements other than the BEGIN wait to be sent (held ones write)."""
+        return len(self._held) > (0 if self.begun else 1)
+
+    @property
+    def begun(self) -> bool:
+        """Whether the transaction was sent to the server (its BEGIN is no longer held)."""
+        return self._held[:1] != ["BEGIN"]
 
     def xid(self) -> str | None:
         """Send what is held; the transaction's id, if it wrote anything (else ``None``)."""
@@ -347,7 +363,12 @@ class Writer:
                 results = [op(tx) for op in ops]
                 if tx.signal:
                     self._announce(tx)
-                xid = tx.xid()
+                if tx.wrote or tx.holds_writes():
+                    xid = tx.xid()
+                elif not tx.begun:
+                    return results, tx.signal  # nothing was sent: nothing to commit
+                # Read only (an empty claim): a COMMIT lost on the way is harmless to
+                # run again, so no transaction id is asked for first.
                 commit_sent = True
                 conn.execute("COMMIT", prepare=False)
                 return results, tx.signal
