@@ -76,6 +76,8 @@ class Listener:
         self._stale = threading.Event()
         #: Written to wake the thread from its wait: the World closed, or channels changed.
         self._nudge_read, self._nudge_write = os.pipe()
+        for fd in (self._nudge_read, self._nudge_write):
+            os.set_blocking(fd, False)  # a full pipe already says "wake up"
         self._closed = False
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -95,8 +97,10 @@ class Listener:
         self._nudge()
 
     def _nudge(self) -> None:
-        with contextlib.suppress(OSError):  # closed: the thread has ended
-            os.write(self._nudge_write, b"x")
+        # Under the lock: once stop() closed the pipe its numbers may name another file.
+        with self._lock, contextlib.suppress(OSError):  # full: the thread wakes anyway
+            if self._nudge_write >= 0:
+                os.write(self._nudge_write, b"x")
 
     def stop(self) -> None:
         """Stop listening and wait for the thread to end."""
@@ -104,9 +108,11 @@ class Listener:
         self._nudge()
         if self._thread is not None:
             self._thread.join(timeout=2.0)
-        if self._thread is None or not self._thread.is_alive():
-            for fd in (self._nudge_read, self._nudge_write):
-                os.close(fd)
+        with self._lock:
+            if self._nudge_write >= 0 and (self._thread is None or not self._thread.is_alive()):
+                os.close(self._nudge_read)
+                os.close(self._nudge_write)
+                self._nudge_read = self._nudge_write = -1
 
     def _listen(self) -> None:
         delay = BACKOFF_MIN
