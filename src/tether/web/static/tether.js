@@ -9,6 +9,15 @@
   const BATCH = 25;
   let refreshing = false;
   let again = false;
+  // A region replaced between a press and its release swallows the click (a link that
+  // was pressed is gone): a push that comes meanwhile waits for the release.
+  let pressed = false;
+  let waiting = false;
+  document.addEventListener("pointerdown", () => { pressed = true; }, true);
+  document.addEventListener("pointerup", () => {
+    pressed = false;
+    if (waiting) { waiting = false; setTimeout(refresh, 0); }  // after the click it ends
+  }, true);
 
   function flash(message, ok) {
     const box = document.getElementById("flash");
@@ -32,12 +41,14 @@
 
   // Replace each live region with the server's fresh rendering of this same page.
   async function refresh() {
+    if (pressed) { waiting = true; return; }
     if (refreshing) { again = true; return; }
     refreshing = true;
     try {
       const response = await fetch(location.href, { headers: { Accept: "text/html" }, cache: "no-store" });
       if (!response.ok && response.status !== 404) return;
       const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+      if (pressed) { waiting = true; return; }  // pressed while it was fetched
       const checked = checkedIds();
       const open = new Set([...document.querySelectorAll("details[open]")].map((d) => d.textContent.slice(0, 80)));
       for (const region of fresh.querySelectorAll("[data-live]")) {
