@@ -54,14 +54,27 @@ class Heard:
 
 
 @pytest.fixture
-def url() -> Iterator[str]:
+def open_world() -> Iterator[Callable[[], PostgresWorld]]:
+    """Opens Worlds on a fresh schema; each is closed after the test."""
+    opened: list[PostgresWorld] = []
     with fresh_schema() as url:
-        yield url
+
+        def open_one() -> PostgresWorld:
+            opened.append(PostgresWorld(url))
+            return opened[-1]
+
+        try:
+            yield open_one
+        finally:
+            for world in opened:
+                world.close()
 
 
-def workers_of(url: str, count: int) -> tuple[list[PostgresWorld], Heard]:
+def workers_of(
+    open_world: Callable[[], PostgresWorld], count: int
+) -> tuple[list[PostgresWorld], Heard]:
     """``count`` Worlds, each with a worker of DEP and a work listener, listening."""
-    worlds = [PostgresWorld(url) for _ in range(count)]
+    worlds = [open_world() for _ in range(count)]
     heard = Heard(worlds)
     for i, world in enumerate(worlds):
         world.register_worker(WorkerInfo(f"w{i}", DEP, "production", "host", i), {})
@@ -87,49 +100,43 @@ def barrier(world: PostgresWorld, heard: Heard) -> None:
     )
 
 
-def test_a_start_wakes_one_of_the_deployments_workers(url: str) -> None:
-    worlds, heard = workers_of(url, 3)
-    client = PostgresWorld(url)
-    try:
-        start_runs(client, 12)
-        barrier(client, heard)
-        woken = heard.by_name()
-        # Each start woke one worker, by name (wake-ups that reach a listener together
-        # are heard as one), none on the channel every worker hears; the picks spread.
-        assert 1 <= sum(woken) <= 12, heard.lists
-        assert sum(1 for n in woken if n) >= 2, woken
-        for h in heard.lists:
-            assert not [s for ch, s in h if ch == WORK_CHANNEL and s != "w"], h
-    finally:
-        for world in [client, *worlds]:
-            world.close()
+def test_a_start_wakes_one_of_the_deployments_workers(
+    open_world: Callable[[], PostgresWorld],
+) -> None:
+    _, heard = workers_of(open_world, 3)
+    client = open_world()
+    start_runs(client, 12)
+    barrier(client, heard)
+    woken = heard.by_name()
+    # Each start woke one worker, by name (wake-ups that reach a listener together
+    # are heard as one), none on the channel every worker hears; the picks spread.
+    assert 1 <= sum(woken) <= 12, heard.lists
+    assert sum(1 for n in woken if n) >= 2, woken
+    for h in heard.lists:
+        assert not [s for ch, s in h if ch == WORK_CHANNEL and s != "w"], h
 
 
-def test_a_draining_worker_is_not_woken_for_new_work(url: str) -> None:
-    worlds, heard = workers_of(url, 2)
-    client = PostgresWorld(url)
-    try:
-        worlds[0].worker_draining("w0")
-        start_runs(client, 8)
-        barrier(client, heard)
-        named = heard.by_name()
-        assert named[0] == 0 and named[1] >= 1, heard.lists
-    finally:
-        for world in [client, *worlds]:
-            world.close()
+def test_a_draining_worker_is_not_woken_for_new_work(
+    open_world: Callable[[], PostgresWorld],
+) -> None:
+    worlds, heard = workers_of(open_world, 2)
+    client = open_world()
+    worlds[0].worker_draining("w0")
+    start_runs(client, 8)
+    barrier(client, heard)
+    named = heard.by_name()
+    assert named[0] == 0 and named[1] >= 1, heard.lists
 
 
-def test_work_with_no_live_worker_to_name_wakes_them_all(url: str) -> None:
-    worlds, heard = workers_of(url, 2)
-    client = PostgresWorld(url)
-    try:
-        for i, world in enumerate(worlds):
-            world.worker_draining(f"w{i}")
-        start_runs(client, 1)
-        barrier(client, heard)
-        assert heard.by_name() == [0, 0]
-        for h in heard.lists:
-            assert (WORK_CHANNEL, f"w:{DEP}") in h, h
-    finally:
-        for world in [client, *worlds]:
-            world.close()
+def test_work_with_no_live_worker_to_name_wakes_them_all(
+    open_world: Callable[[], PostgresWorld],
+) -> None:
+    worlds, heard = workers_of(open_world, 2)
+    client = open_world()
+    for i, world in enumerate(worlds):
+        world.worker_draining(f"w{i}")
+    start_runs(client, 1)
+    barrier(client, heard)
+    assert heard.by_name() == [0, 0]
+    for h in heard.lists:
+        assert (WORK_CHANNEL, f"w:{DEP}") in h, h

@@ -601,5 +601,5 @@ def worker_draining(tx: Tx, worker_id: str) -> None:
 
 def unregister_worker(tx: Tx, worker_id: str) -> None:
     """Mark the worker stopped and give back its leases."""
-    tx.execute(tx.sql.worker_stopped, (tx.clock.time(), worker_id))
+    worker_draining(tx, worker_id)
     release_leases(tx, worker_id)

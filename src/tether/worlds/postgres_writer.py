@@ -39,7 +39,6 @@ from tether.worlds.sql import POSTGRES, Row
 
 T = TypeVar("T")
 Connection = psycopg.Connection[Row]
-Cursor = psycopg.Cursor[Row]
 Op = Callable[[Tx], Any]
 
 log = logging.getLogger("tether.postgres")
