@@ -71,6 +71,8 @@ SAFETY_NET_BUSY = 1.0
 SAFETY_NET_IDLE = 5.0
 #: A worker is idle once this long has passed since its last claim that found work.
 IDLE_AFTER = 3.0
+#: A heartbeat two beats late (half a lease) is logged, at most this often (seconds).
+LATE_WARN_EVERY = 60.0
 
 
 class Worker:
@@ -254,7 +256,11 @@ class Worker:
         self._ready.set()
         if on_ready is not None:
             on_ready()
-        heartbeat = asyncio.create_task(self._heartbeat())
+        beating = threading.Event()
+        heartbeat = threading.Thread(
+            target=self._beat, args=(beating,), name="tether-heartbeat", daemon=True
+        )
+        heartbeat.start()
         answerer = CheckAnswerer(self.world, self.deployment_id, self.worker_id, self._io)
         checks = asyncio.create_task(answerer.run())
         try:
@@ -265,7 +271,8 @@ class Worker:
             remove_listener()
             await self._drain()
             log.info("worker %s drained; stopping", self.worker_id)
-            heartbeat.cancel()
+            beating.set()
+            await self._io(heartbeat.join, self.lease_seconds)
             # It ends once the request under way is answered, before the pools go.
             _, late = await asyncio.wait({checks}, timeout=self.drain_timeout)
             for task in late:
@@ -529,16 +536,43 @@ class Worker:
     # -- plumbing ------------------------------------------------------------------
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
-        """Call a blocking World method (the rare ones: registration, heartbeat) off the loop."""
+        """Call a blocking World method (the rare ones: registration, checks) off the loop."""
         return await asyncio.get_running_loop().run_in_executor(self._io_pool, fn, *args)
 
-    async def _heartbeat(self) -> None:
-        while True:
-            await self.clock.sleep(self.lease_seconds / 4)
+    def _beat(self, stop: threading.Event) -> None:
+        """The heartbeat thread: beats every quarter lease until ``stop`` is set.
+
+        A thread of its own, in real time: on the event loop a beat waited for
+        whatever held the loop (a second and more, on a loaded machine), and a
+        late beat lets the worker's leases lapse, so that another worker may
+        run its steps again.
+        """
+        every = self.lease_seconds / 4
+        began = last = time.monotonic()  # registration was the first beat
+        warned: float | None = None
+        # A quarter lease after the last one began, however long that one took.
+        while not stop.wait(max(began + every - time.monotonic(), 0.0)):
+            began = time.monotonic()
             try:
-                await self._io(self.world.heartbeat, self.worker_id, self.lease_seconds)
+                self.world.heartbeat(self.worker_id, self.lease_seconds)
             except Exception:
+                if stop.is_set():
+                    return  # the World closed under a last beat
                 log.exception("heartbeat of worker %s failed", self.worker_id)
+                continue
+            gap, last = began - last, began
+            if gap > 2 * every and (warned is None or began - warned > LATE_WARN_EVERY):
+                warned = began
+                log.warning(
+                    "worker %s: a heartbeat came %.1f s after the last one, over half its"
+                    " %g s leases; with none for %g s its leases lapse, and other workers"
+                    " may run its steps again. A machine this busy needs longer leases"
+                    " (--lease-seconds)",
+                    self.worker_id,
+                    gap,
+                    self.lease_seconds,
+                    self.lease_seconds,
+                )
 
     async def _drain(self) -> None:
         """Wait for what is in flight, up to ``drain_timeout``; then abandon or cancel the rest."""

@@ -57,6 +57,15 @@ log = logging.getLogger("tether.postgres")
 #: How long a World keeps reconnecting before it reports the server unreachable.
 DEFAULT_RECONNECT_TIMEOUT = 60.0
 DEFAULT_POOL_MAX = 8
+#: A heartbeat, one autocommit statement: the worker's row, then its leases. Tasks
+#: another transaction has locked are skipped rather than waited for (the writer may
+#: hold some of them, finishing them; the next beat extends the rest): it never waits
+#: on, or deadlocks with, a batch.
+_HEARTBEAT = (
+    "WITH beat AS (UPDATE workers SET heartbeat_at = %s WHERE worker_id = %s)"
+    " UPDATE tasks SET available_at = %s WHERE task_id IN"
+    " (SELECT task_id FROM tasks WHERE lease_owner = %s FOR UPDATE SKIP LOCKED)"
+)
 
 
 class PostgresWorld(SqlWorld):
@@ -188,8 +197,21 @@ class PostgresWorld(SqlWorld):
         result: T = await asyncio.wrap_future(future)
         return result
 
+    def heartbeat(self, worker_id: str, lease_seconds: float) -> None:
+        # On a pooled connection, not the writer: a heartbeat queued behind a busy
+        # writer's batches came late enough, on a loaded machine, for the worker's
+        # leases to lapse and its running steps to be started again elsewhere.
+        now = self.clock.time()
+        params = (now, worker_id, now + lease_seconds, worker_id)
+        self._pooled(lambda conn: conn.execute(_HEARTBEAT, params))
+
     def _read(self, fn: Callable[[Reader], T]) -> T:
         """Run a read on a pooled connection, again after a lost connection (reads are safe)."""
+        return self._pooled(lambda conn: fn(_PooledReader(conn)))
+
+    def _pooled(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` on a pooled connection, again after a lost connection (it must be safe
+        to run twice: a read, or a statement that sets what it sets)."""
         if self._closed:
             raise WorldClosedError(f"the world {self.shown_url} is closed: {CLOSED_HINT}")
         lost_since: float | None = None
@@ -198,7 +220,7 @@ class PostgresWorld(SqlWorld):
             try:
                 with self._pool.connection(timeout=self._reconnect_timeout) as conn:
                     try:
-                        return fn(_PooledReader(conn))
+                        return fn(conn)
                     except psycopg.Error as exc:
                         if not lost(conn, exc):
                             raise
@@ -209,7 +231,7 @@ class PostgresWorld(SqlWorld):
             now = time.monotonic()
             if lost_since is None:
                 lost_since = now
-                log.warning("lost the connection to %s; retrying the read", self.shown_url)
+                log.warning("lost the connection to %s; retrying", self.shown_url)
                 self._pool.check()  # drop every idle connection the outage broke
             elif now - lost_since > self._reconnect_timeout:
                 raise WorldUnavailableError(
