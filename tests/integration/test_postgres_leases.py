@@ -1,19 +1,28 @@
-"""A PostgreSQL worker's leases stay its own while its World's writer is busy.
+"""A PostgreSQL worker's leases stay its own while its writer or its event loop is busy.
 
-A heartbeat queued behind the writer's batches came late on a loaded
-machine: the worker's leases lapsed, and another worker started its running
-steps again. The heartbeat now takes a pooled connection of its own.
+A heartbeat queued behind the writer's batches, or behind whatever held the
+worker's event loop, came late on a loaded machine: the worker's leases
+lapsed, and another worker started its running steps again. The heartbeat
+now has a thread and a pooled connection of its own.
+
+This module is also the app its worker processes serve.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.conformance.backends import fresh_schema
-from tests.conformance.probe import claim
+import tether
+from tests.apps.basic import mark
+from tests.conformance.backends import fresh_schema, postgres_world_url
+from tests.conformance.probe import claim, query
+from tests.integration.processes import WorkerProcess, read_marks, wait_for
+from tether import config, step, workflow
 from tether.clock import ManualClock
 from tether.worlds.operations import Tx
 from tether.worlds.postgres import PostgresWorld
@@ -22,6 +31,25 @@ from tether.worlds.records import Activation, EventRecord, NewRun, WorkerInfo
 DEP = "dep-leases"
 WF = "workflow//tests.leases//flow"
 STEP = "step//tests.leases//act"
+APP = "tests.integration.test_postgres_leases"
+
+
+@step
+def long_step(path: str, seconds: float) -> int:
+    time.sleep(seconds)
+    mark(path, "long")
+    return 1
+
+
+@workflow
+async def with_long_step(path: str, seconds: float) -> int:
+    return await long_step(path, seconds)
+
+
+@workflow
+async def holds_the_loop(seconds: float) -> int:
+    time.sleep(seconds)  # blocking code in a workflow: the worker's loop waits for it
+    return 2
 
 
 @pytest.fixture
@@ -77,3 +105,48 @@ def test_a_heartbeat_is_not_held_up_by_a_busy_writer(
     clock.advance(31)  # no beat since: the step is free for the peer to take
     (task,) = claim(peer, DEP, "w2", 10, 60.0)
     assert (task.kind, task.step_id) == ("step", "0")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL schema, configured as this process's World."""
+    yield from postgres_world_url()
+
+
+def test_a_worker_whose_event_loop_is_held_keeps_its_leases(pg_url: str, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    first = WorkerProcess(pg_url, [APP], tmp_path / "first.log", env={"TETHER_DEPLOYMENT_ID": DEP})
+    long = tether.start(with_long_step, [str(marks), 9.0], deployment_id=DEP)
+    world = config.resolve_world()
+    wait_for(
+        lambda: any(s.status == "running" for s in world.list_steps(long.run_id)),
+        20,
+        "the long step to start",
+    )
+    # The first worker takes the loop-holding run too, while it is alone.
+    held = tether.start(holds_the_loop, [7.0], deployment_id=DEP)
+    wait_for(
+        lambda: bool(
+            query(
+                world,
+                "SELECT 1 FROM tasks WHERE run_id = ? AND lease_owner IS NOT NULL",
+                (held.run_id,),
+            )
+        ),
+        20,
+        "the first worker to take the run that holds its loop",
+    )
+    # A peer comes while the first worker's loop is held, for longer than a lease
+    # (2 s): had its heartbeats stopped, the peer would run the long step again.
+    second = WorkerProcess(
+        pg_url, [APP], tmp_path / "second.log", env={"TETHER_DEPLOYMENT_ID": DEP}
+    )
+    try:
+        assert held.result(timeout=60) == 2
+        assert long.result(timeout=60) == 1
+    finally:
+        second.stop()
+        first.stop()
+    assert [pid for label, pid in read_marks(marks)] == [first.pid]
+    (only,) = world.list_steps(long.run_id)
+    assert only.attempt == 1
