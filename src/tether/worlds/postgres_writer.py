@@ -45,6 +45,7 @@ log = logging.getLogger("tether.postgres")
 
 #: Retries of a batch the server aborted to break a deadlock (it wrote nothing).
 _ROLLBACK_RETRIES = 10
+_ROWS = psycopg.pq.ExecStatus.TUPLES_OK
 #: The SQLSTATE ``tether_append`` raises when a run is not where its caller expected.
 _STALE = "TT001"
 #: Event types whose commit someone may wait for: a run's result, a retry due for any worker.
@@ -129,7 +130,9 @@ class PgTx:
         for i in range(len(queries)):
             if i:
                 cur.nextset()
-            answers.append(cur.fetchall() if cur.description else [])
+            # The result's status, not ``description``: that builds a column object each.
+            result = cur.pgresult
+            answers.append(cur.fetchall() if result and result.status == _ROWS else [])
         return answers
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
@@ -369,7 +372,7 @@ class Writer:
                 # Read only (an empty claim): a COMMIT lost on the way is harmless to
                 # run again, so no transaction id is asked for first.
                 commit_sent = True
-                conn.execute("COMMIT", prepare=False)
+                conn.commit()  # the BEGIN's transaction: COMMIT, without a cursor
                 return results, tx.signal
             except psycopg.Error as exc:
                 if not lost(conn, exc):
