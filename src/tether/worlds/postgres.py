@@ -18,7 +18,6 @@ before it is retried, so nothing is written twice.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -190,12 +189,7 @@ class PostgresWorld(SqlWorld):
         """Commit ``op`` on the writer; ``on_committed`` is called from the writer thread."""
         if self._closed:
             raise WorldClosedError(f"the world {self.shown_url} is closed: {CLOSED_HINT}")
-        future = self._writer.submit(op, asyncio.get_running_loop())
-        if on_committed is not None:
-            callback = on_committed
-            future.add_done_callback(lambda done: done.exception() or callback(done.result()))
-        result: T = await asyncio.wrap_future(future)
-        return result
+        return await self._writer.submit_async(op, on_committed)
 
     def heartbeat(self, worker_id: str, lease_seconds: float) -> None:
         # On a pooled connection, not the writer: a heartbeat queued behind a busy

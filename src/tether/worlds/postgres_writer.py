@@ -9,6 +9,7 @@ so nothing is written twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import queue
@@ -242,12 +243,34 @@ class StaleError(Exception):
 
 
 class _Item:
-    __slots__ = ("future", "op", "origin")
+    """A queued operation: a thread waits on ``future``, or a loop (``origin``) on ``waiter``."""
 
-    def __init__(self, op: Op, future: Future[Any], origin: asyncio.AbstractEventLoop | None):
+    __slots__ = ("future", "on_committed", "op", "origin", "waiter")
+
+    def __init__(
+        self,
+        op: Op,
+        future: Future[Any] | None,
+        origin: asyncio.AbstractEventLoop | None,
+        waiter: asyncio.Future[Any] | None = None,
+        on_committed: Callable[[Any], None] | None = None,
+    ):
         self.op = op
         self.future = future
         self.origin = origin
+        self.waiter = waiter
+        self.on_committed = on_committed
+
+
+def _settle(answers: list[tuple[asyncio.Future[Any], Outcome]]) -> None:
+    """On a loop: hand each waiting coroutine what its operation came to."""
+    for waiter, (result, error) in answers:
+        if waiter.cancelled():
+            continue  # its caller stopped waiting; the operation was committed all the same
+        if error is None:
+            waiter.set_result(result)
+        else:
+            waiter.set_exception(error)
 
 
 class Writer:
@@ -296,6 +319,20 @@ class Writer:
         self._queue.put(_Item(op, future, origin))
         return future
 
+    def submit_async(
+        self, op: Callable[[Tx], T], on_committed: Callable[[T], None] | None = None
+    ) -> asyncio.Future[T]:
+        """Queue ``op`` from a running loop; the future resolves on it once committed.
+
+        ``on_committed`` is called with the result from the writer thread, at
+        once, even if the caller stopped waiting. A batch's answers reach each
+        loop in one call, not one per operation.
+        """
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Item(op, None, loop, waiter, on_committed))
+        return waiter
+
     def stop(self) -> None:
         """Finish the queued batches and stop the writer thread."""
         self._queue.put(None)
@@ -310,8 +347,21 @@ class Writer:
                 # Only commits someone else may wait for (a run ended, a task is due
                 # for any worker, a chunk was written) wake this process's listeners.
                 self._on_commit({i.origin for i in batch}, signal)
+            answers: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Outcome]]]
+            answers = {}
             for entry, outcome in zip(batch, outcomes, strict=True):
-                resolve(entry.future, outcome)
+                if entry.on_committed is not None and outcome[1] is None:
+                    try:
+                        entry.on_committed(outcome[0])
+                    except Exception:
+                        log.exception("a commit's callback failed")
+                if entry.future is not None:
+                    resolve(entry.future, outcome)
+                elif entry.waiter is not None and entry.origin is not None:
+                    answers.setdefault(entry.origin, []).append((entry.waiter, outcome))
+            for loop, settled in answers.items():
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                    loop.call_soon_threadsafe(_settle, settled)
 
     def _execute(self, ops: list[Op]) -> tuple[list[Outcome], str]:
         """Commit ``ops`` in one transaction; if that fails, commit each alone.
