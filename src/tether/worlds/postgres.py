@@ -3,7 +3,9 @@
 Writes go through one writer thread per World that groups whatever is queued
 into one transaction (group commit: the server flushes its log once per
 commit) and sends the statements bound client-side in one message, so a
-write costs no round trip of its own (``postgres_writer``). Every operation
+write costs no round trip of its own (``postgres_writer``). Runs started from
+an event loop (through an in-process worker) commit on a second writer, so
+that a start does not wait for a busy worker's batch. Every operation
 that appends events locks the run's row first (``SELECT ... FOR UPDATE``),
 which makes the expected-sequence checks race-free across processes; claims
 skip rows other workers hold (``postgres_claim``). Reads use a connection
@@ -19,6 +21,7 @@ before it is retried, so nothing is written twice.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -95,16 +98,14 @@ class PostgresWorld(SqlWorld):
             name=f"tether-{token}",
             open=True,
         )
-        self._writer = Writer(
-            lambda: self._connect(autocommit=True),
-            clock=clock,
-            # What this World's NOTIFYs carry: its schema (others ignore it) and itself.
-            payload=f"{self._schema}|{token}",
-            shown_url=self.shown_url,
-            reconnect_timeout=self._reconnect_timeout,
-            on_commit=self._notify,
-            own_workers=lambda: list(self._deployments),
-        )
+        # What this World's NOTIFYs carry: its schema (others ignore it) and itself.
+        self._payload = f"{self._schema}|{token}"
+        self._writer = self._new_writer()
+        #: Runs started from a loop (``start()`` through an in-process worker) commit on a
+        #: writer of their own, made when first wanted: a start then waits for its own
+        #: commit, not for a busy worker's batch to finish first.
+        self._starts: Writer | None = None
+        self._starts_lock = threading.Lock()
         #: CHANNEL and WORK_CHANNEL once a listener wanted them: kept, so that waiters
         #: coming and going do not make the listener listen again each time.
         self._wanted: set[str] = set()
@@ -116,6 +117,28 @@ class PostgresWorld(SqlWorld):
             self._channels,
             lambda _, signal: self._notify({None}, signal),
         )
+
+    def _new_writer(self) -> Writer:
+        return Writer(
+            lambda: self._connect(autocommit=True),
+            clock=self.clock,
+            payload=self._payload,
+            shown_url=self.shown_url,
+            reconnect_timeout=self._reconnect_timeout,
+            on_commit=self._notify,
+            own_workers=lambda: list(self._deployments),
+        )
+
+    async def _start_async(
+        self, op: Callable[[Tx], T], on_committed: Callable[[T], None] | None = None
+    ) -> T:
+        with self._starts_lock:  # close() sets _closed first, then stops under this lock
+            if self._closed:
+                raise WorldClosedError(f"the world {self.shown_url} is closed: {CLOSED_HINT}")
+            if self._starts is None:
+                self._starts = self._new_writer()
+            starts = self._starts
+        return await starts.submit_async(op, on_committed)
 
     # -- the claim ------------------------------------------------------------------
 
@@ -139,6 +162,9 @@ class PostgresWorld(SqlWorld):
 
     def _stop(self) -> None:
         self._writer.stop()
+        with self._starts_lock:
+            if self._starts is not None:
+                self._starts.stop()
         self._listener.stop()
         self._pool.close(timeout=1.0)
 

@@ -109,6 +109,12 @@ class SqlWorld(World):
     ) -> T:
         """``_write`` for an event loop; ``on_committed`` is called once it is committed."""
 
+    async def _start_async(
+        self, op: Callable[[Tx], T], on_committed: Callable[[T], None] | None = None
+    ) -> T:
+        """``_write_async`` for a run started from a loop (a backend may give it a lane)."""
+        return await self._write_async(op, on_committed)
+
     @abc.abstractmethod
     async def _claim_round(self, claim: ClaimRound) -> tuple[list[Task], float | None]:
         """``claim_due_async``: the backend's claim."""
@@ -191,7 +197,7 @@ class SqlWorld(World):
         on_created: Callable[[RunRecord], None] | None = None,
     ) -> RunRecord:
         _check_new_run(run)
-        return await self._write_async(
+        return await self._start_async(
             lambda tx: operations.create_run(tx, run, activation), on_created
         )
 
