@@ -21,10 +21,10 @@ import tether
 from tests.apps.basic import mark
 from tests.conformance.backends import fresh_schema, postgres_world_url
 from tests.conformance.probe import claim, query
+from tests.integration.busy import held_writer
 from tests.integration.processes import WorkerProcess, read_marks, wait_for
 from tether import config, step, workflow
 from tether.clock import ManualClock
-from tether.worlds.operations import Tx
 from tether.worlds.postgres import PostgresWorld
 from tether.worlds.records import Activation, EventRecord, NewRun, WorkerInfo
 
@@ -83,25 +83,13 @@ def test_a_heartbeat_is_not_held_up_by_a_busy_writer(
 ) -> None:
     mine, peer, clock = worlds
     running_step(mine, clock, lease=2.0)
-    # The writer stuck in a batch (a slow commit, a long queue).
-    in_batch, release = threading.Event(), threading.Event()
-
-    def stuck(_: Tx) -> None:
-        in_batch.set()
-        release.wait(30)
-
-    held = mine._writer.submit(stuck, None)
-    try:
-        assert in_batch.wait(10)
+    with held_writer(mine):
         beat = threading.Thread(target=mine.heartbeat, args=("w1", 60.0))
         beat.start()
         beat.join(10)
         assert not beat.is_alive(), "the heartbeat waited for the writer's batch"
         clock.advance(30)  # the first lease ran out; the heartbeat's has not
         assert claim(peer, DEP, "w2", 10, 60.0) == []
-    finally:
-        release.set()
-        held.result(10)
     clock.advance(31)  # no beat since: the step is free for the peer to take
     (task,) = claim(peer, DEP, "w2", 10, 60.0)
     assert (task.kind, task.step_id) == ("step", "0")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
 
 import pytest
 
 from tests.conformance.backends import fresh_schema
-from tether.worlds.operations import Tx
+from tests.integration.busy import held_writer
 from tether.worlds.postgres import PostgresWorld
 from tether.worlds.records import NewRun
 
@@ -23,16 +22,7 @@ def world() -> Iterator[PostgresWorld]:
 
 
 def test_a_start_from_a_loop_does_not_wait_for_the_writers_batch(world: PostgresWorld) -> None:
-    # The writer stuck in a batch (a worker's long one, a slow commit).
-    in_batch, release = threading.Event(), threading.Event()
-
-    def stuck(_: Tx) -> None:
-        in_batch.set()
-        release.wait(30)
-
-    held = world._writer.submit(stuck, None)
-    try:
-        assert in_batch.wait(10)
+    with held_writer(world):
 
         async def start() -> str:
             made = await world.create_run_async(NewRun("r1", "workflow//t//f", "dep", "[]"))
@@ -41,6 +31,3 @@ def test_a_start_from_a_loop_does_not_wait_for_the_writers_batch(world: Postgres
         assert asyncio.run(asyncio.wait_for(start(), 10)) == "r1"
         run = world.get_run("r1")
         assert run is not None and run.status == "pending"
-    finally:
-        release.set()
-        held.result(10)
