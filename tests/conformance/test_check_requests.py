@@ -9,68 +9,17 @@ goes the whole way (asked, taken once, answered once, dropped).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conformance.backends import admin, fresh_schema
+from tests.conformance.older import older_world
 from tether.clock import ManualClock
-from tether.worlds import open_world
-from tether.worlds.base import World
 from tether.worlds.operations import CHECK_KEPT_SECONDS, CHECK_LEASE_SECONDS
 from tether.worlds.records import CheckRequest, RunFilter
-from tether.worlds.schema import migrations
 
 #: The last migration of each backend before ``check_requests``.
 BEFORE = {"sqlite": 4, "postgres": 7}
-OLD_RUN = (
-    "INSERT INTO runs (run_id, workflow_name, deployment_id, status, input, created_at,"
-    " last_seq) VALUES ('old-1', 'workflow//old//flow', 'dep', 'pending', '[[],{}]', 1.0, 1)"
-)
-
-
-def _apply(conn: Any, backend: str, param: str, last: int) -> None:
-    """The migrations a tether of that time applied (up to ``last``), recorded as it did."""
-    conn.execute(
-        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
-    )
-    for version, statements in migrations(backend):
-        if version <= last:
-            for statement in statements:
-                conn.execute(statement)
-            conn.execute(f"INSERT INTO schema_migrations VALUES ({param}, 0)", (version,))
-    conn.execute(OLD_RUN)
-
-
-@contextmanager
-def older_world(
-    backend: str, folder: Path, clock: ManualClock, last: int | None = None
-) -> Iterator[World]:
-    last = BEFORE[backend] if last is None else last
-    if backend == "sqlite":
-        path = folder / "old.db"
-        conn = sqlite3.connect(path)
-        _apply(conn, "sqlite", "?", last)
-        conn.commit()
-        conn.close()
-        world = open_world(f"sqlite:///{path}", clock)
-        try:
-            yield world
-        finally:
-            world.close()
-        return
-    with fresh_schema() as url:
-        with admin() as pg:
-            pg.execute(f"SET search_path TO {url.rsplit('schema=', 1)[1]}")
-            _apply(pg, "postgres", "%s", last)
-        world = open_world(url, clock)
-        try:
-            yield world
-        finally:
-            world.close()
 
 
 def test_sqlite_migration_0006_indexes_a_deployments_runs(tmp_path: Path) -> None:
@@ -91,7 +40,7 @@ def test_a_check_request_goes_the_whole_way_in_a_world_an_older_tether_made(
     backend: str, tmp_path: Path
 ) -> None:
     clock = ManualClock()
-    with older_world(backend, tmp_path, clock) as world:
+    with older_world(backend, tmp_path, clock, BEFORE[backend]) as world:
         old = world.get_run("old-1")
         assert old is not None and (old.status, old.input) == ("pending", "[[],{}]")
 

@@ -17,8 +17,11 @@ from tests.conformance.backends import fresh_schema
 from tether.worlds.postgres import PostgresWorld
 from tether.worlds.postgres_listener import WORK_CHANNEL, WORKER_PREFIX
 from tether.worlds.records import NewRun, WorkerInfo
+from tether.worlds.signals import is_work_for
 
 DEP = "dep-wake"
+#: The barrier's deployment: no worker serves it.
+BARRIER_DEP = "dep-barrier"
 WF = "workflow//tests.wakeups//flow"
 
 
@@ -90,14 +93,26 @@ def start_runs(world: PostgresWorld, count: int) -> None:
 
 
 def barrier(world: PostgresWorld, heard: Heard) -> None:
-    """A wide wake-up after everything committed so far; returns once every World heard it."""
+    """A wide wake-up after everything committed so far; returns once every World heard it.
+
+    It is work for a deployment no worker serves, so it goes to WORK_CHANNEL and
+    names that deployment: a signal heard together with it is merged into it
+    (``merge_signals``), and what it said is still there.
+    """
     before = [len(h) for h in heard.lists]
-    world.register_worker(WorkerInfo("passing", "dep-other", "production", "host", 0), {})
-    world.unregister_worker("passing")  # gives back its leases: work for any deployment
+    world.create_run(NewRun(f"barrier-{time.monotonic_ns()}", WF, BARRIER_DEP, "[]"))
     heard.wait(
         "the barrier",
-        lambda lists: all((WORK_CHANNEL, "w") in h[n:] for h, n in zip(lists, before, strict=True)),
+        lambda lists: all(
+            any(ch == WORK_CHANNEL and is_work_for(s, BARRIER_DEP) and s != "w" for ch, s in h[n:])
+            for h, n in zip(lists, before, strict=True)
+        ),
     )
+
+
+def work_for_dep_on_the_shared_channel(heard: list[tuple[str, str]]) -> list[str]:
+    """The signals on WORK_CHANNEL that name DEP (not a listener's own "w")."""
+    return [s for ch, s in heard if ch == WORK_CHANNEL and s != "w" and is_work_for(s, DEP)]
 
 
 def test_a_start_wakes_one_of_the_deployments_workers(
@@ -109,11 +124,35 @@ def test_a_start_wakes_one_of_the_deployments_workers(
     barrier(client, heard)
     woken = heard.by_name()
     # Each start woke one worker, by name (wake-ups that reach a listener together
-    # are heard as one), none on the channel every worker hears; the picks spread.
+    # are heard as one), none on the channel every worker hears; all equally idle, the
+    # same one each time: work packs onto one process.
     assert 1 <= sum(woken) <= 12, heard.lists
-    assert sum(1 for n in woken if n) >= 2, woken
+    assert sum(1 for n in woken if n) == 1, woken
     for h in heard.lists:
-        assert not [s for ch, s in h if ch == WORK_CHANNEL and s != "w"], h
+        assert not work_for_dep_on_the_shared_channel(h), h
+
+
+def test_work_goes_to_the_busiest_worker_with_room_then_spills(
+    open_world: Callable[[], PostgresWorld],
+) -> None:
+    worlds, heard = workers_of(open_world, 3)
+    client = open_world()
+    for i, load in enumerate((0.95, 0.5, 0.1)):  # w0 is busy (BUSY_LOAD is 0.8)
+        worlds[i].heartbeat(f"w{i}", 10.0, load)
+    start_runs(client, 6)
+    barrier(client, heard)
+    first = heard.by_name()
+    assert first[1] >= 1 and first[0] == first[2] == 0, heard.lists
+    worlds[1].heartbeat("w1", 10.0, 0.9)  # w1 fills up too: w2 is the one with room
+    start_runs(client, 6)
+    barrier(client, heard)
+    second = [n - m for n, m in zip(heard.by_name(), first, strict=True)]
+    assert second[2] >= 1 and second[0] == second[1] == 0, heard.lists
+    worlds[2].heartbeat("w2", 10.0, 1.0)  # all busy: the least busy of them
+    start_runs(client, 6)
+    barrier(client, heard)
+    third = [n - m - k for n, m, k in zip(heard.by_name(), first, second, strict=True)]
+    assert third[1] >= 1 and third[0] == third[2] == 0, heard.lists
 
 
 def test_a_draining_worker_is_not_woken_for_new_work(
@@ -139,4 +178,4 @@ def test_work_with_no_live_worker_to_name_wakes_them_all(
     barrier(client, heard)
     assert heard.by_name() == [0, 0]
     for h in heard.lists:
-        assert (WORK_CHANNEL, f"w:{DEP}") in h, h
+        assert work_for_dep_on_the_shared_channel(h), h

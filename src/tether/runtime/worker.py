@@ -43,7 +43,7 @@ from tether.runtime.answering import CheckAnswerer
 from tether.runtime.pacing import ClaimPacer
 from tether.runtime.retry import DEFAULT_POLICY, RetryPolicy
 from tether.runtime.steps import StepJob, StepRunner
-from tether.worlds.base import World
+from tether.worlds.base import BUSY_LOAD, World
 from tether.worlds.records import (
     NewRun,
     RunRecord,
@@ -73,6 +73,9 @@ SAFETY_NET_IDLE = 5.0
 IDLE_AFTER = 3.0
 #: A heartbeat two beats late (half a lease) is logged, at most this often (seconds).
 LATE_WARN_EVERY = 60.0
+#: Beats asked for sooner (the worker filled up, or has room again) come at most this
+#: often (seconds): a worker at the edge of full does not beat per task.
+SOON_GAP = 0.05
 
 
 class Worker:
@@ -133,6 +136,9 @@ class Worker:
             threads=step_threads,
         )
         self._io_pool = ThreadPoolExecutor(32, thread_name_prefix="tether-io")
+        #: Set to beat before the next beat's time (the worker filled up, or has room).
+        self._beat_soon = threading.Event()
+        self._busy = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._stopping: asyncio.Event | None = None
@@ -272,6 +278,7 @@ class Worker:
             await self._drain()
             log.info("worker %s drained; stopping", self.worker_id)
             beating.set()
+            self._beat_soon.set()
             await self._io(heartbeat.join, self.lease_seconds)
             # It ends once the request under way is answered, before the pools go.
             _, late = await asyncio.wait({checks}, timeout=self.drain_timeout)
@@ -397,10 +404,19 @@ class Worker:
         task = asyncio.ensure_future(coro if run_id is None else self._guarded(coro, run_id))
         self._inflight.add(task)
         task.add_done_callback(self._finished)
+        self._note_busy()
+
+    def _note_busy(self) -> None:
+        """Beat at once when the worker fills up or has room again: new work goes by it."""
+        busy = len(self._inflight) >= BUSY_LOAD * self.concurrency
+        if busy != self._busy:
+            self._busy = busy
+            self._beat_soon.set()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         was_full = len(self._inflight) >= self.concurrency
         self._inflight.discard(task)
+        self._note_busy()
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             log.error(
@@ -548,13 +564,26 @@ class Worker:
         run its steps again.
         """
         every = self.lease_seconds / 4
-        began = last = time.monotonic()  # registration was the first beat
+        began = last = since = time.monotonic()  # registration was the first beat
+        cpu = time.process_time()
         warned: float | None = None
-        # A quarter lease after the last one began, however long that one took.
-        while not stop.wait(max(began + every - time.monotonic(), 0.0)):
-            began = time.monotonic()
+        # A quarter lease after the last one began, however long that one took; sooner
+        # when the worker fills up or has room again (not twice within SOON_GAP).
+        while True:
+            soon = self._beat_soon.wait(max(began + every - time.monotonic(), 0.0))
+            if stop.is_set():
+                return
+            if soon:
+                stop.wait(max(since + SOON_GAP - time.monotonic(), 0.0))
+                self._beat_soon.clear()
+            began, was = time.monotonic(), cpu
+            cpu = time.process_time()
+            # The share of one core this process used since the last beat (attempted),
+            # or of its concurrency in use now, whichever is more.
+            load = max((cpu - was) / max(began - since, 1e-3), self._busy_share())
+            since = began
             try:
-                self.world.heartbeat(self.worker_id, self.lease_seconds)
+                self.world.heartbeat(self.worker_id, self.lease_seconds, round(load, 3))
             except Exception:
                 if stop.is_set():
                     return  # the World closed under a last beat
@@ -573,6 +602,9 @@ class Worker:
                     self.lease_seconds,
                     self.lease_seconds,
                 )
+
+    def _busy_share(self) -> float:
+        return len(self._inflight) / self.concurrency  # read from the heartbeat thread
 
     async def _drain(self) -> None:
         """Wait for what is in flight, up to ``drain_timeout``; then abandon or cancel the rest."""

@@ -60,6 +60,10 @@ from tether.worlds.records import (
     WorkerInfo,
 )
 
+#: A worker whose heartbeat reports this load (the larger of the share of one core its
+#: process used and the share of its concurrency in use) is busy: work goes to others.
+BUSY_LOAD = 0.8
+
 #: What a closed World's errors say to do.
 CLOSED_HINT = (
     "a World object cannot be used after close(); after tether.close(), the next tether"
@@ -359,8 +363,12 @@ class WorkQueue(abc.ABC):
         """
 
     @abc.abstractmethod
-    def heartbeat(self, worker_id: str, lease_seconds: float) -> None:
-        """Record that the worker is alive and extend every lease it holds to from now."""
+    def heartbeat(self, worker_id: str, lease_seconds: float, load: float = 0.0) -> None:
+        """Record that the worker is alive and extend every lease it holds to from now.
+
+        ``load``: the share of one core the worker's process used since its
+        last beat (PostgreSQL wakes the busiest worker that still has room).
+        """
 
     @abc.abstractmethod
     def release_task(self, run_id: str, step_id: str, worker_id: str, delay: float) -> None:

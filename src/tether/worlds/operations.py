@@ -506,10 +506,10 @@ def release_leases(tx: Tx, worker_id: str) -> None:
     tx.work_due("*")
 
 
-def heartbeat(tx: Tx, worker_id: str, lease_seconds: float) -> None:
-    """Record that the worker lives and extend every lease it holds."""
+def heartbeat(tx: Tx, worker_id: str, lease_seconds: float, load: float = 0.0) -> None:
+    """Record that the worker lives, and its load; extend every lease it holds."""
     now = tx.clock.time()
-    tx.execute(tx.sql.worker_heartbeat, (now, worker_id))
+    tx.execute(tx.sql.worker_heartbeat, (now, load, worker_id))
     tx.execute(tx.sql.extend_leases, (now + lease_seconds, worker_id))
 
 

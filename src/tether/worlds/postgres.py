@@ -64,7 +64,7 @@ DEFAULT_POOL_MAX = 8
 #: hold some of them, finishing them; the next beat extends the rest): it never waits
 #: on, or deadlocks with, a batch.
 _HEARTBEAT = (
-    "WITH beat AS (UPDATE workers SET heartbeat_at = %s WHERE worker_id = %s)"
+    "WITH beat AS (UPDATE workers SET heartbeat_at = %s, cpu_load = %s WHERE worker_id = %s)"
     " UPDATE tasks SET available_at = %s WHERE task_id IN"
     " (SELECT task_id FROM tasks WHERE lease_owner = %s FOR UPDATE SKIP LOCKED)"
 )
@@ -217,12 +217,12 @@ class PostgresWorld(SqlWorld):
             raise WorldClosedError(f"the world {self.shown_url} is closed: {CLOSED_HINT}")
         return await self._writer.submit_async(op, on_committed)
 
-    def heartbeat(self, worker_id: str, lease_seconds: float) -> None:
+    def heartbeat(self, worker_id: str, lease_seconds: float, load: float = 0.0) -> None:
         # On a pooled connection, not the writer: a heartbeat queued behind a busy
         # writer's batches came late enough, on a loaded machine, for the worker's
         # leases to lapse and its running steps to be started again elsewhere.
         now = self.clock.time()
-        params = (now, worker_id, now + lease_seconds, worker_id)
+        params = (now, load, worker_id, now + lease_seconds, worker_id)
         self._pooled(lambda conn: conn.execute(_HEARTBEAT, params))
 
     def _read(self, fn: Callable[[Reader], T]) -> T:

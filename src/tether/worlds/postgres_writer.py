@@ -24,6 +24,7 @@ import psycopg
 import psycopg.errors
 
 from tether.clock import Clock
+from tether.worlds.base import BUSY_LOAD
 from tether.worlds.batches import Outcome, batches, resolve
 from tether.worlds.operations import RunState, Tx
 from tether.worlds.postgres_listener import (
@@ -56,12 +57,15 @@ _WORKING = frozenset({"step_retrying"})
 #: 2.5 s); others, and deployments without such a worker, are woken on WORK_CHANNEL.
 LIVE_SECONDS = 5.0
 #: A commit's announcement: every signal for readers, and work for one deployment to one
-#: live worker of it picked at random (not one of this World's own: they know).
+#: live worker of it (not one of this World's own: they know). The busiest that is not
+#: busy is picked, else the least busy: work packs onto as few processes as can carry
+#: it, whose commits then stay large, and spills to the next as one fills up.
 _ANNOUNCE_TO_ONE = (
     "SELECT pg_notify(%s, %s), pg_notify(COALESCE((SELECT"
     f" '{WORKER_PREFIX}' || md5(worker_id) FROM workers WHERE deployment_id = %s"
     " AND stopped_at IS NULL AND heartbeat_at >= %s AND worker_id <> ALL(%s::text[])"
-    " ORDER BY random() LIMIT 1), %s), %s)"
+    f" ORDER BY cpu_load >= {BUSY_LOAD}, CASE WHEN cpu_load < {BUSY_LOAD} THEN -cpu_load"
+    " ELSE cpu_load END, started_at, worker_id LIMIT 1), %s), %s)"
 )
 
 

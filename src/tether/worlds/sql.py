@@ -225,7 +225,9 @@ class Statements:
             "INSERT INTO workers (worker_id, deployment_id, hostname, pid, started_at,"
             " heartbeat_at) VALUES (?, ?, ?, ?, ?, ?)"
         )
-        self.worker_heartbeat = q("UPDATE workers SET heartbeat_at = ? WHERE worker_id = ?")
+        self.worker_heartbeat = q(
+            "UPDATE workers SET heartbeat_at = ?, cpu_load = ? WHERE worker_id = ?"
+        )
         self.worker_stopped = q("UPDATE workers SET stopped_at = ? WHERE worker_id = ?")
         # -- replays asked of live workers
         self.ask_check = q(

@@ -314,8 +314,8 @@ class SqlWorld(World):
             lambda tx: operations.finish_step(tx, outcome, activation, deployment_id)
         )
 
-    def heartbeat(self, worker_id: str, lease_seconds: float) -> None:
-        self._write(lambda tx: operations.heartbeat(tx, worker_id, lease_seconds))
+    def heartbeat(self, worker_id: str, lease_seconds: float, load: float = 0.0) -> None:
+        self._write(lambda tx: operations.heartbeat(tx, worker_id, lease_seconds, load))
 
     def release_task(self, run_id: str, step_id: str, worker_id: str, delay: float) -> None:
         self._write(lambda tx: operations.release_task(tx, run_id, step_id, worker_id, delay))
