@@ -574,7 +574,8 @@ class Worker:
             if stop.is_set():
                 return
             if soon:
-                stop.wait(max(since + SOON_GAP - time.monotonic(), 0.0))
+                if stop.wait(max(since + SOON_GAP - time.monotonic(), 0.0)):
+                    return
                 self._beat_soon.clear()
             began, was = time.monotonic(), cpu
             cpu = time.process_time()

@@ -366,8 +366,9 @@ class WorkQueue(abc.ABC):
     def heartbeat(self, worker_id: str, lease_seconds: float, load: float = 0.0) -> None:
         """Record that the worker is alive and extend every lease it holds to from now.
 
-        ``load``: the share of one core the worker's process used since its
-        last beat (PostgreSQL wakes the busiest worker that still has room).
+        ``load``: the larger of the share of one core the worker's process
+        used since its last beat and the share of its concurrency in use
+        (PostgreSQL wakes the busiest worker under ``BUSY_LOAD``).
         """
 
     @abc.abstractmethod

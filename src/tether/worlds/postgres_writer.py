@@ -47,6 +47,7 @@ log = logging.getLogger("tether.postgres")
 
 #: Retries of a batch the server aborted to break a deadlock (it wrote nothing).
 _ROLLBACK_RETRIES = 10
+#: The status of a statement's result that holds rows.
 _ROWS = psycopg.pq.ExecStatus.TUPLES_OK
 #: The SQLSTATE ``tether_append`` raises when a run is not where its caller expected.
 _STALE = "TT001"
