@@ -130,6 +130,8 @@ def test_a_worker_whose_event_loop_is_held_keeps_its_leases(pg_url: str, tmp_pat
         pg_url, [APP], tmp_path / "second.log", env={"TETHER_DEPLOYMENT_ID": DEP}
     )
     try:
+        status = world.get_run(held.run_id)
+        assert status is not None and status.status != "completed", "the peer came too late"
         assert held.result(timeout=60) == 2
         assert long.result(timeout=60) == 1
     finally:

@@ -137,18 +137,23 @@ def test_work_goes_to_the_busiest_worker_with_room_then_spills(
 ) -> None:
     worlds, heard = workers_of(open_world, 3)
     client = open_world()
-    for i, load in enumerate((0.95, 0.5, 0.1)):  # w0 is busy (BUSY_LOAD is 0.8)
-        worlds[i].heartbeat(f"w{i}", 10.0, load)
+
+    def beat(*loads: float) -> None:
+        """Each worker's load, in a beat just now (all three stay live meanwhile)."""
+        for i, load in enumerate(loads):
+            worlds[i].heartbeat(f"w{i}", 10.0, load)
+
+    beat(0.95, 0.5, 0.1)  # w0 is busy (BUSY_LOAD is 0.8)
     start_runs(client, 6)
     barrier(client, heard)
     first = heard.by_name()
     assert first[1] >= 1 and first[0] == first[2] == 0, heard.lists
-    worlds[1].heartbeat("w1", 10.0, 0.9)  # w1 fills up too: w2 is the one with room
+    beat(0.95, 0.9, 0.1)  # w1 fills up too: w2 is the one with room
     start_runs(client, 6)
     barrier(client, heard)
     second = [n - m for n, m in zip(heard.by_name(), first, strict=True)]
     assert second[2] >= 1 and second[0] == second[1] == 0, heard.lists
-    worlds[2].heartbeat("w2", 10.0, 1.0)  # all busy: the least busy of them
+    beat(0.95, 0.9, 1.0)  # all busy: the least busy of them
     start_runs(client, 6)
     barrier(client, heard)
     third = [n - m - k for n, m, k in zip(heard.by_name(), first, second, strict=True)]

@@ -76,6 +76,11 @@ LATE_WARN_EVERY = 60.0
 #: Beats asked for sooner (the worker filled up, or has room again) come at most this
 #: often (seconds): a worker at the edge of full does not beat per task.
 SOON_GAP = 0.05
+#: A worker busy by its concurrency in use is free again below this share of it.
+FREE_AGAIN = 0.6
+#: A worker whose event loop has not run for this long (seconds, and at least three
+#: leases) stops renewing its leases until it runs again: its work goes to others.
+STALLED_AFTER = 60.0
 
 
 class Worker:
@@ -139,6 +144,8 @@ class Worker:
         #: Set to beat before the next beat's time (the worker filled up, or has room).
         self._beat_soon = threading.Event()
         self._busy = False
+        #: The heartbeat thread's last call the loop ran (its time): a held loop lags.
+        self._loop_seen = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._stopping: asyncio.Event | None = None
@@ -267,6 +274,20 @@ class Worker:
             target=self._beat, args=(beating,), name="tether-heartbeat", daemon=True
         )
         heartbeat.start()
+        try:
+            await self._serve_until_stopped(beating, heartbeat, remove_listener)
+        finally:
+            # Also when the drain was cut short: no thread renews a gone worker's leases.
+            beating.set()
+            self._beat_soon.set()
+
+    async def _serve_until_stopped(
+        self,
+        beating: threading.Event,
+        heartbeat: threading.Thread,
+        remove_listener: Callable[[], None],
+    ) -> None:
+        """Claim until stopped, then drain, stop the heartbeat and unregister."""
         answerer = CheckAnswerer(self.world, self.deployment_id, self.worker_id, self._io)
         checks = asyncio.create_task(answerer.run())
         try:
@@ -407,8 +428,13 @@ class Worker:
         self._note_busy()
 
     def _note_busy(self) -> None:
-        """Beat at once when the worker fills up or has room again: new work goes by it."""
-        busy = len(self._inflight) >= BUSY_LOAD * self.concurrency
+        """Beat at once when the worker fills up or has room again: new work goes by it.
+
+        Busy from ``BUSY_LOAD`` of its concurrency in use, free again below
+        ``FREE_AGAIN``: a worker at the edge does not beat per task.
+        """
+        share = len(self._inflight) / self.concurrency
+        busy = share >= BUSY_LOAD if not self._busy else share >= FREE_AGAIN
         if busy != self._busy:
             self._busy = busy
             self._beat_soon.set()
@@ -561,12 +587,17 @@ class Worker:
         A thread of its own, in real time: on the event loop a beat waited for
         whatever held the loop (a second and more, on a loaded machine), and a
         late beat lets the worker's leases lapse, so that another worker may
-        run its steps again.
+        run its steps again. A held loop is noticed (it did not run the last
+        beat's call): the worker reports itself busy, so new work goes to
+        others, and after ``STALLED_AFTER`` it stops renewing its leases.
         """
         every = self.lease_seconds / 4
         began = last = since = time.monotonic()  # registration was the first beat
         cpu = time.process_time()
         warned: float | None = None
+        asked: float | None = None  # when the loop was last asked to answer
+        said_stalled = False
+        stalled_after = max(STALLED_AFTER, 3 * self.lease_seconds)
         # A quarter lease after the last one began, however long that one took; sooner
         # when the worker fills up or has room again (not twice within SOON_GAP).
         while True:
@@ -583,6 +614,29 @@ class Worker:
             # or of its concurrency in use now, whichever is more.
             load = max((cpu - was) / max(began - since, 1e-3), self._busy_share())
             since = began
+            # Whether the loop answered the last beat's call: if not, it is held (blocking
+            # code, a wedged task) and takes no new work meanwhile.
+            loop = self._loop
+            if loop is None or loop.is_closed():
+                return
+            stalled = 0.0 if asked is None or self._loop_seen >= asked else began - asked
+            if not stalled:
+                asked = began
+                with contextlib.suppress(RuntimeError):  # closing: the next look returns
+                    loop.call_soon_threadsafe(self._loop_answers, asked)
+            if stalled > stalled_after:
+                if not said_stalled:  # once per stall
+                    said_stalled = True
+                    log.error(
+                        "worker %s: its event loop has not run for %.0f s; its leases are"
+                        " no longer renewed, so that other workers take its work",
+                        self.worker_id,
+                        stalled,
+                    )
+                continue
+            said_stalled = False
+            if stalled:
+                load = 1.0  # held: new work goes to others
             try:
                 self.world.heartbeat(self.worker_id, self.lease_seconds, round(load, 3))
             except Exception:
@@ -606,6 +660,9 @@ class Worker:
 
     def _busy_share(self) -> float:
         return len(self._inflight) / self.concurrency  # read from the heartbeat thread
+
+    def _loop_answers(self, asked: float) -> None:
+        self._loop_seen = asked
 
     async def _drain(self) -> None:
         """Wait for what is in flight, up to ``drain_timeout``; then abandon or cancel the rest."""

@@ -59,14 +59,16 @@ log = logging.getLogger("tether.postgres")
 #: How long a World keeps reconnecting before it reports the server unreachable.
 DEFAULT_RECONNECT_TIMEOUT = 60.0
 DEFAULT_POOL_MAX = 8
-#: A heartbeat, one autocommit statement: the worker's row, then its leases. Tasks
-#: another transaction has locked are skipped rather than waited for (the writer may
-#: hold some of them, finishing them; the next beat extends the rest): it never waits
-#: on, or deadlocks with, a batch.
+#: A heartbeat, one autocommit statement: the worker's row first (the count, a one-time
+#: filter, runs the update before the tasks are scanned; batches lock a worker's row
+#: before its tasks too, so the two never deadlock), then its leases, even of a worker
+#: with no row. Tasks another transaction holds are skipped rather than waited for: the
+#: writer may be finishing them, and the next beat extends the rest.
 _HEARTBEAT = (
-    "WITH beat AS (UPDATE workers SET heartbeat_at = %s, cpu_load = %s WHERE worker_id = %s)"
-    " UPDATE tasks SET available_at = %s WHERE task_id IN"
-    " (SELECT task_id FROM tasks WHERE lease_owner = %s FOR UPDATE SKIP LOCKED)"
+    "WITH beat AS (UPDATE workers SET heartbeat_at = %s, cpu_load = %s WHERE worker_id = %s"
+    " RETURNING 1) UPDATE tasks SET available_at = %s WHERE (SELECT count(*) FROM beat) >= 0"
+    " AND task_id IN (SELECT task_id FROM tasks WHERE lease_owner = %s"
+    " FOR UPDATE SKIP LOCKED)"
 )
 
 
@@ -132,13 +134,13 @@ class PostgresWorld(SqlWorld):
     async def _start_async(
         self, op: Callable[[Tx], T], on_committed: Callable[[T], None] | None = None
     ) -> T:
-        with self._starts_lock:  # close() sets _closed first, then stops under this lock
+        with self._starts_lock:  # close() sets _closed first, then takes this lock
             if self._closed:
                 raise WorldClosedError(f"the world {self.shown_url} is closed: {CLOSED_HINT}")
             if self._starts is None:
                 self._starts = self._new_writer()
-            starts = self._starts
-        return await starts.submit_async(op, on_committed)
+            waiter = self._starts.submit_async(op, on_committed)
+        return await waiter
 
     # -- the claim ------------------------------------------------------------------
 
@@ -163,8 +165,9 @@ class PostgresWorld(SqlWorld):
     def _stop(self) -> None:
         self._writer.stop()
         with self._starts_lock:
-            if self._starts is not None:
-                self._starts.stop()
+            starts = self._starts
+        if starts is not None:
+            starts.stop()
         self._listener.stop()
         self._pool.close(timeout=1.0)
 

@@ -24,7 +24,8 @@ import psycopg
 import psycopg.errors
 
 from tether.clock import Clock
-from tether.worlds.base import BUSY_LOAD
+from tether.errors import WorldClosedError
+from tether.worlds.base import BUSY_LOAD, CLOSED_HINT
 from tether.worlds.batches import Outcome, batches, resolve
 from tether.worlds.operations import RunState, Tx
 from tether.worlds.postgres_listener import (
@@ -307,6 +308,10 @@ class Writer:
         self._on_commit = on_commit
         self._conn: Connection | None = None
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        #: Set by stop() under ``_closing``: nothing is queued after the stop marker
+        #: (it would never be taken, and its caller would wait forever).
+        self._closing = threading.Lock()
+        self._stopped = False
         self._thread = threading.Thread(
             target=self._run, name="tether-postgres-writer", daemon=True
         )
@@ -321,7 +326,7 @@ class Writer:
         """
         future: Future[T] = Future()
         future.set_running_or_notify_cancel()
-        self._queue.put(_Item(op, future, origin))
+        self._put(_Item(op, future, origin))
         return future
 
     def submit_async(
@@ -335,12 +340,20 @@ class Writer:
         """
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Item(op, None, loop, waiter, on_committed))
+        self._put(_Item(op, None, loop, waiter, on_committed))
         return waiter
+
+    def _put(self, item: _Item) -> None:
+        with self._closing:
+            if self._stopped:
+                raise WorldClosedError(f"the world {self._shown_url} is closed: {CLOSED_HINT}")
+            self._queue.put(item)
 
     def stop(self) -> None:
         """Finish the queued batches and stop the writer thread."""
-        self._queue.put(None)
+        with self._closing:
+            self._stopped = True
+            self._queue.put(None)
         self._thread.join(timeout=10)
         if self._conn is not None:
             self._conn.close()
