@@ -108,6 +108,9 @@ class PostgresWorld(SqlWorld):
         #: commit, not for a busy worker's batch to finish first.
         self._starts: Writer | None = None
         self._starts_lock = threading.Lock()
+        #: The heartbeats' connection, made at the first beat (``heartbeat``).
+        self._beat_conn: Connection | None = None
+        self._beat_lock = threading.Lock()
         #: CHANNEL and WORK_CHANNEL once a listener wanted them: kept, so that waiters
         #: coming and going do not make the listener listen again each time.
         self._wanted: set[str] = set()
@@ -170,6 +173,9 @@ class PostgresWorld(SqlWorld):
             starts.stop()
         self._listener.stop()
         self._pool.close(timeout=1.0)
+        with self._beat_lock:
+            if self._beat_conn is not None:
+                self._beat_conn.close()
 
     # -- internals ----------------------------------------------------------------------
 
@@ -221,12 +227,26 @@ class PostgresWorld(SqlWorld):
         return await self._writer.submit_async(op, on_committed)
 
     def heartbeat(self, worker_id: str, lease_seconds: float, load: float = 0.0) -> None:
-        # On a pooled connection, not the writer: a heartbeat queued behind a busy
-        # writer's batches came late enough, on a loaded machine, for the worker's
-        # leases to lapse and its running steps to be started again elsewhere.
-        now = self.clock.time()
-        params = (now, load, worker_id, now + lease_seconds, worker_id)
-        self._pooled(lambda conn: conn.execute(_HEARTBEAT, params))
+        # On a connection of its own, neither the writer's (a heartbeat queued behind a
+        # busy writer's batches came late enough, on a loaded machine, for the worker's
+        # leases to lapse and its running steps to be started again elsewhere) nor the
+        # pool's (a worker replaying many runs holds all of it, with more reads queued).
+        with self._beat_lock:
+            if self._closed:
+                raise WorldClosedError(f"the world {self.shown_url} is closed: {CLOSED_HINT}")
+            now = self.clock.time()
+            params = (now, load, worker_id, now + lease_seconds, worker_id)
+            for attempt in (1, 2):  # once more on a new connection after a lost one
+                conn = self._beat_conn
+                if conn is None or conn.closed:
+                    conn = self._beat_conn = self._connect(autocommit=True)
+                try:
+                    conn.execute(_HEARTBEAT, params)
+                    return
+                except psycopg.Error as exc:
+                    if not lost(conn, exc) or attempt == 2:
+                        raise
+                    conn.close()
 
     def _read(self, fn: Callable[[Reader], T]) -> T:
         """Run a read on a pooled connection, again after a lost connection (reads are safe)."""
@@ -234,7 +254,7 @@ class PostgresWorld(SqlWorld):
 
     def _pooled(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn`` on a pooled connection, again after a lost connection (it must be safe
-        to run twice: a read, or a statement that sets what it sets)."""
+        to run twice: a read)."""
         if self._closed:
             raise WorldClosedError(f"the world {self.shown_url} is closed: {CLOSED_HINT}")
         lost_since: float | None = None
