@@ -40,6 +40,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from typing import Any
 
 from tether.clock import Clock
+from tether.errors import WorldClosedError
 from tether.worlds.records import (
     Activation,
     CancelResult,
@@ -69,6 +70,11 @@ CLOSED_HINT = (
     "a World object cannot be used after close(); after tether.close(), the next tether"
     " call opens the World again (or open_world(url) gives a new one)"
 )
+
+
+def closed_error(shown_url: str) -> WorldClosedError:
+    """The error a closed World's calls raise, naming it and what to do instead."""
+    return WorldClosedError(f"the world {shown_url} is closed: {CLOSED_HINT}")
 
 
 class RunStore(abc.ABC):

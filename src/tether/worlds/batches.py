@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import queue
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger("tether.worlds")
 
 #: The most operations one transaction commits.
 BATCH_LIMIT = 512
@@ -45,3 +49,29 @@ def resolve(future: Future[Any], outcome: Outcome) -> None:
         future.set_result(result)
     else:
         future.set_exception(error)
+
+
+def answer(waiter: asyncio.Future[Any], outcome: Outcome) -> None:
+    """On the waiter's loop: hand a coroutine what its operation came to.
+
+    A waiter its caller cancelled is left alone: the operation was committed
+    all the same.
+    """
+    if waiter.cancelled():
+        return
+    result, error = outcome
+    if error is None:
+        waiter.set_result(result)
+    else:
+        waiter.set_exception(error)
+
+
+def call_committed(on_committed: Callable[[Any], None] | None, outcome: Outcome) -> None:
+    """Call an operation's ``on_committed`` with its result, if it committed."""
+    result, error = outcome
+    if on_committed is None or error is not None:
+        return
+    try:
+        on_committed(result)
+    except Exception:
+        log.exception("a commit's callback failed")

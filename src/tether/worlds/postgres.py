@@ -31,9 +31,9 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from tether.clock import SYSTEM_CLOCK, Clock
-from tether.errors import InvalidValueError, WorldClosedError
+from tether.errors import InvalidValueError
 from tether.worlds import schema
-from tether.worlds.base import CLOSED_HINT
+from tether.worlds.base import closed_error
 from tether.worlds.operations import Reader, Tx
 from tether.worlds.postgres_claim import claim_due
 from tether.worlds.postgres_listener import (
@@ -139,7 +139,7 @@ class PostgresWorld(SqlWorld):
     ) -> T:
         with self._starts_lock:  # close() sets _closed first, then takes this lock
             if self._closed:
-                raise WorldClosedError(f"the world {self.shown_url} is closed: {CLOSED_HINT}")
+                raise closed_error(self.shown_url)
             if self._starts is None:
                 self._starts = self._new_writer()
             waiter = self._starts.submit_async(op, on_committed)
@@ -214,7 +214,7 @@ class PostgresWorld(SqlWorld):
 
     def _write(self, op: Callable[[Tx], T]) -> T:
         if self._closed:
-            raise WorldClosedError(f"the world {self.shown_url} is closed: {CLOSED_HINT}")
+            raise closed_error(self.shown_url)
         result: T = self._writer.submit(op, None).result()
         return result
 
@@ -223,7 +223,7 @@ class PostgresWorld(SqlWorld):
     ) -> T:
         """Commit ``op`` on the writer; ``on_committed`` is called from the writer thread."""
         if self._closed:
-            raise WorldClosedError(f"the world {self.shown_url} is closed: {CLOSED_HINT}")
+            raise closed_error(self.shown_url)
         return await self._writer.submit_async(op, on_committed)
 
     def heartbeat(self, worker_id: str, lease_seconds: float, load: float = 0.0) -> None:
@@ -233,7 +233,7 @@ class PostgresWorld(SqlWorld):
         # pool's (a worker replaying many runs holds all of it, with more reads queued).
         with self._beat_lock:
             if self._closed:
-                raise WorldClosedError(f"the world {self.shown_url} is closed: {CLOSED_HINT}")
+                raise closed_error(self.shown_url)
             now = self.clock.time()
             params = (now, load, worker_id, now + lease_seconds, worker_id)
             for attempt in (1, 2):  # once more on a new connection after a lost one
@@ -250,20 +250,15 @@ class PostgresWorld(SqlWorld):
 
     def _read(self, fn: Callable[[Reader], T]) -> T:
         """Run a read on a pooled connection, again after a lost connection (reads are safe)."""
-        return self._pooled(lambda conn: fn(_PooledReader(conn)))
-
-    def _pooled(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` on a pooled connection, again after a lost connection (it must be safe
-        to run twice: a read)."""
         if self._closed:
-            raise WorldClosedError(f"the world {self.shown_url} is closed: {CLOSED_HINT}")
+            raise closed_error(self.shown_url)
         lost_since: float | None = None
         delay = BACKOFF_MIN
         while True:
             try:
                 with self._pool.connection(timeout=self._reconnect_timeout) as conn:
                     try:
-                        return fn(conn)
+                        return fn(_PooledReader(conn))
                     except psycopg.Error as exc:
                         if not lost(conn, exc):
                             raise
@@ -274,7 +269,7 @@ class PostgresWorld(SqlWorld):
             now = time.monotonic()
             if lost_since is None:
                 lost_since = now
-                log.warning("lost the connection to %s; retrying", self.shown_url)
+                log.warning("lost the connection to %s; retrying the read", self.shown_url)
                 self._pool.check()  # drop every idle connection the outage broke
             elif now - lost_since > self._reconnect_timeout:
                 raise WorldUnavailableError(

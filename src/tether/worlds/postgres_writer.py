@@ -24,9 +24,8 @@ import psycopg
 import psycopg.errors
 
 from tether.clock import Clock
-from tether.errors import WorldClosedError
-from tether.worlds.base import BUSY_LOAD, CLOSED_HINT
-from tether.worlds.batches import Outcome, batches, resolve
+from tether.worlds.base import BUSY_LOAD, closed_error
+from tether.worlds.batches import Outcome, answer, batches, call_committed, resolve
 from tether.worlds.operations import RunState, Tx
 from tether.worlds.postgres_listener import (
     BACKOFF_MAX,
@@ -270,13 +269,8 @@ class _Item:
 
 def _settle(answers: list[tuple[asyncio.Future[Any], Outcome]]) -> None:
     """On a loop: hand each waiting coroutine what its operation came to."""
-    for waiter, (result, error) in answers:
-        if waiter.cancelled():
-            continue  # its caller stopped waiting; the operation was committed all the same
-        if error is None:
-            waiter.set_result(result)
-        else:
-            waiter.set_exception(error)
+    for waiter, outcome in answers:
+        answer(waiter, outcome)
 
 
 class Writer:
@@ -346,7 +340,7 @@ class Writer:
     def _put(self, item: _Item) -> None:
         with self._closing:
             if self._stopped:
-                raise WorldClosedError(f"the world {self._shown_url} is closed: {CLOSED_HINT}")
+                raise closed_error(self._shown_url)
             self._queue.put(item)
 
     def stop(self) -> None:
@@ -368,11 +362,7 @@ class Writer:
             answers: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Outcome]]]
             answers = {}
             for entry, outcome in zip(batch, outcomes, strict=True):
-                if entry.on_committed is not None and outcome[1] is None:
-                    try:
-                        entry.on_committed(outcome[0])
-                    except Exception:
-                        log.exception("a commit's callback failed")
+                call_committed(entry.on_committed, outcome)
                 if entry.future is not None:
                     resolve(entry.future, outcome)
                 elif entry.waiter is not None and entry.origin is not None:

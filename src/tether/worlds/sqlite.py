@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from tether.clock import SYSTEM_CLOCK, Clock
-from tether.errors import InvalidValueError, WorldClosedError
+from tether.errors import InvalidValueError
 from tether.worlds import schema, sqlite_projection
-from tether.worlds.base import CLOSED_HINT
+from tether.worlds.base import closed_error
 from tether.worlds.operations import Reader, RunState, Tx, queue_workflow
 from tether.worlds.records import TERMINAL_STATUSES, Activation, EventRecord, RunRecord, Task
 from tether.worlds.sql import SQLITE, Row
@@ -121,14 +121,14 @@ class SqliteWorld(SqlWorld):
 
     def _write(self, op: Callable[[Tx], T]) -> T:
         if self._closed:
-            raise WorldClosedError(f"the world {self.url} is closed: {CLOSED_HINT}")
+            raise closed_error(self.url)
         return self._writer.submit(op).result()
 
     async def _write_async(
         self, op: Callable[[Tx], T], on_committed: Callable[[T], None] | None = None
     ) -> T:
         if self._closed:
-            raise WorldClosedError(f"the world {self.url} is closed: {CLOSED_HINT}")
+            raise closed_error(self.url)
         return await self._writer.run_on_loop(op, on_committed)
 
     def _migrate(self) -> None:

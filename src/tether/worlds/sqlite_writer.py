@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import queue
 import sqlite3
 import threading
@@ -11,10 +10,9 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from tether.worlds.batches import Outcome, batches, resolve
+from tether.worlds.batches import Outcome, answer, batches, call_committed, resolve
 from tether.worlds.operations import Tx
 
-log = logging.getLogger("tether.sqlite")
 T = TypeVar("T")
 
 Op = Callable[[Tx], Any]
@@ -93,18 +91,9 @@ class Writer:
     def _flush_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         batch = self._loop_batches.pop(loop, [])
         outcomes = self._execute([op for op, _, _ in batch], loop)
-        for (_, future, on_committed), (result, error) in zip(batch, outcomes, strict=True):
-            if error is None and on_committed is not None:
-                try:
-                    on_committed(result)
-                except Exception:
-                    log.exception("a commit's callback failed")
-            if future.cancelled():
-                continue
-            if error is None:
-                future.set_result(result)
-            else:
-                future.set_exception(error)
+        for (_, future, on_committed), outcome in zip(batch, outcomes, strict=True):
+            call_committed(on_committed, outcome)
+            answer(future, outcome)
 
     def _execute(self, ops: list[Op], origin: asyncio.AbstractEventLoop | None) -> list[Outcome]:
         """Commit ``ops`` in one transaction; if any fails, commit each alone.
